@@ -1,0 +1,76 @@
+"""The project's exception tree: one root, translated once at each I/O boundary.
+
+    PushlabError
+    ├── ParamError          bad generation or request parameter      -> HTTP 400
+    ├── StreamNotFound      unknown or expired stream id             -> HTTP 404
+    ├── StreamLimitError    the hub holds as many streams as allowed -> HTTP 503
+    ├── ProtocolError       bytes from the peer break a wire format (client side)
+    │   └── SSEError        an event stream that cannot be interpreted
+    └── TransportError      a client could not complete a stream (connect, HTTP status, close)
+
+Server handlers turn the first three into JSON error bodies
+`{"error": {"message", "type", "param"}}`; clients record the last two in the
+`error` column of the streams table.
+"""
+
+from __future__ import annotations
+
+
+class PushlabError(Exception):
+    """Root of every error pushlab raises on purpose."""
+
+    status: int = 500
+    type: str = "server_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def to_json(self) -> dict[str, dict[str, str | None]]:
+        """The wire form shared by every HTTP endpoint and WebSocket `error` message."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param}}
+
+
+class ParamError(PushlabError):
+    """A parameter is unknown, missing, of the wrong type or out of range."""
+
+    status = 400
+    type = "invalid_request_error"
+
+
+class StreamNotFound(PushlabError):
+    """No stream with that id exists (never created, or past its retention)."""
+
+    status = 404
+    type = "not_found_error"
+
+
+class StreamLimitError(PushlabError):
+    """The hub already holds its maximum number of streams."""
+
+    status = 503
+    type = "overloaded_error"
+
+
+class ProtocolError(PushlabError):
+    """The peer sent bytes that break the wire format."""
+
+    type = "protocol_error"
+
+
+class SSEError(ProtocolError):
+    """An event stream that cannot be interpreted."""
+
+
+class TransportError(PushlabError):
+    """A client could not complete a stream: connect failure, bad status, early close.
+
+    `retryable` says whether reconnecting could help (a cut connection) or not (a 4xx).
+    """
+
+    type = "transport_error"
+
+    def __init__(self, message: str, *, param: str | None = None, retryable: bool = True) -> None:
+        super().__init__(message, param=param)
+        self.retryable = retryable

@@ -1,0 +1,256 @@
+"""The stream hub: every generation is a stream that lives independently of any connection.
+
+Theory of operation
+-------------------
+`Hub.create(params)` plans the tokens (seeded generator) and starts one producer task that
+appends `Token(seq, t_emit_ns, text, payload)` to the stream's log at the planned times.
+Seqs run 1..N, so the tokens after seq `k` are `log[k:]`. Readers never own a buffer: each
+keeps a cursor into the one log and awaits `wait_beyond(cursor)`; a slow or vanished reader
+only falls behind in the log, which is bounded by `params.tokens` (itself bounded). That is
+what makes resume after a reconnect, long polling and replay the same operation.
+
+A stream's state moves running -> done | cancelled, never back. The reaper cancels a running
+stream nobody has listened to for `idle_timeout_s` (a client that vanished), and forgets any
+finished stream `retention_s` after it finished (after which a resume gets StreamNotFound).
+
+`payload` is the token as its wire object (compact JSON), encoded once by the injected
+`encode` function so that every transport and every reader shares the same bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import secrets
+import time
+from collections.abc import Callable, Iterator
+
+from streams.errors import StreamLimitError, StreamNotFound
+from streams.generator import Plan, plan
+from streams.params import GenParams
+
+# encode(stream_id, seq, t_emit_ns, text, params) -> the token's wire object as bytes
+Encoder = Callable[[str, int, int, str, GenParams], bytes]
+
+RUNNING, DONE, CANCELLED = "running", "done", "cancelled"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Token:
+    seq: int
+    t_emit_ns: int
+    text: str
+    payload: bytes
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HubStats:
+    streams_running: int
+    streams_held: int
+    streams_created: int
+    streams_done: int
+    streams_cancelled: int
+    streams_idle_cancelled: int
+    streams_expired: int
+    tokens_emitted: int
+    listeners: int
+
+
+class Stream:
+    """One generation's log and state; the producer appends, any number of readers follow."""
+
+    def __init__(self, stream_id: str, params: GenParams, plan_: Plan, now_s: float) -> None:
+        self.id = stream_id
+        self.params = params
+        self.plan = plan_
+        self.log: list[Token] = []
+        self.state = RUNNING
+        self.reason = ""
+        self.created_s = now_s
+        self.finished_s: float | None = None
+        self.last_listened_s = now_s
+        self.listeners = 0
+        self._waiters: list[asyncio.Future[None]] = []
+
+    @property
+    def done(self) -> bool:
+        return self.state != RUNNING
+
+    @property
+    def last_seq(self) -> int:
+        return len(self.log)
+
+    def since(self, after: int) -> list[Token]:
+        """The tokens with seq > `after`, in order."""
+        return self.log[after:]
+
+    async def wait_beyond(self, after: int, timeout_s: float | None = None) -> bool:
+        """Wait until a token with seq > `after` exists or the stream ended; False on timeout."""
+        if len(self.log) > after or self.done:
+            return True
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await fut
+        except TimeoutError:
+            return False
+        finally:
+            if not fut.done():
+                fut.cancel()
+                self._waiters.remove(fut)
+        return True
+
+    @contextlib.contextmanager
+    def listening(self) -> Iterator[None]:
+        """Mark one reader attached for the duration (keeps the reaper away)."""
+        self.listeners += 1
+        try:
+            yield
+        finally:
+            self.listeners -= 1
+            self.last_listened_s = time.monotonic()
+
+    def touch(self) -> None:
+        """A poll counts as listening at this moment."""
+        self.last_listened_s = time.monotonic()
+
+    def _append(self, token: Token) -> None:
+        self.log.append(token)
+        self._wake()
+
+    def _finish(self, state: str, reason: str) -> None:
+        if self.done:
+            return
+        self.state, self.reason = state, reason
+        self.finished_s = time.monotonic()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "stream": self.id,
+            "state": self.state,
+            "reason": self.reason,
+            "tokens_emitted": self.last_seq,
+            "tokens_planned": self.params.tokens,
+            "listeners": self.listeners,
+            "params": self.params.as_dict(),
+        }
+
+
+class Hub:
+    """Creates, holds, cancels and forgets streams; see the module docstring."""
+
+    def __init__(
+        self,
+        encode: Encoder,
+        *,
+        retention_s: float = 60.0,
+        idle_timeout_s: float = 30.0,
+        max_streams: int = 20_000,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self._encode = encode
+        self.retention_s = retention_s
+        self.idle_timeout_s = idle_timeout_s
+        self.max_streams = max_streams
+        self._clock_ns = clock_ns
+        self._streams: dict[str, Stream] = {}
+        self._producers: dict[str, asyncio.Task[None]] = {}
+        self._reaper: asyncio.Task[None] | None = None
+        self._counts = {"created": 0, "done": 0, "cancelled": 0, "idle": 0, "expired": 0}
+        self._tokens_emitted = 0
+
+    async def start(self) -> None:
+        self._reaper = asyncio.create_task(self._reap_forever(), name="hub-reaper")
+
+    async def aclose(self) -> None:
+        tasks = [*self._producers.values(), *([self._reaper] if self._reaper else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._producers.clear()
+        self._reaper = None
+
+    def create(self, params: GenParams) -> Stream:
+        """Start a new stream generating `params`; raises StreamLimitError when full."""
+        if len(self._streams) >= self.max_streams:
+            raise StreamLimitError(f"the server holds {self.max_streams} streams already")
+        stream_id = secrets.token_hex(6)
+        stream = Stream(stream_id, params, plan(params), time.monotonic())
+        self._streams[stream_id] = stream
+        self._counts["created"] += 1
+        self._producers[stream_id] = asyncio.create_task(self._produce(stream), name=f"produce-{stream_id}")
+        return stream
+
+    def get(self, stream_id: str) -> Stream:
+        try:
+            return self._streams[stream_id]
+        except KeyError:
+            raise StreamNotFound(f"no stream '{stream_id}' (unknown or expired)", param="stream") from None
+
+    def cancel(self, stream_id: str, reason: str = "cancelled") -> Stream:
+        """Stop generating `stream_id` now; readers see the end with state `cancelled`."""
+        stream = self.get(stream_id)
+        if not stream.done:
+            self._counts["cancelled"] += 1
+            stream._finish(CANCELLED, reason)
+            task = self._producers.pop(stream_id, None)
+            if task is not None:
+                task.cancel()
+        return stream
+
+    async def _produce(self, stream: Stream) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        params, encode = stream.params, self._encode
+        for i, (text, offset_ns) in enumerate(zip(stream.plan.texts, stream.plan.offsets_ns, strict=True)):
+            delay = start + offset_ns / 1e9 - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            t_emit_ns = self._clock_ns()
+            seq = i + 1
+            stream._append(Token(seq, t_emit_ns, text, encode(stream.id, seq, t_emit_ns, text, params)))
+            self._tokens_emitted += 1
+        stream._finish(DONE, "done")
+        self._counts["done"] += 1
+        self._producers.pop(stream.id, None)
+
+    def reap(self, now_s: float | None = None) -> None:
+        """Cancel streams nobody listens to and forget streams past retention (one pass)."""
+        now_s = time.monotonic() if now_s is None else now_s
+        for stream in list(self._streams.values()):
+            if stream.done:
+                if stream.finished_s is not None and now_s - stream.finished_s >= self.retention_s:
+                    del self._streams[stream.id]
+                    self._counts["expired"] += 1
+            elif stream.listeners == 0 and now_s - stream.last_listened_s >= self.idle_timeout_s:
+                self._counts["idle"] += 1
+                self.cancel(stream.id, reason="idle")
+
+    async def _reap_forever(self) -> None:
+        interval_s = max(0.05, min(1.0, self.idle_timeout_s / 4, self.retention_s / 4))
+        while True:
+            await asyncio.sleep(interval_s)
+            self.reap()
+
+    def statistics(self) -> HubStats:
+        streams = self._streams.values()
+        return HubStats(
+            streams_running=sum(1 for s in streams if not s.done),
+            streams_held=len(self._streams),
+            streams_created=self._counts["created"],
+            streams_done=self._counts["done"],
+            streams_cancelled=self._counts["cancelled"],
+            streams_idle_cancelled=self._counts["idle"],
+            streams_expired=self._counts["expired"],
+            tokens_emitted=self._tokens_emitted,
+            listeners=sum(s.listeners for s in streams),
+        )
