@@ -1,0 +1,191 @@
+"""pushlab's one server: every transport over the same seeded token hub.
+
+    python server.py --port 8000        (or: pushlab serve)
+
+`make_app(config)` mounts every transport's routes (transports/registry.py), the stream
+control routes and `GET /stats`; `main()` runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import os
+import resource
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from streams.hub import Hub
+from transports.registry import TRANSPORTS
+from transports.token import encode_token
+from transports.web import poll
+from transports.web.common import (
+    CONFIG,
+    COUNTERS,
+    HUB,
+    Counters,
+    ServerConfig,
+    error_middleware,
+    json_response,
+)
+
+LOOP_LAG = web.AppKey("loop_lag", dict)
+LAG_INTERVAL_S = 0.1
+
+
+async def _hub_context(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    hub = Hub(
+        encode_token,
+        retention_s=config.retention_s,
+        idle_timeout_s=config.idle_timeout_s,
+        max_streams=config.max_streams,
+    )
+    app[HUB] = hub
+    await hub.start()
+    lag_task = asyncio.create_task(_watch_loop_lag(app[LOOP_LAG]))
+    yield
+    lag_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await lag_task
+    await hub.aclose()
+
+
+async def _watch_loop_lag(lag: dict[str, float]) -> None:
+    """Event-loop lag: how late a timer set for LAG_INTERVAL_S fires."""
+    loop = asyncio.get_running_loop()
+    while True:
+        start = loop.time()
+        await asyncio.sleep(LAG_INTERVAL_S)
+        late_ms = (loop.time() - start - LAG_INTERVAL_S) * 1e3
+        lag["last_ms"] = late_ms
+        lag["max_ms"] = max(lag.get("max_ms", 0.0), late_ms)
+
+
+async def stats(request: web.Request) -> web.Response:
+    """GET /stats: the server's own counters, for experiments to sample."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    hub_stats = request.app[HUB].statistics()
+    return json_response(
+        {
+            "time_ns": time.time_ns(),
+            "pid": os.getpid(),
+            "hub": hub_stats.__dict__ if hasattr(hub_stats, "__dict__") else _as_dict(hub_stats),
+            "transports": request.app[COUNTERS].snapshot(),
+            "loop_lag_ms": request.app[LOOP_LAG],
+            "cpu_s": usage.ru_utime + usage.ru_stime,
+            "max_rss_bytes": usage.ru_maxrss * 1024,
+            "rss_bytes": _rss_bytes(),
+        }
+    )
+
+
+def _as_dict(record: object) -> dict[str, object]:
+    return {name: getattr(record, name) for name in record.__slots__}  # type: ignore[attr-defined]
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return -1
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"ok": True})
+
+
+def make_app(config: ServerConfig | None = None) -> web.Application:
+    """The whole server: every transport, stream control, stats."""
+    app = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024)
+    app[CONFIG] = config or ServerConfig()
+    app[COUNTERS] = Counters()
+    app[LOOP_LAG] = {"last_ms": 0.0, "max_ms": 0.0}
+    app.cleanup_ctx.append(_hub_context)
+    for module in dict.fromkeys(t.server for t in TRANSPORTS.values()):
+        importlib.import_module(module).add_routes(app)
+    poll.add_stream_routes(app)
+    app.router.add_get("/stats", stats)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = ServerConfig()
+    p = argparse.ArgumentParser(prog="pushlab serve", description="Serve every transport on one port.")
+    p.add_argument("--host", default=d.host, help="address to listen on (default %(default)s)")
+    p.add_argument("--port", type=int, default=d.port, help="TCP port, 0 = any free one (default %(default)s)")
+    p.add_argument("--heartbeat-s", type=float, default=d.heartbeat_s,
+                   help="seconds of silence before an SSE/NDJSON keep-alive; 0 = never (default %(default)s)")
+    p.add_argument("--retry-ms", type=int, default=d.retry_ms,
+                   help="SSE reconnection delay sent as retry: (default %(default)s ms)")
+    p.add_argument("--retention-s", type=float, default=d.retention_s,
+                   help="seconds a finished stream stays resumable (default %(default)s)")
+    p.add_argument("--idle-timeout-s", type=float, default=d.idle_timeout_s,
+                   help="seconds a running stream may go unread before it is cancelled (default %(default)s)")
+    p.add_argument("--max-streams", type=int, default=d.max_streams,
+                   help="streams held at once before new ones get 503 (default %(default)s)")
+    p.add_argument("--ws-compress", action="store_true", help="accept WebSocket permessage-deflate")
+    p.add_argument("--no-accel-header", action="store_true",
+                   help="do not send 'X-Accel-Buffering: no' (lets nginx buffer)")
+    p.add_argument("--uvloop", action="store_true", help="run on uvloop")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    return ServerConfig(
+        host=args.host,
+        port=args.port,
+        heartbeat_s=args.heartbeat_s,
+        retry_ms=args.retry_ms,
+        retention_s=args.retention_s,
+        idle_timeout_s=args.idle_timeout_s,
+        max_streams=args.max_streams,
+        ws_compress=args.ws_compress,
+        accel_buffering_header=not args.no_accel_header,
+    )
+
+
+async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> None:
+    """Serve until cancelled or SIGINT/SIGTERM; prints the URL once listening."""
+    runner = web.AppRunner(make_app(config), handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port, backlog=4096)
+    await site.start()
+    port = runner.addresses[0][1]
+    print(f"pushlab serving on http://{config.host}:{port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.uvloop:
+        import uvloop
+
+        uvloop.install()
+    try:
+        asyncio.run(serve(config_from_args(args)))
+    except OSError as exc:
+        print(f"pushlab serve: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""aiohttp server halves: thin glue between the hub and each transport's sans-I/O codec."""

@@ -1,0 +1,135 @@
+"""What every server half shares: configuration, app keys, parameters, errors, counters."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Mapping
+
+from aiohttp import web
+
+from streams.errors import ParamError, PushlabError
+from streams.hub import Hub, Stream
+from streams.params import GenParams, parse_number, parse_params
+
+log = logging.getLogger("pushlab.server")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    """Server-wide settings; every field has a CLI flag in `server.py`."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    heartbeat_s: float = 15.0  # SSE comment / NDJSON keep-alive while idle; 0 = never
+    retry_ms: int = 1000  # SSE `retry:` sent at the start of every event stream
+    retention_s: float = 60.0  # how long a finished stream stays resumable
+    idle_timeout_s: float = 30.0  # a running stream nobody listens to is cancelled after this
+    max_streams: int = 20_000
+    ws_compress: bool = False  # accept permessage-deflate when a client offers it
+    accel_buffering_header: bool = True  # send `X-Accel-Buffering: no` on streaming responses
+
+
+HUB = web.AppKey("hub", Hub)
+CONFIG = web.AppKey("config", ServerConfig)
+
+
+class Counters:
+    """Per-transport request and traffic counters for the /stats endpoint."""
+
+    def __init__(self) -> None:
+        self.by_transport: dict[str, dict[str, int]] = defaultdict(
+            lambda: {"requests": 0, "open": 0, "tokens_sent": 0, "bytes_sent": 0, "errors": 0}
+        )
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        return {k: dict(v) for k, v in self.by_transport.items()}
+
+
+COUNTERS = web.AppKey("counters", Counters)
+
+# Parameters a transport reads itself, beside the generation parameters.
+RESUME_PARAMS = frozenset({"stream", "after"})
+
+
+async def request_values(request: web.Request) -> dict[str, object]:
+    """Parameters from the query string, merged with a JSON object body on POST."""
+    values: dict[str, object] = dict(request.query)
+    if request.method == "POST" and request.can_read_body:
+        try:
+            body = await request.json(loads=json.loads)
+        except (ValueError, UnicodeDecodeError):
+            raise ParamError("request body must be a JSON object", param=None) from None
+        if body is not None and not isinstance(body, dict):
+            raise ParamError("request body must be a JSON object", param=None)
+        values.update(body or {})
+    return values
+
+
+def open_stream(
+    request: web.Request, values: Mapping[str, object], extra: frozenset[str] = frozenset()
+) -> tuple[Stream, int]:
+    """Create a stream from generation params, or find the one to resume (`stream`, `after`)."""
+    hub = request.app[HUB]
+    if "stream" in values:
+        unknown = sorted(set(values) - RESUME_PARAMS - extra)
+        if unknown:
+            raise ParamError(f"unknown parameter '{unknown[0]}' with 'stream'", param=unknown[0])
+        stream = hub.get(str(values["stream"]))
+        return stream, checked_after(values, stream)
+    params: GenParams = parse_params(values, allowed_extra=extra)
+    return hub.create(params), 0
+
+
+def checked_after(values: Mapping[str, object], stream: Stream) -> int:
+    """The resume cursor `after`: 0 <= after <= the stream's planned token count."""
+    return int(parse_number(values, "after", 0, 0, stream.params.tokens))
+
+
+def json_response(obj: object, status: int = 200) -> web.Response:
+    return web.json_response(obj, status=status, dumps=lambda o: json.dumps(o, ensure_ascii=False))
+
+
+def error_response(exc: PushlabError) -> web.Response:
+    return json_response(exc.to_json(), status=exc.status)
+
+
+_HTTP_TYPES = {404: "not_found_error", 405: "method_not_allowed", 413: "request_too_large"}
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Translate every error at the boundary into the one JSON error shape."""
+    try:
+        return await handler(request)
+    except PushlabError as exc:
+        return error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        body = {"error": {"message": exc.reason, "type": _HTTP_TYPES.get(exc.status, "http_error"), "param": None}}
+        resp = json_response(body, status=exc.status)
+        if exc.status == 405 and "Allow" in exc.headers:
+            resp.headers["Allow"] = exc.headers["Allow"]
+        return resp
+    except (ConnectionResetError, ConnectionError):
+        raise
+    except Exception as exc:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        body = {"error": {"message": f"internal error: {type(exc).__name__}", "type": "server_error", "param": None}}
+        return json_response(body, status=500)
+
+
+def streaming_headers(config: ServerConfig, content_type: str, stream: Stream) -> dict[str, str]:
+    headers = {
+        "Content-Type": content_type,
+        "Cache-Control": "no-cache",
+        "X-Pushlab-Stream": stream.id,
+    }
+    if config.accel_buffering_header:
+        headers["X-Accel-Buffering"] = "no"  # nginx: do not buffer this response
+    return headers

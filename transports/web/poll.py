@@ -1,0 +1,86 @@
+"""Long- and short-polling server halves: create a stream, then poll it with a cursor."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from streams.errors import ParamError
+from streams.params import parse_number
+from transports.longpoll import DEFAULT_WAIT_S, MAX_WAIT_S, encode_batch
+from transports.web.common import COUNTERS, HUB, checked_after, json_response, open_stream, request_values
+
+
+def batch_response(body: bytes, status: int = 200, stream_id: str = "") -> web.Response:
+    return web.Response(
+        body=body,
+        status=status,
+        content_type="application/json",
+        headers={"Cache-Control": "no-store", "X-Pushlab-Stream": stream_id},
+    )
+
+
+def make_handlers(key: str, hold: bool) -> tuple[web.RouteDef, ...]:
+    """Routes for `key` ("longpoll" holds up to `wait` seconds, "shortpoll" never holds)."""
+
+    async def create(request: web.Request) -> web.Response:
+        counters = request.app[COUNTERS].by_transport[key]
+        counters["requests"] += 1
+        values = await request_values(request)
+        if "stream" in values:
+            raise ParamError("to resume, poll GET /%s/{stream}?after=SEQ" % key, param="stream")
+        stream, _ = open_stream(request, values)
+        body = encode_batch(stream.id, [], 0, False, "")
+        return batch_response(body, status=201, stream_id=stream.id)
+
+    async def poll(request: web.Request) -> web.Response:
+        counters = request.app[COUNTERS].by_transport[key]
+        counters["requests"] += 1
+        values = dict(request.query)
+        unknown = sorted(set(values) - {"after", "wait"})
+        if unknown or ("wait" in values and not hold):
+            bad = unknown[0] if unknown else "wait"
+            raise ParamError(f"unknown parameter '{bad}' for {key}", param=bad)
+        stream = request.app[HUB].get(request.match_info["stream"])
+        after = checked_after(values, stream)
+        wait_s = parse_number(values, "wait", DEFAULT_WAIT_S, 0, MAX_WAIT_S) if hold else 0.0
+        stream.touch()
+        if wait_s > 0 and not stream.since(after) and not stream.done:
+            counters["open"] += 1
+            try:
+                with stream.listening():
+                    await stream.wait_beyond(after, wait_s)
+            finally:
+                counters["open"] -= 1
+        tokens = stream.since(after)
+        next_seq = after + len(tokens)
+        done = stream.done and next_seq >= stream.last_seq
+        body = encode_batch(stream.id, [t.payload for t in tokens], next_seq, done, stream.reason if done else "")
+        counters["tokens_sent"] += len(tokens)
+        counters["bytes_sent"] += len(body)
+        return batch_response(body, stream_id=stream.id)
+
+    return (
+        web.post(f"/{key}", create),
+        web.get(f"/{key}/{{stream}}", poll),
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    app.add_routes(make_handlers("longpoll", hold=True))
+    app.add_routes(make_handlers("shortpoll", hold=False))
+
+
+async def describe(request: web.Request) -> web.Response:
+    """GET /streams/{stream}: the stream's state (for experiments and debugging)."""
+    return json_response(request.app[HUB].get(request.match_info["stream"]).describe())
+
+
+async def cancel(request: web.Request) -> web.Response:
+    """DELETE /streams/{stream}: stop generating now (any transport's stream)."""
+    stream = request.app[HUB].cancel(request.match_info["stream"])
+    return json_response(stream.describe())
+
+
+def add_stream_routes(app: web.Application) -> None:
+    app.router.add_get("/streams/{stream}", describe)
+    app.router.add_delete("/streams/{stream}", cancel)

@@ -1,0 +1,102 @@
+"""SSE server half: `GET /sse` (EventSource) and `POST /sse` (fetch-style clients).
+
+Wire format in docs/PROTOCOL.md; bytes come from the sans-I/O codec in transports/sse.py.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from streams.errors import ParamError
+from streams.hub import Stream
+from transports import sse
+from transports.token import dumps
+from transports.web.common import (
+    CONFIG,
+    COUNTERS,
+    HUB,
+    open_stream,
+    request_values,
+    streaming_headers,
+)
+
+KEY = "sse"
+
+
+def parse_last_event_id(value: str) -> tuple[str, int]:
+    """`<stream>:<seq>` from a reconnecting EventSource's Last-Event-ID header."""
+    stream_id, sep, seq = value.strip().rpartition(":")
+    if not sep or not stream_id or not seq.isdigit():
+        raise ParamError(f"Last-Event-ID must be '<stream>:<seq>', got {value!r}", param="Last-Event-ID")
+    return stream_id, int(seq)
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    counters = request.app[COUNTERS].by_transport[KEY]
+    counters["requests"] += 1
+    values = await request_values(request)
+    last_event_id = request.headers.get("Last-Event-ID")
+    if last_event_id:
+        stream_id, after = parse_last_event_id(last_event_id)
+        stream = request.app[HUB].get(stream_id)
+        if after > stream.params.tokens:
+            raise ParamError(f"Last-Event-ID seq {after} is beyond the stream's end", param="Last-Event-ID")
+        if stream.done and after >= stream.last_seq:
+            # WHATWG SSE: a 204 response makes EventSource stop reconnecting for good.
+            return web.Response(status=204, headers={"X-Pushlab-Stream": stream.id})
+    else:
+        stream, after = open_stream(request, values)
+    config = request.app[CONFIG]
+    resp = web.StreamResponse(headers=streaming_headers(config, "text/event-stream; charset=utf-8", stream))
+    await resp.prepare(request)
+    counters["open"] += 1
+    try:
+        await pump(resp, stream, after, config.retry_ms, config.heartbeat_s, counters)
+    except (ConnectionResetError, ConnectionError):
+        counters["errors"] += 1
+    finally:
+        counters["open"] -= 1
+    return resp
+
+
+async def pump(
+    resp: web.StreamResponse,
+    stream: Stream,
+    after: int,
+    retry_ms: int,
+    heartbeat_s: float,
+    counters: dict[str, int],
+) -> None:
+    """Write the stream's tokens after `after` as they appear, then the end marker."""
+    first = sse.encode_open(stream.id, after, retry_ms)
+    await resp.write(first)
+    sent, written = after, len(first)
+    with stream.listening():
+        while True:
+            batch = stream.since(sent)
+            if batch:
+                data = b"".join(sse.encode_token(stream.id, t.seq, t.payload) for t in batch)
+                await resp.write(data)
+                sent += len(batch)
+                written += len(data)
+                counters["tokens_sent"] += len(batch)
+                continue
+            if stream.done:
+                break
+            if not await stream.wait_beyond(sent, heartbeat_s or None):
+                beat = sse.encode_comment("keep-alive")
+                await resp.write(beat)
+                written += len(beat)
+    end = b""
+    if stream.reason != "done":
+        info = dumps({"stream": stream.id, "seq": stream.last_seq, "reason": stream.reason}).decode()
+        end = sse.encode_event(info, event="cancelled")
+    end += sse.DONE
+    await resp.write(end)
+    await resp.write_eof()
+    counters["bytes_sent"] += written + len(end)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/sse", handle)
+    app.router.add_post("/sse", handle)
