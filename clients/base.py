@@ -1,0 +1,128 @@
+"""What every client shares: the target, options, and the reconnect loop.
+
+A client's `attempt()` follows its stream over one connection (or one run of polls) and
+returns the end reason when the stream ended, or raises TransportError when the
+connection broke. `run()` retries retryable failures with exponential backoff plus jitter,
+resuming after the last seq received, and records the outcome in the `StreamRecord`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+from typing import ClassVar
+from urllib.parse import urlsplit
+
+from clients.http import HTTPClient, Response
+from clients.recorder import StreamRecord
+from streams.errors import PushlabError, TransportError
+from streams.params import GenParams
+from transports.token import loads
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Where the server (or a proxy in front of it) listens."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    @classmethod
+    def parse(cls, url: str) -> Target:
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        if parts.scheme not in ("http", "ws") or not parts.hostname:
+            raise ValueError(f"server URL must look like http://HOST:PORT, got {url!r}")
+        try:
+            port = parts.port or 80
+        except ValueError:
+            raise ValueError(f"bad port in server URL {url!r}") from None
+        return cls(parts.hostname, port)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientOptions:
+    max_reconnects: int = 5
+    backoff_ms: float = 50.0  # first reconnect delay; doubles per consecutive failure
+    backoff_max_ms: float = 2000.0
+    interval_ms: float = 100.0  # short polling: time between polls
+    wait_s: float = 25.0  # long polling: how long the server may hold a poll
+    ws_compress: bool = False  # offer permessage-deflate
+    method: str = "GET"  # sse, ndjson, oneshot: GET with a query, or POST with a JSON body
+    seed: int = 0  # for backoff jitter
+
+
+class Client:
+    """Base of every client; subclasses implement `attempt`."""
+
+    key: ClassVar[str] = ""
+    name: ClassVar[str] = "python"
+
+    def __init__(self, options: ClientOptions | None = None) -> None:
+        self.options = options or ClientOptions()
+        self._rng = random.Random(self.options.seed)
+
+    async def run(self, target: Target, params: GenParams, rec: StreamRecord) -> None:
+        """Follow one stream to its end (reconnecting as allowed); never raises PushlabError."""
+        http = HTTPClient(target.host, target.port)
+        failures = 0
+        try:
+            while True:
+                try:
+                    reason = await self.attempt(http, params, rec)
+                    rec.finished(reason)
+                    return
+                except TransportError as exc:
+                    await http.close_conn()
+                    if not exc.retryable or rec.reconnects >= self.options.max_reconnects:
+                        raise
+                    failures += 1
+                    rec.reconnects += 1
+                    await asyncio.sleep(self._backoff_s(failures))
+        except PushlabError as exc:
+            rec.failed(exc)
+        finally:
+            rec.conns = await http.aclose()
+            rec.http_requests = http.requests
+
+    def _backoff_s(self, failures: int) -> float:
+        base = min(self.options.backoff_max_ms, self.options.backoff_ms * 2 ** (failures - 1))
+        return base * (0.5 + self._rng.random() / 2) / 1e3  # "equal jitter"
+
+    async def attempt(self, http: HTTPClient, params: GenParams, rec: StreamRecord) -> str:
+        raise NotImplementedError
+
+
+async def expect(http: HTTPClient, resp: Response, status: int = 200, content_type: str = "") -> None:
+    """Raise TransportError (with the server's error message) for an unexpected status or
+    content type; a 4xx or a wrong content type is not worth retrying."""
+    if resp.status != status:
+        message = await error_message(http, resp)
+        raise TransportError(f"HTTP {resp.status}: {message}", retryable=resp.status >= 500)
+    if content_type and not resp.headers.get("content-type", "").startswith(content_type):
+        raise TransportError(f"wrong content type {resp.headers.get('content-type')!r}", retryable=False)
+
+
+async def error_message(http: HTTPClient, resp: Response) -> str:
+    """The server's JSON error message for a non-2xx response, else the body's start."""
+    body = await http.read_body()
+    try:
+        return str(loads(body)["error"]["message"])
+    except (PushlabError, KeyError, TypeError):
+        return body[:200].decode("utf-8", "replace")
+
+
+def request_for(path: str, params: GenParams, method: str, extra: dict[str, str] | None = None) -> tuple[str, bytes]:
+    """(target, body) for a stream-starting request: a query string, or a JSON body."""
+    from urllib.parse import urlencode
+
+    from transports.token import dumps
+
+    if method == "POST":
+        return path + (f"?{urlencode(extra)}" if extra else ""), dumps({**params.as_dict(), **(extra or {})})
+    return f"{path}?{urlencode({**params.as_query(), **(extra or {})})}", b""

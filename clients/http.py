@@ -1,0 +1,136 @@
+"""Minimal HTTP/1.1 client over `Conn`, on h11 (sans-I/O): we see and count every byte.
+
+One `HTTPClient` follows one stream: it opens connections as needed, keeps them alive
+between requests (polling), and reopens when the server or the network closes one.
+h11's errors are translated here into TransportError.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+
+import h11
+
+from clients.net import Conn, ConnStats
+from streams.errors import TransportError
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
+
+
+class HTTPClient:
+    """Requests to one host:port, over as few connections as the server allows."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.requests = 0
+        self.closed_stats: list[ConnStats] = []
+        self._conn: Conn | None = None
+        self._h11: h11.Connection | None = None
+        self._connections = 0
+
+    @property
+    def conn(self) -> Conn | None:
+        return self._conn
+
+    @property
+    def connections(self) -> int:
+        return self._connections
+
+    async def _ensure_conn(self) -> tuple[Conn, h11.Connection]:
+        if self._conn is not None and self._h11 is not None:
+            if self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE:
+                self._h11.start_next_cycle()
+                return self._conn, self._h11
+            await self.close_conn()
+        try:
+            self._conn = await Conn.open(self.host, self.port, index=self._connections)
+        except OSError as exc:
+            raise TransportError(f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}") from exc
+        self._connections += 1
+        self._h11 = h11.Connection(h11.CLIENT)
+        return self._conn, self._h11
+
+    async def open_raw(self) -> Conn:
+        """A fresh connection for a protocol of its own (WebSocket), still counted here."""
+        await self.close_conn()
+        try:
+            self._conn = await Conn.open(self.host, self.port, index=self._connections)
+        except OSError as exc:
+            raise TransportError(f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}") from exc
+        self._connections += 1
+        self.requests += 1  # the upgrade request
+        return self._conn
+
+    async def request(
+        self, method: str, target: str, headers: list[tuple[str, str]] | None = None, body: bytes = b""
+    ) -> Response:
+        """Send one request and read its status line and headers."""
+        conn, h = await self._ensure_conn()
+        hdrs = [("Host", f"{self.host}:{self.port}"), *(headers or [])]
+        if body:
+            hdrs += [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        try:
+            data = h.send(h11.Request(method=method, target=target, headers=hdrs))
+            if body:
+                data += h.send(h11.Data(data=body))
+            data += h.send(h11.EndOfMessage())
+            await conn.write(data)
+            self.requests += 1
+            while True:
+                event = await self._next_event()
+                if isinstance(event, h11.Response):
+                    return Response(
+                        event.status_code,
+                        {k.decode().lower(): v.decode("latin-1") for k, v in event.headers},
+                    )
+                if not isinstance(event, h11.InformationalResponse):
+                    raise TransportError(f"unexpected {type(event).__name__} before the response")
+        except h11.ProtocolError as exc:
+            raise TransportError(f"HTTP protocol error: {exc}") from exc
+        except OSError as exc:
+            raise TransportError(f"connection failed: {exc.strerror or exc}") from exc
+
+    async def body(self) -> AsyncIterator[bytes]:
+        """The response body as it arrives (chunk framing removed); stops at its end."""
+        try:
+            while True:
+                event = await self._next_event()
+                if isinstance(event, h11.Data):
+                    yield bytes(event.data)
+                elif isinstance(event, h11.EndOfMessage):
+                    return
+        except h11.ProtocolError as exc:
+            raise TransportError(f"HTTP protocol error: {exc}") from exc
+        except OSError as exc:
+            raise TransportError(f"connection failed: {exc.strerror or exc}") from exc
+
+    async def read_body(self) -> bytes:
+        return b"".join([chunk async for chunk in self.body()])
+
+    async def _next_event(self) -> h11.Event:
+        assert self._conn is not None and self._h11 is not None
+        while True:
+            event = self._h11.next_event()
+            if event is h11.NEED_DATA:
+                # b"" (EOF) becomes ConnectionClosed, or a protocol error mid-body
+                self._h11.receive_data(await self._conn.read())
+                continue
+            if isinstance(event, h11.ConnectionClosed):
+                raise TransportError("server closed the connection")
+            return event  # type: ignore[return-value]
+
+    async def close_conn(self) -> None:
+        """Close the current connection (counting its bytes first)."""
+        if self._conn is not None:
+            self.closed_stats.append(await self._conn.aclose())
+        self._conn, self._h11 = None, None
+
+    async def aclose(self) -> list[ConnStats]:
+        """Close everything; the byte counts of every connection this client used."""
+        await self.close_conn()
+        return self.closed_stats

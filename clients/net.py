@@ -1,0 +1,143 @@
+"""One TCP connection a client owns, with its bytes counted by the kernel and by us.
+
+`Conn` is the small network-stream interface every client speaks through (read, write,
+aclose). Before the socket closes it reads Linux's `struct tcp_info` (TCP_INFO):
+`tcpi_bytes_acked` (offset 120) is what we sent and the peer acknowledged, and
+`tcpi_bytes_received` (offset 128) what we received, each the TCP payload of the whole
+connection (HTTP headers, chunk framing, WebSocket frames: everything). The application's
+own byte count is kept beside it as the cross-check and as the fallback where TCP_INFO is
+missing. Every read stamps both clocks before anything parses the bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import socket
+import struct
+import time
+
+READ_SIZE = 65536
+ACK_WAIT_S = 0.25  # at most this long for the peer to ack our last bytes before counting
+
+# struct tcp_info (include/uapi/linux/tcp.h): offset, format
+_TCPI_FIELDS = {
+    "unacked": (24, "I"),
+    "rtt_us": (68, "I"),
+    "total_retrans": (100, "I"),
+    "bytes_acked": (120, "Q"),
+    "bytes_received": (128, "Q"),
+    "segs_out": (136, "I"),
+    "segs_in": (140, "I"),
+}
+_TCPI_SIZE = 144
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TcpInfo:
+    unacked: int
+    rtt_us: int
+    total_retrans: int
+    bytes_acked: int
+    bytes_received: int
+    segs_out: int
+    segs_in: int
+
+
+def read_tcp_info(sock: socket.socket) -> TcpInfo | None:
+    """The kernel's counters for `sock`, or None where TCP_INFO is unavailable."""
+    opt = getattr(socket, "TCP_INFO", None)
+    if opt is None:
+        return None
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, opt, 256)
+    except OSError:
+        return None
+    if len(raw) < _TCPI_SIZE:
+        return None
+    return TcpInfo(**{name: struct.unpack_from(fmt, raw, off)[0] for name, (off, fmt) in _TCPI_FIELDS.items()})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ConnStats:
+    """What one connection carried; `bytes_*` are the kernel's when `source` is "kernel"."""
+
+    index: int
+    bytes_up: int
+    bytes_down: int
+    app_bytes_up: int
+    app_bytes_down: int
+    segments_up: int
+    segments_down: int
+    retransmits: int
+    source: str
+
+
+class Conn:
+    """A client-side TCP connection: write, read (timestamped), aclose (-> ConnStats)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> None:
+        self._reader, self._writer = reader, writer
+        self.index = index
+        self.app_up = 0
+        self.app_down = 0
+        self.last_recv_ns = 0  # time.time_ns() of the latest read
+        self.last_recv_perf_ns = 0  # time.perf_counter_ns() of the latest read
+        self.stats: ConnStats | None = None
+        sock = writer.get_extra_info("socket")
+        self._sock: socket.socket | None = sock
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    @classmethod
+    async def open(cls, host: str, port: int, index: int = 0) -> Conn:
+        reader, writer = await asyncio.open_connection(host, port, limit=READ_SIZE * 4)
+        return cls(reader, writer, index)
+
+    async def write(self, data: bytes) -> None:
+        self._writer.write(data)
+        self.app_up += len(data)
+        await self._writer.drain()
+
+    async def read(self, size: int = READ_SIZE) -> bytes:
+        """Up to `size` bytes as they arrive; b"" at EOF."""
+        data = await self._reader.read(size)
+        self.last_recv_ns = time.time_ns()
+        self.last_recv_perf_ns = time.perf_counter_ns()
+        self.app_down += len(data)
+        return data
+
+    def tcp_info(self) -> TcpInfo | None:
+        return read_tcp_info(self._sock) if self._sock is not None else None
+
+    async def aclose(self) -> ConnStats:
+        """Count (waiting briefly for our last bytes to be acked), then close."""
+        if self.stats is not None:
+            return self.stats
+        info = self.tcp_info()
+        deadline = time.monotonic() + ACK_WAIT_S
+        while info is not None and info.bytes_acked < self.app_up and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
+            info = self.tcp_info()
+        self.stats = self._stats(info)
+        self._writer.close()
+        try:
+            await self._writer.wait_closed()
+        except (ConnectionError, OSError):
+            pass  # the peer reset or already closed it: the counts are taken
+        return self.stats
+
+    def _stats(self, info: TcpInfo | None) -> ConnStats:
+        if info is None:
+            return ConnStats(self.index, self.app_up, self.app_down, self.app_up, self.app_down, -1, -1, -1, "app")
+        return ConnStats(
+            self.index,
+            info.bytes_acked,
+            info.bytes_received,
+            self.app_up,
+            self.app_down,
+            info.segs_out,
+            info.segs_in,
+            info.total_retrans,
+            "kernel",
+        )

@@ -1,0 +1,183 @@
+"""Per-token and per-stream records, cheap to write while measuring, tidy afterwards.
+
+While a stream runs, `StreamRecord.token()` appends five integers to preallocated-growth
+`array('q')` columns: no object per token, no dict, nothing for the garbage collector to
+walk. Everything derived (lost, duplicated, TTFT, gaps, percentiles) is computed by
+`to_tables` after the measured window has closed.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from array import array
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from clients.net import ConnStats
+from clients.schema import STREAM_COLUMNS, TOKEN_COLUMNS, Tables, conform
+from transports.token import TokenRecord
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+class StreamRecord:
+    """Everything one client saw of one stream."""
+
+    def __init__(self, transport: str, client: str, tokens_expected: int, envelope: str = "text") -> None:
+        self.transport, self.client = transport, client
+        self.tokens_expected = tokens_expected
+        self.envelope = envelope
+        self.stream_id = ""
+        self.seq = array("q")
+        self.t_emit_ns = array("q")
+        self.t_recv_ns = array("q")
+        self.t_recv_perf_ns = array("q")
+        self.connection = array("q")
+        self.text_bytes: dict[int, int] = {}  # seq -> UTF-8 size, first delivery only
+        self.t_start_perf_ns = 0  # first request sent
+        self.t_end_perf_ns = 0  # end of stream seen
+        self.reconnects = 0
+        self.http_requests = 0
+        self.conns: list[ConnStats] = []
+        self.error = ""
+        self.end_reason = ""
+
+    def request_sent(self) -> None:
+        """Mark the first request's send time (TTFT and e2e are measured from it)."""
+        if not self.t_start_perf_ns:
+            self.t_start_perf_ns = time.perf_counter_ns()
+
+    def token(self, tok: TokenRecord, t_recv_ns: int, t_recv_perf_ns: int, connection: int) -> None:
+        self.seq.append(tok.seq)
+        self.t_emit_ns.append(tok.t_emit_ns)
+        self.t_recv_ns.append(t_recv_ns)
+        self.t_recv_perf_ns.append(t_recv_perf_ns)
+        self.connection.append(connection)
+        if tok.seq not in self.text_bytes:
+            self.text_bytes[tok.seq] = len(tok.text.encode())
+        if not self.stream_id:
+            self.stream_id = tok.stream
+
+    @property
+    def last_seq(self) -> int:
+        """The highest seq received (what a resume continues after)."""
+        return max(self.seq) if self.seq else 0
+
+    def finished(self, reason: str = "done") -> None:
+        self.t_end_perf_ns = time.perf_counter_ns()
+        self.end_reason = reason
+
+    def failed(self, exc: BaseException) -> None:
+        self.t_end_perf_ns = time.perf_counter_ns()
+        self.error = f"{type(exc).__name__}: {exc}"[:300]
+
+
+@contextmanager
+def measuring() -> Iterator[None]:
+    """The measured window: collect garbage before, keep the collector out during it."""
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _order_stats(seqs: Sequence[int]) -> tuple[int, int, int]:
+    """(distinct, duplicated, out_of_order) deliveries in arrival order."""
+    seen: set[int] = set()
+    dup = ooo = 0
+    highest = 0
+    for s in seqs:
+        if s in seen:
+            dup += 1
+            continue
+        if s < highest:
+            ooo += 1
+        seen.add(s)
+        highest = max(highest, s)
+    return len(seen), dup, ooo
+
+
+def stream_row(rec: StreamRecord) -> dict[str, object]:
+    """One `streams` row (without the key columns shared by the whole run)."""
+    import numpy as np
+
+    distinct, dup, ooo = _order_stats(rec.seq)
+    expected_seen = sum(1 for s in rec.text_bytes if 1 <= s <= rec.tokens_expected)
+    first_idx = [i for i, s in enumerate(rec.seq) if rec.text_bytes.get(s, 0) > 0][:1]
+    ttft_ms = (rec.t_recv_perf_ns[first_idx[0]] - rec.t_start_perf_ns) / 1e6 if first_idx else float("nan")
+    first_arrivals = _first_arrival_perf(rec)
+    gaps = np.diff(np.asarray(first_arrivals, dtype=np.int64)) / 1e6 if len(first_arrivals) > 1 else None
+    conns = rec.conns
+    return {
+        "stream_id": rec.stream_id,
+        "envelope": rec.envelope,
+        "tokens_expected": rec.tokens_expected,
+        "tokens_received": distinct,
+        "lost": rec.tokens_expected - expected_seen,
+        "duplicated": dup,
+        "out_of_order": ooo,
+        "ttft_ms": ttft_ms,
+        "itl_p50_ms": float(np.percentile(gaps, 50)) if gaps is not None else float("nan"),
+        "itl_p99_ms": float(np.percentile(gaps, 99)) if gaps is not None else float("nan"),
+        "e2e_ms": (rec.t_end_perf_ns - rec.t_start_perf_ns) / 1e6 if rec.t_end_perf_ns else float("nan"),
+        "reconnects": rec.reconnects,
+        "http_requests": rec.http_requests,
+        "tcp_connections": len(conns),
+        "bytes_up": sum(c.bytes_up for c in conns),
+        "bytes_down": sum(c.bytes_down for c in conns),
+        "app_bytes_up": sum(c.app_bytes_up for c in conns),
+        "app_bytes_down": sum(c.app_bytes_down for c in conns),
+        "bytes_source": "kernel" if conns and all(c.source == "kernel" for c in conns) else "app",
+        "payload_bytes": sum(rec.text_bytes.values()),
+        "segments_up": sum(c.segments_up for c in conns) if conns and conns[0].segments_up >= 0 else -1,
+        "segments_down": sum(c.segments_down for c in conns) if conns and conns[0].segments_down >= 0 else -1,
+        "error": rec.error,
+    }
+
+
+def _first_arrival_perf(rec: StreamRecord) -> list[int]:
+    seen: set[int] = set()
+    out = []
+    for s, t in zip(rec.seq, rec.t_recv_perf_ns, strict=True):
+        if s not in seen:
+            seen.add(s)
+            out.append(t)
+    return out
+
+
+def to_tables(records: Sequence[StreamRecord], keys: dict[str, object]) -> Tables:
+    """The run's records as schema tables; `keys` fills the shared key columns."""
+    import numpy as np
+    import pandas as pd
+
+    token_frames: list[pd.DataFrame] = []
+    rows = []
+    for rec in records:
+        row_keys = {**keys, "transport": rec.transport, "client": rec.client, "stream_id": rec.stream_id}
+        rows.append({**row_keys, **stream_row(rec)})
+        seq = np.frombuffer(rec.seq, dtype=np.int64) if rec.seq else np.zeros(0, np.int64)
+        emit = np.frombuffer(rec.t_emit_ns, dtype=np.int64) if rec.seq else np.zeros(0, np.int64)
+        recv = np.frombuffer(rec.t_recv_ns, dtype=np.int64) if rec.seq else np.zeros(0, np.int64)
+        frame = pd.DataFrame(
+            {
+                "seq": seq,
+                "text_bytes": [rec.text_bytes.get(int(s), 0) for s in seq],
+                "t_emit_ns": emit,
+                "t_recv_ns": recv,
+                "latency_ms": (recv - emit) / 1e6,
+                "connection": np.frombuffer(rec.connection, dtype=np.int64) if rec.seq else np.zeros(0, np.int64),
+            }
+        )
+        for k, v in row_keys.items():
+            frame[k] = v
+        token_frames.append(frame)
+    tokens = pd.concat(token_frames, ignore_index=True) if token_frames else pd.DataFrame(columns=list(TOKEN_COLUMNS))
+    streams = pd.DataFrame(rows, columns=list(STREAM_COLUMNS))
+    return Tables(tokens=conform(tokens, TOKEN_COLUMNS), streams=conform(streams, STREAM_COLUMNS))

@@ -1,0 +1,101 @@
+"""The record schema every client, experiment, store and chart shares (DESIGN.md, "Records").
+
+Two tidy tables: `tokens` (one row per token received) and `streams` (one row per stream a
+client ran). Condition columns (`condition`, `rate_hz`, `corpus`, ...) say which point of an
+experiment's sweep a row belongs to, so one table holds a whole sweep.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pandas is heavy; the clients' hot path never needs it
+    import pandas as pd
+
+SCHEMA_VERSION = 1
+
+# Columns shared by both tables: who measured what, under which condition.
+KEY_COLUMNS: dict[str, str] = {
+    "run_id": "string",
+    "experiment": "string",
+    "transport": "string",  # registry key: sse, websocket, longpoll, ndjson, shortpoll, oneshot
+    "client": "string",  # which client implementation: python, browser-..., openai-sdk
+    "condition": "string",  # human label of the sweep point, e.g. "rate=20 text=en"
+    "rate_hz": "float64",  # generation rate asked for, tokens per second
+    "corpus": "string",  # en, zh, mixed
+    "stream_id": "string",
+}
+
+TOKEN_COLUMNS: dict[str, str] = {
+    **KEY_COLUMNS,
+    "seq": "int64",
+    "text_bytes": "int64",  # UTF-8 size of the token text
+    "t_emit_ns": "int64",  # server's time.time_ns() when the token was generated
+    "t_recv_ns": "int64",  # client's time.time_ns() when the bytes carrying it were read
+    "latency_ms": "float64",  # (t_recv_ns - t_emit_ns) / 1e6, same host, same clock
+    "connection": "int64",  # index (0, 1, ...) of the connection or request that delivered it
+}
+
+STREAM_COLUMNS: dict[str, str] = {
+    **KEY_COLUMNS,
+    "envelope": "string",
+    "tokens_expected": "int64",
+    "tokens_received": "int64",  # distinct seqs received
+    "lost": "int64",  # expected seqs never received
+    "duplicated": "int64",  # deliveries of a seq already received
+    "out_of_order": "int64",  # deliveries with a seq lower than one already received
+    "ttft_ms": "float64",  # request sent -> first non-empty token read (perf_counter)
+    "itl_p50_ms": "float64",  # gaps between consecutive token arrivals
+    "itl_p99_ms": "float64",
+    "e2e_ms": "float64",  # request sent -> end of stream seen
+    "reconnects": "int64",
+    "http_requests": "int64",  # HTTP requests sent, WebSocket upgrade included
+    "tcp_connections": "int64",
+    "bytes_up": "int64",  # TCP payload bytes sent, all connections (kernel count when available)
+    "bytes_down": "int64",  # TCP payload bytes received, all connections
+    "app_bytes_up": "int64",  # the same counted by the application, as a cross-check
+    "app_bytes_down": "int64",
+    "bytes_source": "string",  # "kernel" (TCP_INFO) or "app" (fallback)
+    "payload_bytes": "int64",  # UTF-8 size of the token texts received, once each
+    "segments_up": "int64",  # tcpi_segs_out, -1 when unknown
+    "segments_down": "int64",  # tcpi_segs_in, -1 when unknown
+    "error": "string",  # empty when the stream completed
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Tables:
+    """What an experiment run returns: the per-token and per-stream tables."""
+
+    tokens: pd.DataFrame
+    streams: pd.DataFrame
+
+
+def empty_tables() -> Tables:
+    import pandas as pd
+
+    return Tables(
+        tokens=pd.DataFrame({c: pd.Series(dtype=t) for c, t in TOKEN_COLUMNS.items()}),
+        streams=pd.DataFrame({c: pd.Series(dtype=t) for c, t in STREAM_COLUMNS.items()}),
+    )
+
+
+def conform(df: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
+    """Order and type `df`'s columns as the schema says; missing columns are an error."""
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"table lacks schema columns: {', '.join(missing)}")
+    return df[list(columns)].astype(columns)
+
+
+def concat(parts: list[Tables]) -> Tables:
+    """Stack several runs' tables (for example one per sweep point) into one."""
+    import pandas as pd
+
+    if not parts:
+        return empty_tables()
+    return Tables(
+        tokens=conform(pd.concat([p.tokens for p in parts], ignore_index=True), TOKEN_COLUMNS),
+        streams=conform(pd.concat([p.streams for p in parts], ignore_index=True), STREAM_COLUMNS),
+    )

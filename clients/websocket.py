@@ -1,0 +1,82 @@
+"""WebSocket client on the `websockets` sans-I/O protocol, over a counted `Conn`.
+
+Sends `start`; on a broken connection reconnects and sends `resume` with the last seq
+received; `cancel_after` (tokens) sends `cancel` mid-stream.
+"""
+
+from __future__ import annotations
+
+from websockets.client import ClientProtocol
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response as WSResponse
+from websockets.uri import parse_uri
+
+from clients.base import Client
+from clients.http import HTTPClient
+from clients.net import Conn
+from clients.recorder import StreamRecord
+from streams.errors import ProtocolError, TransportError
+from streams.params import GenParams
+from transports import websocket as codec
+from transports.token import TokenRecord
+
+
+class WebSocketClient(Client):
+    key = "websocket"
+
+    async def attempt(self, http: HTTPClient, params: GenParams, rec: StreamRecord) -> str:
+        conn = await http.open_raw()
+        extensions = [ClientPerMessageDeflateFactory()] if self.options.ws_compress else None
+        proto = ClientProtocol(
+            parse_uri(f"ws://{http.host}:{http.port}/ws"), extensions=extensions, max_size=2**20
+        )
+        proto.send_request(proto.connect())
+        rec.request_sent()
+        await _flush(proto, conn)
+        request_index = http.requests - 1
+        opened = False
+        while True:
+            data = await conn.read()
+            if data:
+                proto.receive_data(data)
+            else:
+                proto.receive_eof()
+            t_ns, t_perf = conn.last_recv_ns, conn.last_recv_perf_ns
+            for event in proto.events_received():
+                if isinstance(event, WSResponse):
+                    if proto.handshake_exc is not None:
+                        raise TransportError(f"WebSocket handshake failed: {proto.handshake_exc}", retryable=False)
+                    opened = True
+                    first = codec.encode_resume(rec.stream_id, rec.last_seq) if rec.stream_id else codec.encode_start(params)
+                    proto.send_text(first.encode())
+                elif isinstance(event, Frame) and event.opcode is Opcode.TEXT:
+                    reason = self._on_message(event.data, rec, t_ns, t_perf, request_index)
+                    if reason is not None:
+                        proto.send_close(1000)
+                        await _flush(proto, conn)
+                        return reason
+            await _flush(proto, conn)
+            if not data:
+                raise TransportError("connection closed" + ("" if opened else " during the handshake"))
+
+    def _on_message(self, data: bytes, rec: StreamRecord, t_ns: int, t_perf: int, request_index: int) -> str | None:
+        msg = codec.parse_server_message(data)
+        if isinstance(msg, TokenRecord):
+            rec.token(msg, t_ns, t_perf, request_index)
+        elif isinstance(msg, codec.Started):
+            rec.stream_id = rec.stream_id or msg.stream
+        elif isinstance(msg, codec.Done):
+            return msg.reason
+        elif isinstance(msg, codec.Error):
+            raise TransportError(f"server error: {msg.message}", retryable=False)
+        return None
+
+
+async def _flush(proto: ClientProtocol, conn: Conn) -> None:
+    for chunk in proto.data_to_send():
+        if chunk:
+            await conn.write(chunk)
+
+
+__all__ = ["ProtocolError", "WebSocketClient"]
