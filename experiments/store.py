@@ -1,0 +1,133 @@
+"""The result store: one directory per run holding both tables (CSV and Parquet) and meta.json.
+
+Layout of a run directory (see results/README.md):
+
+    tokens.csv  tokens.parquet  streams.csv  streams.parquet  meta.json  [*.png  report.md]
+
+Parquet is what `load` reads (exact dtypes, and the schema version in its key-value
+metadata); the CSV copies are for people and spreadsheets, and the fallback when a Parquet file
+is absent. A CSV cannot tell a missing string from an empty one: both load as "".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from clients.schema import SCHEMA_VERSION, STREAM_COLUMNS, TOKEN_COLUMNS, Tables, conform
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS_ENV = "PUSHLAB_RESULTS"
+META_FILE = "meta.json"
+TABLES: dict[str, dict[str, str]] = {"tokens": TOKEN_COLUMNS, "streams": STREAM_COLUMNS}
+_PARQUET_KEY = b"pushlab.schema_version"
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredRun:
+    """A run read back from disk: both tables conformed to the schema, its metadata and path."""
+
+    tokens: pd.DataFrame
+    streams: pd.DataFrame
+    meta: dict[str, Any]
+    path: Path
+
+
+def results_root() -> Path:
+    """Where runs are stored: `$PUSHLAB_RESULTS` if set, else `<repo>/results`."""
+    override = os.environ.get(RESULTS_ENV)
+    return Path(override).expanduser() if override else REPO_ROOT / "results"
+
+
+def save(tables: Tables, meta: dict[str, Any], out_dir: Path) -> Path:
+    """Write both tables (CSV + Parquet, conformed first) and meta.json into `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files: list[dict[str, Any]] = []
+    for name, columns in TABLES.items():
+        df = conform(getattr(tables, name), columns)
+        csv_path, parquet_path = out_dir / f"{name}.csv", out_dir / f"{name}.parquet"
+        df.to_csv(csv_path, index=False)
+        _write_parquet(df, parquet_path)
+        for path, fmt in ((csv_path, "csv"), (parquet_path, "parquet")):
+            files.append({"name": path.name, "table": name, "format": fmt, "rows": len(df)})
+    full_meta = {**meta, "files": files}
+    full_meta.setdefault("schema_version", SCHEMA_VERSION)
+    text = json.dumps(full_meta, indent=2, default=str)
+    (out_dir / META_FILE).write_text(text + "\n", encoding="utf-8")
+    return out_dir
+
+
+def load(run_dir: Path) -> StoredRun:
+    """Read a run directory back; a missing file or a too-new schema is a ValueError naming it."""
+    run_dir = Path(run_dir)
+    meta = _read_meta(run_dir / META_FILE)
+    frames = {name: _read_table(run_dir, name, columns) for name, columns in TABLES.items()}
+    return StoredRun(tokens=frames["tokens"], streams=frames["streams"], meta=meta, path=run_dir)
+
+
+def _write_parquet(df: pd.DataFrame, path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    metadata = {**(table.schema.metadata or {}), _PARQUET_KEY: str(SCHEMA_VERSION).encode()}
+    pq.write_table(table.replace_schema_metadata(metadata), path)
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ValueError(f"{path}: missing; not a pushlab run directory?")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: unreadable metadata: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    _check_version(path, meta.get("schema_version"))
+    return meta
+
+
+def _check_version(path: Path, version: object) -> None:
+    if not isinstance(version, int):
+        raise ValueError(f"{path}: no integer schema_version (found {version!r})")
+    if version > SCHEMA_VERSION:
+        raise ValueError(
+            f"{path}: schema_version {version} is newer than this code's {SCHEMA_VERSION}; "
+            "update pushlab to read it"
+        )
+
+
+def _read_table(run_dir: Path, name: str, columns: dict[str, str]) -> pd.DataFrame:
+    import pandas as pd
+
+    parquet_path, csv_path = run_dir / f"{name}.parquet", run_dir / f"{name}.csv"
+    if parquet_path.is_file():
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(parquet_path)
+        stored = (table.schema.metadata or {}).get(_PARQUET_KEY)
+        if stored is not None:
+            _check_version(parquet_path, int(stored))
+        df, path = table.to_pandas(), parquet_path
+    elif csv_path.is_file():
+        strings = [c for c, t in columns.items() if t == "string"]
+        df = pd.read_csv(
+            csv_path,
+            dtype={c: "string" for c in strings},
+            keep_default_na=False,
+            na_values={c: ["", "NaN", "nan"] for c in columns if c not in strings},
+        )
+        path = csv_path
+    else:
+        raise ValueError(f"{parquet_path}: missing (and no {csv_path.name} to fall back on)")
+    try:
+        return conform(df, columns)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{path}: does not match the {name} schema: {exc}") from exc
