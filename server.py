@@ -119,22 +119,49 @@ def make_app(config: ServerConfig | None = None) -> web.Application:
 
 def build_parser() -> argparse.ArgumentParser:
     d = ServerConfig()
-    p = argparse.ArgumentParser(prog="pushlab serve", description="Serve every transport on one port.")
+    p = argparse.ArgumentParser(
+        prog="pushlab serve", description="Serve every transport on one port."
+    )
     p.add_argument("--host", default=d.host, help="address to listen on (default %(default)s)")
-    p.add_argument("--port", type=int, default=d.port, help="TCP port, 0 = any free one (default %(default)s)")
-    p.add_argument("--heartbeat-s", type=float, default=d.heartbeat_s,
-                   help="seconds of silence before an SSE/NDJSON keep-alive; 0 = never (default %(default)s)")
-    p.add_argument("--retry-ms", type=int, default=d.retry_ms,
-                   help="SSE reconnection delay sent as retry: (default %(default)s ms)")
-    p.add_argument("--retention-s", type=float, default=d.retention_s,
-                   help="seconds a finished stream stays resumable (default %(default)s)")
-    p.add_argument("--idle-timeout-s", type=float, default=d.idle_timeout_s,
-                   help="seconds a running stream may go unread before it is cancelled (default %(default)s)")
-    p.add_argument("--max-streams", type=int, default=d.max_streams,
-                   help="streams held at once before new ones get 503 (default %(default)s)")
+    p.add_argument(
+        "--port", type=int, default=d.port, help="TCP port, 0 = any free one (default %(default)s)"
+    )
+    p.add_argument(
+        "--heartbeat-s",
+        type=float,
+        default=d.heartbeat_s,
+        help="seconds of silence before an SSE/NDJSON keep-alive; 0 = never (default %(default)s)",
+    )
+    p.add_argument(
+        "--retry-ms",
+        type=int,
+        default=d.retry_ms,
+        help="SSE reconnection delay sent as retry: (default %(default)s ms)",
+    )
+    p.add_argument(
+        "--retention-s",
+        type=float,
+        default=d.retention_s,
+        help="seconds a finished stream stays resumable (default %(default)s)",
+    )
+    p.add_argument(
+        "--idle-timeout-s",
+        type=float,
+        default=d.idle_timeout_s,
+        help="seconds a running stream may go unread before it is cancelled (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-streams",
+        type=int,
+        default=d.max_streams,
+        help="streams held at once before new ones get 503 (default %(default)s)",
+    )
     p.add_argument("--ws-compress", action="store_true", help="accept WebSocket permessage-deflate")
-    p.add_argument("--no-accel-header", action="store_true",
-                   help="do not send 'X-Accel-Buffering: no' (lets nginx buffer)")
+    p.add_argument(
+        "--no-accel-header",
+        action="store_true",
+        help="do not send 'X-Accel-Buffering: no' (lets nginx buffer)",
+    )
     p.add_argument("--uvloop", action="store_true", help="run on uvloop")
     return p
 
@@ -159,12 +186,13 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> Non
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, backlog=4096)
     await site.start()
-    port = runner.addresses[0][1]
-    print(f"pushlab serving on http://{config.host}:{port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    port = runner.addresses[0][1]
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    print(f"pushlab serving on http://{host}:{port}", flush=True)  # the ready line
     if ready is not None:
         ready.set()
     try:

@@ -98,14 +98,18 @@ class Client:
         raise NotImplementedError
 
 
-async def expect(http: HTTPClient, resp: Response, status: int = 200, content_type: str = "") -> None:
+async def expect(
+    http: HTTPClient, resp: Response, status: int = 200, content_type: str = ""
+) -> None:
     """Raise TransportError (with the server's error message) for an unexpected status or
     content type; a 4xx or a wrong content type is not worth retrying."""
     if resp.status != status:
         message = await error_message(http, resp)
         raise TransportError(f"HTTP {resp.status}: {message}", retryable=resp.status >= 500)
     if content_type and not resp.headers.get("content-type", "").startswith(content_type):
-        raise TransportError(f"wrong content type {resp.headers.get('content-type')!r}", retryable=False)
+        raise TransportError(
+            f"wrong content type {resp.headers.get('content-type')!r}", retryable=False
+        )
 
 
 async def error_message(http: HTTPClient, resp: Response) -> str:
@@ -117,12 +121,16 @@ async def error_message(http: HTTPClient, resp: Response) -> str:
         return body[:200].decode("utf-8", "replace")
 
 
-def request_for(path: str, params: GenParams, method: str, extra: dict[str, str] | None = None) -> tuple[str, bytes]:
+def request_for(
+    path: str, params: GenParams, method: str, extra: dict[str, str] | None = None
+) -> tuple[str, bytes]:
     """(target, body) for a stream-starting request: a query string, or a JSON body."""
     from urllib.parse import urlencode
 
     from transports.token import dumps
 
     if method == "POST":
-        return path + (f"?{urlencode(extra)}" if extra else ""), dumps({**params.as_dict(), **(extra or {})})
+        return path + (f"?{urlencode(extra)}" if extra else ""), dumps(
+            {**params.as_dict(), **(extra or {})}
+        )
     return f"{path}?{urlencode({**params.as_query(), **(extra or {})})}", b""

@@ -28,8 +28,14 @@ async def run_fleet(
 ) -> list[StreamRecord]:
     """Every client's record; a client that has not finished by the timeout is recorded as such."""
     cls = get(spec.transport).client_class()
-    records = [StreamRecord(spec.transport, cls.name, params.tokens, params.envelope) for _ in range(spec.clients)]
-    timeout_s = spec.timeout_s or 2 * expected_duration_s(params) + spec.clients * spec.stagger_ms / 1e3 + 10
+    records = [
+        StreamRecord(spec.transport, cls.name, params.tokens, params.envelope)
+        for _ in range(spec.clients)
+    ]
+    timeout_s = (
+        spec.timeout_s
+        or 2 * expected_duration_s(params) + spec.clients * spec.stagger_ms / 1e3 + 10
+    )
 
     async def one(i: int, rec: StreamRecord) -> None:
         if spec.stagger_ms:

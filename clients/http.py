@@ -50,7 +50,9 @@ class HTTPClient:
         try:
             self._conn = await Conn.open(self.host, self.port, index=self._connections)
         except OSError as exc:
-            raise TransportError(f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}") from exc
+            raise TransportError(
+                f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}"
+            ) from exc
         self._connections += 1
         self._h11 = h11.Connection(h11.CLIENT)
         return self._conn, self._h11
@@ -61,13 +63,19 @@ class HTTPClient:
         try:
             self._conn = await Conn.open(self.host, self.port, index=self._connections)
         except OSError as exc:
-            raise TransportError(f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}") from exc
+            raise TransportError(
+                f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}"
+            ) from exc
         self._connections += 1
         self.requests += 1  # the upgrade request
         return self._conn
 
     async def request(
-        self, method: str, target: str, headers: list[tuple[str, str]] | None = None, body: bytes = b""
+        self,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
     ) -> Response:
         """Send one request and read its status line and headers."""
         conn, h = await self._ensure_conn()

@@ -22,6 +22,7 @@ ACK_WAIT_S = 0.25  # at most this long for the peer to ack our last bytes before
 
 # struct tcp_info (include/uapi/linux/tcp.h): offset, format
 _TCPI_FIELDS = {
+    "state": (0, "B"),
     "unacked": (24, "I"),
     "rtt_us": (68, "I"),
     "total_retrans": (100, "I"),
@@ -32,9 +33,13 @@ _TCPI_FIELDS = {
 }
 _TCPI_SIZE = 144
 
+# include/net/tcp_states.h: states in which the peer's FIN has been received
+_FIN_RECEIVED_STATES = frozenset({8, 9, 11, 6})  # CLOSE_WAIT, LAST_ACK, CLOSING, TIME_WAIT
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TcpInfo:
+    state: int
     unacked: int
     rtt_us: int
     total_retrans: int
@@ -55,7 +60,9 @@ def read_tcp_info(sock: socket.socket) -> TcpInfo | None:
         return None
     if len(raw) < _TCPI_SIZE:
         return None
-    return TcpInfo(**{name: struct.unpack_from(fmt, raw, off)[0] for name, (off, fmt) in _TCPI_FIELDS.items()})
+    return TcpInfo(
+        **{name: struct.unpack_from(fmt, raw, off)[0] for name, (off, fmt) in _TCPI_FIELDS.items()}
+    )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -76,7 +83,9 @@ class ConnStats:
 class Conn:
     """A client-side TCP connection: write, read (timestamped), aclose (-> ConnStats)."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int
+    ) -> None:
         self._reader, self._writer = reader, writer
         self.index = index
         self.app_up = 0
@@ -84,6 +93,7 @@ class Conn:
         self.last_recv_ns = 0  # time.time_ns() of the latest read
         self.last_recv_perf_ns = 0  # time.perf_counter_ns() of the latest read
         self.stats: ConnStats | None = None
+        self.close_error = ""
         sock = writer.get_extra_info("socket")
         self._sock: socket.socket | None = sock
         if sock is not None:
@@ -123,17 +133,32 @@ class Conn:
         self._writer.close()
         try:
             await self._writer.wait_closed()
-        except (ConnectionError, OSError):
-            pass  # the peer reset or already closed it: the counts are taken
+        except (ConnectionError, OSError) as exc:  # the peer reset it: the counts are taken
+            self.close_error = f"{type(exc).__name__}"
         return self.stats
 
     def _stats(self, info: TcpInfo | None) -> ConnStats:
         if info is None:
-            return ConnStats(self.index, self.app_up, self.app_down, self.app_up, self.app_down, -1, -1, -1, "app")
+            return ConnStats(
+                self.index,
+                self.app_up,
+                self.app_down,
+                self.app_up,
+                self.app_down,
+                -1,
+                -1,
+                -1,
+                "app",
+            )
+        # The kernel counts sequence space: our SYN is in bytes_acked once the handshake is
+        # done (tcp_snd_una_update), and the peer's FIN is in bytes_received once it arrived
+        # (tcp_rcv_nxt_update on the FIN's end_seq). Take one off for each: payload bytes.
+        up = max(0, info.bytes_acked - 1)
+        down = info.bytes_received - (1 if info.state in _FIN_RECEIVED_STATES else 0)
         return ConnStats(
             self.index,
-            info.bytes_acked,
-            info.bytes_received,
+            up,
+            down,
             self.app_up,
             self.app_down,
             info.segs_out,

@@ -31,7 +31,7 @@ class OneShotClient(Client):
         conn = http.conn
         assert conn is not None
         batch = decode_batch(data)
-        seen = set(rec.text_bytes)
+        seen = set(rec.texts)
         for tok in batch.tokens:
             if tok.seq not in seen:
                 rec.token(tok, conn.last_recv_ns, conn.last_recv_perf_ns, http.requests - 1)

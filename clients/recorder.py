@@ -26,7 +26,9 @@ if TYPE_CHECKING:
 class StreamRecord:
     """Everything one client saw of one stream."""
 
-    def __init__(self, transport: str, client: str, tokens_expected: int, envelope: str = "text") -> None:
+    def __init__(
+        self, transport: str, client: str, tokens_expected: int, envelope: str = "text"
+    ) -> None:
         self.transport, self.client = transport, client
         self.tokens_expected = tokens_expected
         self.envelope = envelope
@@ -36,7 +38,7 @@ class StreamRecord:
         self.t_recv_ns = array("q")
         self.t_recv_perf_ns = array("q")
         self.connection = array("q")
-        self.text_bytes: dict[int, int] = {}  # seq -> UTF-8 size, first delivery only
+        self.texts: dict[int, str] = {}  # seq -> token text, first delivery only
         self.t_start_perf_ns = 0  # first request sent
         self.t_end_perf_ns = 0  # end of stream seen
         self.reconnects = 0
@@ -56,8 +58,8 @@ class StreamRecord:
         self.t_recv_ns.append(t_recv_ns)
         self.t_recv_perf_ns.append(t_recv_perf_ns)
         self.connection.append(connection)
-        if tok.seq not in self.text_bytes:
-            self.text_bytes[tok.seq] = len(tok.text.encode())
+        if tok.seq not in self.texts:
+            self.texts[tok.seq] = tok.text
         if not self.stream_id:
             self.stream_id = tok.stream
 
@@ -65,6 +67,10 @@ class StreamRecord:
     def last_seq(self) -> int:
         """The highest seq received (what a resume continues after)."""
         return max(self.seq) if self.seq else 0
+
+    def text(self) -> str:
+        """The answer as received: each seq's text once, in seq order."""
+        return "".join(self.texts[s] for s in sorted(self.texts))
 
     def finished(self, reason: str = "done") -> None:
         self.t_end_perf_ns = time.perf_counter_ns()
@@ -109,11 +115,20 @@ def stream_row(rec: StreamRecord) -> dict[str, object]:
     import numpy as np
 
     distinct, dup, ooo = _order_stats(rec.seq)
-    expected_seen = sum(1 for s in rec.text_bytes if 1 <= s <= rec.tokens_expected)
-    first_idx = [i for i, s in enumerate(rec.seq) if rec.text_bytes.get(s, 0) > 0][:1]
-    ttft_ms = (rec.t_recv_perf_ns[first_idx[0]] - rec.t_start_perf_ns) / 1e6 if first_idx else float("nan")
+    text_bytes = {seq: len(text.encode()) for seq, text in rec.texts.items()}
+    expected_seen = sum(1 for s in rec.texts if 1 <= s <= rec.tokens_expected)
+    first_idx = [i for i, s in enumerate(rec.seq) if text_bytes[s] > 0][:1]
+    ttft_ms = (
+        (rec.t_recv_perf_ns[first_idx[0]] - rec.t_start_perf_ns) / 1e6
+        if first_idx
+        else float("nan")
+    )
     first_arrivals = _first_arrival_perf(rec)
-    gaps = np.diff(np.asarray(first_arrivals, dtype=np.int64)) / 1e6 if len(first_arrivals) > 1 else None
+    gaps = (
+        np.diff(np.asarray(first_arrivals, dtype=np.int64)) / 1e6
+        if len(first_arrivals) > 1
+        else None
+    )
     conns = rec.conns
     return {
         "stream_id": rec.stream_id,
@@ -126,7 +141,9 @@ def stream_row(rec: StreamRecord) -> dict[str, object]:
         "ttft_ms": ttft_ms,
         "itl_p50_ms": float(np.percentile(gaps, 50)) if gaps is not None else float("nan"),
         "itl_p99_ms": float(np.percentile(gaps, 99)) if gaps is not None else float("nan"),
-        "e2e_ms": (rec.t_end_perf_ns - rec.t_start_perf_ns) / 1e6 if rec.t_end_perf_ns else float("nan"),
+        "e2e_ms": (rec.t_end_perf_ns - rec.t_start_perf_ns) / 1e6
+        if rec.t_end_perf_ns
+        else float("nan"),
         "reconnects": rec.reconnects,
         "http_requests": rec.http_requests,
         "tcp_connections": len(conns),
@@ -135,9 +152,13 @@ def stream_row(rec: StreamRecord) -> dict[str, object]:
         "app_bytes_up": sum(c.app_bytes_up for c in conns),
         "app_bytes_down": sum(c.app_bytes_down for c in conns),
         "bytes_source": "kernel" if conns and all(c.source == "kernel" for c in conns) else "app",
-        "payload_bytes": sum(rec.text_bytes.values()),
-        "segments_up": sum(c.segments_up for c in conns) if conns and conns[0].segments_up >= 0 else -1,
-        "segments_down": sum(c.segments_down for c in conns) if conns and conns[0].segments_down >= 0 else -1,
+        "payload_bytes": sum(text_bytes.values()),
+        "segments_up": sum(c.segments_up for c in conns)
+        if conns and conns[0].segments_up >= 0
+        else -1,
+        "segments_down": sum(c.segments_down for c in conns)
+        if conns and conns[0].segments_down >= 0
+        else -1,
         "error": rec.error,
     }
 
@@ -160,7 +181,12 @@ def to_tables(records: Sequence[StreamRecord], keys: dict[str, object]) -> Table
     token_frames: list[pd.DataFrame] = []
     rows = []
     for rec in records:
-        row_keys = {**keys, "transport": rec.transport, "client": rec.client, "stream_id": rec.stream_id}
+        row_keys = {
+            **keys,
+            "transport": rec.transport,
+            "client": rec.client,
+            "stream_id": rec.stream_id,
+        }
         rows.append({**row_keys, **stream_row(rec)})
         seq = np.frombuffer(rec.seq, dtype=np.int64) if rec.seq else np.zeros(0, np.int64)
         emit = np.frombuffer(rec.t_emit_ns, dtype=np.int64) if rec.seq else np.zeros(0, np.int64)
@@ -168,16 +194,22 @@ def to_tables(records: Sequence[StreamRecord], keys: dict[str, object]) -> Table
         frame = pd.DataFrame(
             {
                 "seq": seq,
-                "text_bytes": [rec.text_bytes.get(int(s), 0) for s in seq],
+                "text_bytes": [len(rec.texts[int(s)].encode()) for s in seq],
                 "t_emit_ns": emit,
                 "t_recv_ns": recv,
                 "latency_ms": (recv - emit) / 1e6,
-                "connection": np.frombuffer(rec.connection, dtype=np.int64) if rec.seq else np.zeros(0, np.int64),
+                "connection": np.frombuffer(rec.connection, dtype=np.int64)
+                if rec.seq
+                else np.zeros(0, np.int64),
             }
         )
         for k, v in row_keys.items():
             frame[k] = v
         token_frames.append(frame)
-    tokens = pd.concat(token_frames, ignore_index=True) if token_frames else pd.DataFrame(columns=list(TOKEN_COLUMNS))
+    tokens = (
+        pd.concat(token_frames, ignore_index=True)
+        if token_frames
+        else pd.DataFrame(columns=list(TOKEN_COLUMNS))
+    )
     streams = pd.DataFrame(rows, columns=list(STREAM_COLUMNS))
     return Tables(tokens=conform(tokens, TOKEN_COLUMNS), streams=conform(streams, STREAM_COLUMNS))

@@ -46,21 +46,31 @@ class WebSocketClient(Client):
             for event in proto.events_received():
                 if isinstance(event, WSResponse):
                     if proto.handshake_exc is not None:
-                        raise TransportError(f"WebSocket handshake failed: {proto.handshake_exc}", retryable=False)
+                        raise TransportError(
+                            f"WebSocket handshake failed: {proto.handshake_exc}", retryable=False
+                        )
                     opened = True
-                    first = codec.encode_resume(rec.stream_id, rec.last_seq) if rec.stream_id else codec.encode_start(params)
+                    first = (
+                        codec.encode_resume(rec.stream_id, rec.last_seq)
+                        if rec.stream_id
+                        else codec.encode_start(params)
+                    )
                     proto.send_text(first.encode())
                 elif isinstance(event, Frame) and event.opcode is Opcode.TEXT:
-                    reason = self._on_message(event.data, rec, t_ns, t_perf, request_index)
+                    reason = self._on_message(bytes(event.data), rec, t_ns, t_perf, request_index)
                     if reason is not None:
                         proto.send_close(1000)
                         await _flush(proto, conn)
                         return reason
             await _flush(proto, conn)
             if not data:
-                raise TransportError("connection closed" + ("" if opened else " during the handshake"))
+                raise TransportError(
+                    "connection closed" + ("" if opened else " during the handshake")
+                )
 
-    def _on_message(self, data: bytes, rec: StreamRecord, t_ns: int, t_perf: int, request_index: int) -> str | None:
+    def _on_message(
+        self, data: bytes, rec: StreamRecord, t_ns: int, t_perf: int, request_index: int
+    ) -> str | None:
         msg = codec.parse_server_message(data)
         if isinstance(msg, TokenRecord):
             rec.token(msg, t_ns, t_perf, request_index)

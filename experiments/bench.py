@@ -28,10 +28,10 @@ class BenchSpec:
 
     transports: tuple[str, ...] = KEYS
     clients: int = 1
-    params: GenParams = GenParams()
+    params: GenParams = dataclasses.field(default_factory=GenParams)
     server: str | None = None  # URL of a running server (or proxy); None: start one
     server_args: tuple[str, ...] = ()
-    options: ClientOptions = ClientOptions()
+    options: ClientOptions = dataclasses.field(default_factory=ClientOptions)
     warmup: bool = True
 
 
@@ -67,7 +67,9 @@ async def measure(
     return to_tables(records, keys)
 
 
-def condition_keys(run_id: str, experiment: str, params: GenParams, condition: str = "") -> dict[str, object]:
+def condition_keys(
+    run_id: str, experiment: str, params: GenParams, condition: str = ""
+) -> dict[str, object]:
     label = condition or f"rate={params.rate:g} text={params.text}"
     return {
         "run_id": run_id,
@@ -84,12 +86,21 @@ def run(spec: BenchSpec, run_id: str = "", progress: bool = False) -> Tables:
 
     parts = []
     with server_target(spec.server, spec.server_args) as target:
-        for transport in tqdm(spec.transports, desc="bench", unit="transport", disable=not progress):
+        for transport in tqdm(
+            spec.transports, desc="bench", unit="transport", disable=not progress
+        ):
             keys = condition_keys(run_id, "bench", spec.params)
             parts.append(
                 asyncio.run(
-                    measure(transport, target, spec.params, clients=spec.clients,
-                            options=spec.options, keys=keys, warmup=spec.warmup)
+                    measure(
+                        transport,
+                        target,
+                        spec.params,
+                        clients=spec.clients,
+                        options=spec.options,
+                        keys=keys,
+                        warmup=spec.warmup,
+                    )
                 )
             )
     return concat(parts)

@@ -1,9 +1,9 @@
 """The `pushlab` command: a thin adapter over plain functions.
 
-    pushlab serve [--port 8000 ...]        run the server (same flags as python server.py)
-    pushlab bench --transport all ...      measure one configuration, write tables + meta
-    pushlab run latency [--out DIR]        run an experiment, write tables, charts, report
-    pushlab list                           transports and experiments
+pushlab serve [--port 8000 ...]        run the server (same flags as python server.py)
+pushlab bench --transport all ...      measure one configuration, write tables + meta
+pushlab run latency [--out DIR]        run an experiment, write tables, charts, report
+pushlab list                           transports and experiments
 """
 
 from __future__ import annotations
@@ -33,46 +33,93 @@ class _Parser(argparse.ArgumentParser):
 def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     d = GenParams()
     g = p.add_argument_group("generation (same names as the wire parameters)")
-    g.add_argument("--tokens", type=int, default=d.tokens, help="tokens per answer (default %(default)s)")
-    g.add_argument("--rate", type=float, default=d.rate, help="tokens per second (default %(default)s)")
-    g.add_argument("--ttft-ms", type=float, default=d.ttft_ms,
-                   help="delay before the first token, the prefill, in ms (default %(default)s)")
-    g.add_argument("--jitter", type=float, default=d.jitter,
-                   help="relative spread of token gaps, 0..1; 0 = metronome (default %(default)s)")
+    g.add_argument(
+        "--tokens", type=int, default=d.tokens, help="tokens per answer (default %(default)s)"
+    )
+    g.add_argument(
+        "--rate", type=float, default=d.rate, help="tokens per second (default %(default)s)"
+    )
+    g.add_argument(
+        "--ttft-ms",
+        type=float,
+        default=d.ttft_ms,
+        help="delay before the first token, the prefill, in ms (default %(default)s)",
+    )
+    g.add_argument(
+        "--jitter",
+        type=float,
+        default=d.jitter,
+        help="relative spread of token gaps, 0..1; 0 = metronome (default %(default)s)",
+    )
     g.add_argument("--seed", type=int, default=d.seed, help="generator seed (default %(default)s)")
     g.add_argument("--text", choices=CORPORA, default=d.text, help="corpus (default %(default)s)")
-    g.add_argument("--envelope", choices=ENVELOPES, default=d.envelope,
-                   help="token object: pushlab's own or OpenAI chunk JSON (default %(default)s)")
+    g.add_argument(
+        "--envelope",
+        choices=ENVELOPES,
+        default=d.envelope,
+        help="token object: pushlab's own or OpenAI chunk JSON (default %(default)s)",
+    )
 
 
 def _add_client_flags(p: argparse.ArgumentParser) -> None:
     d = ClientOptions()
     g = p.add_argument_group("clients")
-    g.add_argument("--server", metavar="URL",
-                   help="measure a server already running there (or a proxy in front of it); "
-                        "default: start one on 127.0.0.1")
-    g.add_argument("--method", choices=("GET", "POST"), default=d.method,
-                   help="sse/ndjson/oneshot: query string or JSON body (default %(default)s)")
-    g.add_argument("--interval-ms", type=float, default=d.interval_ms,
-                   help="short polling: ms between polls (default %(default)s)")
-    g.add_argument("--wait-s", type=float, default=d.wait_s,
-                   help="long polling: s the server may hold a poll (default %(default)s)")
-    g.add_argument("--max-reconnects", type=int, default=d.max_reconnects,
-                   help="reconnects a client tries before giving up (default %(default)s)")
+    g.add_argument(
+        "--server",
+        metavar="URL",
+        help="measure a server already running there (or a proxy in front of it); "
+        "default: start one on 127.0.0.1",
+    )
+    g.add_argument(
+        "--method",
+        choices=("GET", "POST"),
+        default=d.method,
+        help="sse/ndjson/oneshot: query string or JSON body (default %(default)s)",
+    )
+    g.add_argument(
+        "--interval-ms",
+        type=float,
+        default=d.interval_ms,
+        help="short polling: ms between polls (default %(default)s)",
+    )
+    g.add_argument(
+        "--wait-s",
+        type=float,
+        default=d.wait_s,
+        help="long polling: s the server may hold a poll (default %(default)s)",
+    )
+    g.add_argument(
+        "--max-reconnects",
+        type=int,
+        default=d.max_reconnects,
+        help="reconnects a client tries before giving up (default %(default)s)",
+    )
     g.add_argument("--ws-compress", action="store_true", help="WebSocket: offer permessage-deflate")
 
 
 def _params(args: argparse.Namespace) -> GenParams:
-    values = {"tokens": args.tokens, "rate": args.rate, "ttft_ms": args.ttft_ms, "jitter": args.jitter,
-              "seed": args.seed, "text": args.text, "envelope": args.envelope}
+    values = {
+        "tokens": args.tokens,
+        "rate": args.rate,
+        "ttft_ms": args.ttft_ms,
+        "jitter": args.jitter,
+        "seed": args.seed,
+        "text": args.text,
+        "envelope": args.envelope,
+    }
     return parse_params(values)
 
 
 def _options(args: argparse.Namespace) -> ClientOptions:
     if args.interval_ms < 0 or args.wait_s < 0 or args.max_reconnects < 0:
         raise ParamError("--interval-ms, --wait-s and --max-reconnects must not be negative")
-    return ClientOptions(max_reconnects=args.max_reconnects, interval_ms=args.interval_ms,
-                         wait_s=args.wait_s, ws_compress=args.ws_compress, method=args.method)
+    return ClientOptions(
+        max_reconnects=args.max_reconnects,
+        interval_ms=args.interval_ms,
+        wait_s=args.wait_s,
+        ws_compress=args.ws_compress,
+        method=args.method,
+    )
 
 
 def _transports(text: str) -> tuple[str, ...]:
@@ -91,8 +138,15 @@ def _server_url(text: str | None) -> str | None:
     return text
 
 
-def save_run(tables: Tables, experiment: str, spec: object, run_id: str, started: dt.datetime,
-             out: Path | None, charts: bool) -> Path:
+def save_run(
+    tables: Tables,
+    experiment: str,
+    spec: object,
+    run_id: str,
+    started: dt.datetime,
+    out: Path | None,
+    charts: bool,
+) -> Path:
     """Store the tables with metadata, then draw charts and the report from the stored files."""
     from experiments import meta, store
 
@@ -111,9 +165,14 @@ def save_run(tables: Tables, experiment: str, spec: object, run_id: str, started
 def cmd_bench(args: argparse.Namespace) -> int:
     from experiments import bench, meta
 
-    spec = bench.BenchSpec(transports=args.transport, clients=args.clients, params=_params(args),
-                           server=_server_url(args.server), options=_options(args),
-                           warmup=not args.no_warmup)
+    spec = bench.BenchSpec(
+        transports=args.transport,
+        clients=args.clients,
+        params=_params(args),
+        server=_server_url(args.server),
+        options=_options(args),
+        warmup=not args.no_warmup,
+    )
     started = dt.datetime.now(dt.UTC)
     run_id = meta.new_run_id("bench", started)
     tables = bench.run(spec, run_id=run_id, progress=not args.no_progress)
@@ -145,7 +204,9 @@ def _latency_spec(args: argparse.Namespace) -> Any:
     if args.transport:
         spec = dataclasses.replace(spec, transports=args.transport)
     if args.quick:
-        spec = dataclasses.replace(spec, rates_hz=(20.0, 150.0), corpora=("en",), tokens=10, clients=1)
+        spec = dataclasses.replace(
+            spec, rates_hz=(20.0, 150.0), corpora=("en",), tokens=10, clients=1
+        )
     return spec
 
 
@@ -156,8 +217,11 @@ def _latency_run(spec: Any, run_id: str, progress: bool) -> Tables:
 
 
 EXPERIMENTS: dict[str, tuple[str, Callable[[argparse.Namespace], Any], Callable[..., Tables]]] = {
-    "latency": ("latency and overhead per transport over a token-rate sweep, en and zh text",
-                _latency_spec, _latency_run),
+    "latency": (
+        "latency and overhead per transport over a token-rate sweep, en and zh text",
+        _latency_spec,
+        _latency_run,
+    ),
 }
 
 
@@ -188,28 +252,48 @@ def _print_summary(tables: Tables) -> None:
 def _pandas_wide() -> Any:
     import pandas as pd
 
-    return pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 2)
+    return pd.option_context(
+        "display.width", 200, "display.max_columns", 30, "display.precision", 2
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="pushlab", description="Measure server-push transports for LLM token streaming.")
+    p = _Parser(
+        prog="pushlab", description="Measure server-push transports for LLM token streaming."
+    )
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser("serve", help="run the server (flags: pushlab serve --help)", add_help=False)
     b = sub.add_parser("bench", help="measure one configuration on one or more transports")
-    b.add_argument("--transport", type=_transports, default=tuple(TRANSPORTS), metavar="KEYS",
-                   help=f"'all' or a comma list of: {', '.join(TRANSPORTS)} (default all)")
-    b.add_argument("--clients", type=int, default=1, help="concurrent streams per transport (default %(default)s)")
+    b.add_argument(
+        "--transport",
+        type=_transports,
+        default=tuple(TRANSPORTS),
+        metavar="KEYS",
+        help=f"'all' or a comma list of: {', '.join(TRANSPORTS)} (default all)",
+    )
+    b.add_argument(
+        "--clients",
+        type=int,
+        default=1,
+        help="concurrent streams per transport (default %(default)s)",
+    )
     _add_generation_flags(b)
     _add_client_flags(b)
-    b.add_argument("--out", type=Path, help="directory for tables and meta.json (default results/<run-id>)")
+    b.add_argument(
+        "--out", type=Path, help="directory for tables and meta.json (default results/<run-id>)"
+    )
     b.add_argument("--no-warmup", action="store_true", help="skip the warm-up stream per transport")
     b.add_argument("--no-charts", action="store_true", help="write tables and meta only")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     r = sub.add_parser("run", help="run an experiment: tables, charts and report under results/")
     r.add_argument("experiment", choices=list(EXPERIMENTS))
-    r.add_argument("--transport", type=_transports, metavar="KEYS", help="restrict to these transports")
+    r.add_argument(
+        "--transport", type=_transports, metavar="KEYS", help="restrict to these transports"
+    )
     r.add_argument("--server", metavar="URL", help="measure this server instead of starting one")
-    r.add_argument("--quick", action="store_true", help="a small version of the experiment (seconds)")
+    r.add_argument(
+        "--quick", action="store_true", help="a small version of the experiment (seconds)"
+    )
     r.add_argument("--out", type=Path, help="run directory (default results/<run-id>)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     sub.add_parser("list", help="list transports and experiments")

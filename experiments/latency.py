@@ -30,15 +30,22 @@ class LatencySpec:
     seed: int = 1
     envelope: str = "text"
     server: str | None = None
-    options: ClientOptions = ClientOptions()
+    options: ClientOptions = dataclasses.field(default_factory=ClientOptions)
 
 
 def points(spec: LatencySpec) -> list[tuple[GenParams, str]]:
     """Every (generation, transport) pair the spec measures, in run order."""
-    out = []
+    out: list[tuple[GenParams, str]] = []
     for rate, corpus in itertools.product(spec.rates_hz, spec.corpora):
-        params = GenParams(tokens=spec.tokens, rate=rate, ttft_ms=spec.ttft_ms, jitter=spec.jitter,
-                           seed=spec.seed, text=corpus, envelope=spec.envelope)
+        params = GenParams(
+            tokens=spec.tokens,
+            rate=rate,
+            ttft_ms=spec.ttft_ms,
+            jitter=spec.jitter,
+            seed=spec.seed,
+            text=corpus,
+            envelope=spec.envelope,
+        )
         out.extend((params, t) for t in spec.transports)
     return out
 
@@ -49,8 +56,20 @@ def run(spec: LatencySpec, run_id: str = "", progress: bool = False) -> Tables:
 
     parts = []
     with server_target(spec.server) as target:
-        for params, transport in tqdm(points(spec), desc="latency", unit="point", disable=not progress):
+        for params, transport in tqdm(
+            points(spec), desc="latency", unit="point", disable=not progress
+        ):
             keys = condition_keys(run_id, "latency", params)
-            parts.append(asyncio.run(measure(transport, target, params, clients=spec.clients,
-                                             options=spec.options, keys=keys)))
+            parts.append(
+                asyncio.run(
+                    measure(
+                        transport,
+                        target,
+                        params,
+                        clients=spec.clients,
+                        options=spec.options,
+                        keys=keys,
+                    )
+                )
+            )
     return concat(parts)

@@ -26,7 +26,8 @@ class ServerProcess:
         self.start_timeout_s = start_timeout_s
         self.proc: subprocess.Popen[str] | None = None
         self.target = Target()
-        self._log = tempfile.TemporaryFile(mode="w+")  # stderr: a pipe could fill and block it
+        # stderr goes to a file: a pipe nobody reads could fill up and block the server
+        self._log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in stop())
 
     def start(self) -> Target:
         self.proc = subprocess.Popen(
@@ -42,7 +43,7 @@ class ServerProcess:
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline()
             if line.startswith(READY_PREFIX):
-                self.target = Target.parse(line[len(READY_PREFIX):].strip())
+                self.target = Target.parse(line[len(READY_PREFIX) :].strip())
                 return self.target
             if not line and self.proc.poll() is not None:
                 break

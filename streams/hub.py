@@ -97,8 +97,7 @@ class Stream:
         except TimeoutError:
             return False
         finally:
-            if not fut.done():
-                fut.cancel()
+            if fut in self._waiters:  # timed out or cancelled: nobody will wake it now
                 self._waiters.remove(fut)
         return True
 
@@ -187,14 +186,18 @@ class Hub:
         stream = Stream(stream_id, params, plan(params), time.monotonic())
         self._streams[stream_id] = stream
         self._counts["created"] += 1
-        self._producers[stream_id] = asyncio.create_task(self._produce(stream), name=f"produce-{stream_id}")
+        self._producers[stream_id] = asyncio.create_task(
+            self._produce(stream), name=f"produce-{stream_id}"
+        )
         return stream
 
     def get(self, stream_id: str) -> Stream:
         try:
             return self._streams[stream_id]
         except KeyError:
-            raise StreamNotFound(f"no stream '{stream_id}' (unknown or expired)", param="stream") from None
+            raise StreamNotFound(
+                f"no stream '{stream_id}' (unknown or expired)", param="stream"
+            ) from None
 
     def cancel(self, stream_id: str, reason: str = "cancelled") -> Stream:
         """Stop generating `stream_id` now; readers see the end with state `cancelled`."""
@@ -211,13 +214,17 @@ class Hub:
         loop = asyncio.get_running_loop()
         start = loop.time()
         params, encode = stream.params, self._encode
-        for i, (text, offset_ns) in enumerate(zip(stream.plan.texts, stream.plan.offsets_ns, strict=True)):
+        for i, (text, offset_ns) in enumerate(
+            zip(stream.plan.texts, stream.plan.offsets_ns, strict=True)
+        ):
             delay = start + offset_ns / 1e9 - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
             t_emit_ns = self._clock_ns()
             seq = i + 1
-            stream._append(Token(seq, t_emit_ns, text, encode(stream.id, seq, t_emit_ns, text, params)))
+            stream._append(
+                Token(seq, t_emit_ns, text, encode(stream.id, seq, t_emit_ns, text, params))
+            )
             self._tokens_emitted += 1
         stream._finish(DONE, "done")
         self._counts["done"] += 1

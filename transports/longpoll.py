@@ -23,7 +23,9 @@ DEFAULT_WAIT_S = 25.0
 MAX_WAIT_S = 60.0
 
 
-def encode_batch(stream: str, payloads: list[bytes], next_seq: int, done: bool, reason: str) -> bytes:
+def encode_batch(
+    stream: str, payloads: list[bytes], next_seq: int, done: bool, reason: str
+) -> bytes:
     """One poll response; `payloads` are the hub's pre-encoded token objects."""
     head = dumps({"stream": stream, "next": next_seq, "done": done, "reason": reason})
     return head[:-1] + b',"tokens":[' + b",".join(payloads) + b"]}"

@@ -28,18 +28,48 @@ class Transport:
 TRANSPORTS: dict[str, Transport] = {
     t.key: t
     for t in (
-        Transport("sse", "Server-Sent Events: one long HTTP response, text/event-stream",
-                  "transports.sse", "transports.web.sse", "clients.sse:SSEClient"),
-        Transport("websocket", "WebSocket: one upgraded connection, a JSON text frame per token",
-                  "transports.websocket", "transports.web.websocket", "clients.websocket:WebSocketClient"),
-        Transport("longpoll", "HTTP long polling: each request held until tokens exist",
-                  "transports.longpoll", "transports.web.poll", "clients.poll:LongPollClient"),
-        Transport("ndjson", "NDJSON over a chunked HTTP response (fetch() stream reader)",
-                  "transports.ndjson", "transports.web.ndjson", "clients.ndjson:NDJSONClient"),
-        Transport("shortpoll", "HTTP short polling at a client-chosen interval",
-                  "transports.shortpoll", "transports.web.poll", "clients.poll:ShortPollClient"),
-        Transport("oneshot", "One request, one response once the whole answer exists",
-                  "transports.oneshot", "transports.web.oneshot", "clients.oneshot:OneShotClient"),
+        Transport(
+            "sse",
+            "Server-Sent Events: one long HTTP response, text/event-stream",
+            "transports.sse",
+            "transports.web.sse",
+            "clients.sse:SSEClient",
+        ),
+        Transport(
+            "websocket",
+            "WebSocket: one upgraded connection, a JSON text frame per token",
+            "transports.websocket",
+            "transports.web.websocket",
+            "clients.websocket:WebSocketClient",
+        ),
+        Transport(
+            "longpoll",
+            "HTTP long polling: each request held until tokens exist",
+            "transports.longpoll",
+            "transports.web.poll",
+            "clients.poll:LongPollClient",
+        ),
+        Transport(
+            "ndjson",
+            "NDJSON over a chunked HTTP response (fetch() stream reader)",
+            "transports.ndjson",
+            "transports.web.ndjson",
+            "clients.ndjson:NDJSONClient",
+        ),
+        Transport(
+            "shortpoll",
+            "HTTP short polling at a client-chosen interval",
+            "transports.shortpoll",
+            "transports.web.poll",
+            "clients.poll:ShortPollClient",
+        ),
+        Transport(
+            "oneshot",
+            "One request, one response once the whole answer exists",
+            "transports.oneshot",
+            "transports.web.oneshot",
+            "clients.oneshot:OneShotClient",
+        ),
     )
 }
 

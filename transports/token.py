@@ -40,7 +40,9 @@ class TokenRecord:
 def encode_token(stream_id: str, seq: int, t_emit_ns: int, text: str, params: GenParams) -> bytes:
     """The token's wire object in the stream's envelope (the hub's `Encoder`)."""
     if params.envelope == "openai":
-        delta: dict[str, str] = {"role": "assistant", "content": text} if seq == 1 else {"content": text}
+        delta: dict[str, str] = (
+            {"role": "assistant", "content": text} if seq == 1 else {"content": text}
+        )
         return dumps(
             {
                 "id": f"chatcmpl-{stream_id}",
@@ -71,4 +73,4 @@ def loads(data: bytes | str) -> Any:
     try:
         return json.loads(data)
     except ValueError as exc:
-        raise ProtocolError(f"invalid JSON from peer: {bytes(data[:80]) if isinstance(data, bytes) else data[:80]!r}") from exc
+        raise ProtocolError(f"invalid JSON from peer: {data[:80]!r}") from exc

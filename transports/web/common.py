@@ -111,7 +111,13 @@ async def error_middleware(
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        body = {"error": {"message": exc.reason, "type": _HTTP_TYPES.get(exc.status, "http_error"), "param": None}}
+        body = {
+            "error": {
+                "message": exc.reason,
+                "type": _HTTP_TYPES.get(exc.status, "http_error"),
+                "param": None,
+            }
+        }
         resp = json_response(body, status=exc.status)
         if exc.status == 405 and "Allow" in exc.headers:
             resp.headers["Allow"] = exc.headers["Allow"]
@@ -120,7 +126,13 @@ async def error_middleware(
         raise
     except Exception as exc:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        body = {"error": {"message": f"internal error: {type(exc).__name__}", "type": "server_error", "param": None}}
+        body = {
+            "error": {
+                "message": f"internal error: {type(exc).__name__}",
+                "type": "server_error",
+                "param": None,
+            }
+        }
         return json_response(body, status=500)
 
 

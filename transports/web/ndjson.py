@@ -30,7 +30,11 @@ async def handle(request: web.Request) -> web.StreamResponse:
 
 
 async def pump(
-    resp: web.StreamResponse, stream: Stream, after: int, heartbeat_s: float, counters: dict[str, int]
+    resp: web.StreamResponse,
+    stream: Stream,
+    after: int,
+    heartbeat_s: float,
+    counters: dict[str, int],
 ) -> None:
     await resp.write(codec.encode_started(stream.id, after))
     sent = after

@@ -23,7 +23,9 @@ async def handle(request: web.Request) -> web.Response:
     finally:
         counters["open"] -= 1
     tokens = stream.since(after)
-    body = encode_batch(stream.id, [t.payload for t in tokens], stream.last_seq, True, stream.reason)
+    body = encode_batch(
+        stream.id, [t.payload for t in tokens], stream.last_seq, True, stream.reason
+    )
     counters["tokens_sent"] += len(tokens)
     counters["bytes_sent"] += len(body)
     return batch_response(body, stream_id=stream.id)

@@ -7,7 +7,14 @@ from aiohttp import web
 from streams.errors import ParamError
 from streams.params import parse_number
 from transports.longpoll import DEFAULT_WAIT_S, MAX_WAIT_S, encode_batch
-from transports.web.common import COUNTERS, HUB, checked_after, json_response, open_stream, request_values
+from transports.web.common import (
+    COUNTERS,
+    HUB,
+    checked_after,
+    json_response,
+    open_stream,
+    request_values,
+)
 
 
 def batch_response(body: bytes, status: int = 200, stream_id: str = "") -> web.Response:
@@ -27,7 +34,7 @@ def make_handlers(key: str, hold: bool) -> tuple[web.RouteDef, ...]:
         counters["requests"] += 1
         values = await request_values(request)
         if "stream" in values:
-            raise ParamError("to resume, poll GET /%s/{stream}?after=SEQ" % key, param="stream")
+            raise ParamError(f"to resume, poll GET /{key}/{{stream}}?after=SEQ", param="stream")
         stream, _ = open_stream(request, values)
         body = encode_batch(stream.id, [], 0, False, "")
         return batch_response(body, status=201, stream_id=stream.id)
@@ -54,7 +61,9 @@ def make_handlers(key: str, hold: bool) -> tuple[web.RouteDef, ...]:
         tokens = stream.since(after)
         next_seq = after + len(tokens)
         done = stream.done and next_seq >= stream.last_seq
-        body = encode_batch(stream.id, [t.payload for t in tokens], next_seq, done, stream.reason if done else "")
+        body = encode_batch(
+            stream.id, [t.payload for t in tokens], next_seq, done, stream.reason if done else ""
+        )
         counters["tokens_sent"] += len(tokens)
         counters["bytes_sent"] += len(body)
         return batch_response(body, stream_id=stream.id)

@@ -27,7 +27,9 @@ def parse_last_event_id(value: str) -> tuple[str, int]:
     """`<stream>:<seq>` from a reconnecting EventSource's Last-Event-ID header."""
     stream_id, sep, seq = value.strip().rpartition(":")
     if not sep or not stream_id or not seq.isdigit():
-        raise ParamError(f"Last-Event-ID must be '<stream>:<seq>', got {value!r}", param="Last-Event-ID")
+        raise ParamError(
+            f"Last-Event-ID must be '<stream>:<seq>', got {value!r}", param="Last-Event-ID"
+        )
     return stream_id, int(seq)
 
 
@@ -40,14 +42,18 @@ async def handle(request: web.Request) -> web.StreamResponse:
         stream_id, after = parse_last_event_id(last_event_id)
         stream = request.app[HUB].get(stream_id)
         if after > stream.params.tokens:
-            raise ParamError(f"Last-Event-ID seq {after} is beyond the stream's end", param="Last-Event-ID")
+            raise ParamError(
+                f"Last-Event-ID seq {after} is beyond the stream's end", param="Last-Event-ID"
+            )
         if stream.done and after >= stream.last_seq:
             # WHATWG SSE: a 204 response makes EventSource stop reconnecting for good.
             return web.Response(status=204, headers={"X-Pushlab-Stream": stream.id})
     else:
         stream, after = open_stream(request, values)
     config = request.app[CONFIG]
-    resp = web.StreamResponse(headers=streaming_headers(config, "text/event-stream; charset=utf-8", stream))
+    resp = web.StreamResponse(
+        headers=streaming_headers(config, "text/event-stream; charset=utf-8", stream)
+    )
     await resp.prepare(request)
     counters["open"] += 1
     try:
@@ -89,7 +95,9 @@ async def pump(
                 written += len(beat)
     end = b""
     if stream.reason != "done":
-        info = dumps({"stream": stream.id, "seq": stream.last_seq, "reason": stream.reason}).decode()
+        info = dumps(
+            {"stream": stream.id, "seq": stream.last_seq, "reason": stream.reason}
+        ).decode()
         end = sse.encode_event(info, event="cancelled")
     end += sse.DONE
     await resp.write(end)

@@ -23,7 +23,9 @@ MAX_MESSAGE_BYTES = 64 * 1024
 async def handle(request: web.Request) -> web.WebSocketResponse:
     counters = request.app[COUNTERS].by_transport[KEY]
     counters["requests"] += 1
-    ws = web.WebSocketResponse(compress=request.app[CONFIG].ws_compress, max_msg_size=MAX_MESSAGE_BYTES)
+    ws = web.WebSocketResponse(
+        compress=request.app[CONFIG].ws_compress, max_msg_size=MAX_MESSAGE_BYTES
+    )
     await ws.prepare(request)
     counters["open"] += 1
     sender: asyncio.Task[None] | None = None
@@ -31,7 +33,11 @@ async def handle(request: web.Request) -> web.WebSocketResponse:
     try:
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
-                await fail(ws, ParamError("only JSON text messages are accepted"), codec.CLOSE_UNSUPPORTED_DATA)
+                await fail(
+                    ws,
+                    ParamError("only JSON text messages are accepted"),
+                    codec.CLOSE_UNSUPPORTED_DATA,
+                )
                 break
             try:
                 command = codec.parse_client_message(msg.data)
@@ -73,7 +79,9 @@ async def fail(ws: web.WebSocketResponse, exc: PushlabError, code: int) -> None:
     await ws.close(code=code, message=exc.message[:120].encode())
 
 
-async def pump(ws: web.WebSocketResponse, stream: Stream, after: int, counters: dict[str, int]) -> None:
+async def pump(
+    ws: web.WebSocketResponse, stream: Stream, after: int, counters: dict[str, int]
+) -> None:
     """Send the stream's tokens after `after` as they appear, then `done`."""
     text = WSMsgType.TEXT
     await ws.send_frame(codec.encode_started(stream.id, after), text)
