@@ -1,0 +1,108 @@
+"""The `pushlab` CLI as a plain function: main(argv) -> exit code."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from clients.schema import STREAM_COLUMNS, TOKEN_COLUMNS
+from experiments.cli import main
+from experiments.serverproc import running_server
+from transports.registry import KEYS
+
+
+def test_list_names_every_transport_and_experiment(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for key in KEYS:
+        assert f"  {key} " in out
+    assert "latency" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["bench", "--transport", "carrier-pigeon"], "unknown transport"),
+        (["bench", "--rate", "fast"], "invalid float value"),
+        (["bench", "--rate", "-3"], "'rate' must be between"),
+        (["bench", "--text", "latin"], "invalid choice"),
+        (["bench", "--clients", "0"], "--clients must be at least 1"),
+        (["bench", "--server", "ftp://x"], "server URL"),
+        (["run", "nonsense"], "invalid choice"),
+        (["frobnicate"], "invalid choice"),
+        ([], "required"),
+    ],
+)
+def test_bad_flags_give_one_line_and_exit_2(
+    argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert needle in err
+
+
+def test_help_explains_units_and_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for text in ("tokens per second", "in ms", "default 20", "--server URL", "--out"):
+        assert text in out
+
+
+def test_bench_against_a_running_server_writes_the_tables(tmp_path: pytest.TempPathFactory) -> None:
+    out = tmp_path / "run"  # type: ignore[operator]
+    with running_server() as server:
+        code = main(
+            [
+                "bench",
+                "--transport",
+                "sse,longpoll",
+                "--clients",
+                "2",
+                "--tokens",
+                "5",
+                "--rate",
+                "200",
+                "--ttft-ms",
+                "0",
+                "--server",
+                server.target.url,
+                "--out",
+                str(out),
+                "--no-progress",
+                "--no-charts",
+            ]
+        )
+    assert code == 0
+    for name in ("tokens.csv", "tokens.parquet", "streams.csv", "streams.parquet", "meta.json"):
+        assert (out / name).is_file(), name
+    streams = pd.read_parquet(out / "streams.parquet")
+    tokens = pd.read_parquet(out / "tokens.parquet")
+    assert list(streams.columns) == list(STREAM_COLUMNS) and list(tokens.columns) == list(
+        TOKEN_COLUMNS
+    )
+    assert sorted(streams["transport"].unique()) == ["longpoll", "sse"]
+    assert len(streams) == 4 and len(tokens) == 20 and (streams["lost"] == 0).all()
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["spec"]["params"]["tokens"] == 5 and meta["spec"]["server"] == server.target.url
+
+
+def test_python_server_py_runs_on_its_own_and_stops_on_sigterm() -> None:
+    with running_server() as server:
+        pid = server.pid
+        assert server.proc is not None and server.proc.poll() is None
+    assert server.proc.returncode == 0, server.log()
+    assert (
+        subprocess.run(
+            [sys.executable, "-c", f"import os; os.kill({pid}, 0)"], capture_output=True
+        ).returncode
+        != 0
+    )

@@ -1,0 +1,122 @@
+"""The non-SSE codecs: exact bytes, round trips, chunking, and that every codec is pure."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streams.errors import ParamError, ProtocolError
+from streams.params import GenParams
+from transports import longpoll, ndjson, websocket
+from transports.registry import TRANSPORTS
+from transports.token import TokenRecord, decode_token, encode_token
+
+ROOT = Path(__file__).resolve().parents[1]
+CODECS = sorted(
+    {t.codec for t in TRANSPORTS.values()} | {"transports.token", "transports.registry"}
+)
+
+
+@pytest.mark.parametrize("module", CODECS)
+def test_codecs_import_neither_asyncio_nor_aiohttp(module: str) -> None:
+    code = (
+        f"import sys, {module}; "
+        "bad = sorted(m for m in ('asyncio', 'aiohttp') if m in sys.modules); print(','.join(bad))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "", f"{module} pulls in {out.stdout.strip()}"
+
+
+texts_st = st.text(min_size=0, max_size=20)
+
+
+@given(
+    text=texts_st,
+    seq=st.integers(1, 10**6),
+    t=st.integers(0, 2**62),
+    envelope=st.sampled_from(["text", "openai"]),
+)
+def test_token_object_round_trips_in_both_envelopes(
+    text: str, seq: int, t: int, envelope: str
+) -> None:
+    payload = encode_token("s1", seq, t, text, GenParams(envelope=envelope))
+    assert b"\n" not in payload and b"\r" not in payload
+    assert decode_token(json.loads(payload)) == TokenRecord("s1", seq, t, text)
+
+
+def test_openai_envelope_is_a_chat_completion_chunk() -> None:
+    first = json.loads(encode_token("ab", 1, 5_000_000_000, "Hi", GenParams(envelope="openai")))
+    later = json.loads(encode_token("ab", 2, 5_000_000_000, " there", GenParams(envelope="openai")))
+    assert first["object"] == "chat.completion.chunk" and first["created"] == 5
+    assert first["choices"][0]["delta"] == {"role": "assistant", "content": "Hi"}
+    assert later["choices"][0]["delta"] == {"content": " there"}
+    assert later["choices"][0]["finish_reason"] is None
+
+
+def test_decode_token_rejects_other_objects() -> None:
+    with pytest.raises(ProtocolError):
+        decode_token({"hello": 1})
+
+
+def test_poll_batch_exact_bytes_and_round_trip() -> None:
+    p1 = encode_token("s", 1, 10, "a", GenParams())
+    p2 = encode_token("s", 2, 20, "é", GenParams())
+    body = longpoll.encode_batch("s", [p1, p2], 2, True, "done")
+    assert body.startswith(b'{"stream":"s","next":2,"done":true,"reason":"done","tokens":[{')
+    batch = longpoll.decode_batch(body)
+    assert (batch.next, batch.done, [t.text for t in batch.tokens]) == (2, True, ["a", "é"])
+    assert longpoll.decode_batch(longpoll.encode_batch("s", [], 0, False, "")).tokens == []
+
+
+def test_ndjson_lines_survive_any_chunking() -> None:
+    lines = (
+        ndjson.encode_started("s", 0)
+        + b"".join(
+            ndjson.encode_line(encode_token("s", i, i, f"t{i}", GenParams())) for i in range(1, 30)
+        )
+        + ndjson.encode_done("s", 29, "done")
+    )
+    rng = random.Random(1)
+    for _ in range(20):
+        cuts = sorted(rng.sample(range(1, len(lines)), 15))
+        splitter = ndjson.LineSplitter()
+        items = []
+        for a, b in zip([0, *cuts], [*cuts, len(lines)], strict=True):
+            items += [ndjson.parse_line(line) for line in splitter.feed(lines[a:b])]
+        assert isinstance(items[0], websocket.Started) and isinstance(items[-1], websocket.Done)
+        assert [t.seq for t in items[1:-1]] == list(range(1, 30))  # type: ignore[union-attr]
+        assert splitter.pending == b""
+
+
+def test_websocket_client_messages_parse_back() -> None:
+    params = GenParams(tokens=3, rate=7.5, text="zh")
+    assert websocket.parse_client_message(websocket.encode_start(params)) == websocket.Start(params)
+    assert websocket.parse_client_message(websocket.encode_resume("x", 4)) == websocket.Resume(
+        "x", 4
+    )
+    assert websocket.parse_client_message(websocket.encode_cancel()) == websocket.Cancel()
+    with pytest.raises(ParamError):
+        websocket.parse_client_message('{"type":"resume","stream":"x","after":-1}')
+
+
+def test_websocket_token_message_is_spliced_without_reencoding() -> None:
+    payload = encode_token("s", 3, 99, "x", GenParams())
+    message = websocket.encode_token_message(payload)
+    assert json.loads(message) == {"type": "token", **json.loads(payload)}
+    assert websocket.parse_server_message(message) == TokenRecord("s", 3, 99, "x")
+
+
+@given(st.binary(max_size=200))
+def test_server_message_parser_raises_only_protocol_errors(data: bytes) -> None:
+    with contextlib.suppress(ProtocolError):  # anything else escaping fails the test
+        websocket.parse_server_message(data)

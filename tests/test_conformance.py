@@ -1,0 +1,114 @@
+"""One behavioural suite, run over every transport in the registry.
+
+Each test starts a real server on 127.0.0.1 and runs the transport's own client against it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import pytest
+
+from clients.base import ClientOptions
+from clients.fleet import FleetSpec, run_fleet
+from clients.recorder import StreamRecord, stream_row
+from streams.generator import texts
+from streams.params import GenParams
+from tests.conftest import UNIT, Served
+from transports.registry import KEYS, TRANSPORTS
+
+FAST = GenParams(tokens=12, rate=400.0, ttft_ms=5.0, seed=7)
+OPTIONS = ClientOptions(interval_ms=5.0, wait_s=2.0)
+
+
+async def run_one(
+    served: Served, key: str, params: GenParams, clients: int = 1
+) -> list[StreamRecord]:
+    async with asyncio.timeout(10 * UNIT):
+        return await run_fleet(FleetSpec(key, clients), served.target, params, OPTIONS)
+
+
+@pytest.mark.parametrize("key", KEYS)
+async def test_every_token_once_in_order_with_the_seeds_text(served: Served, key: str) -> None:
+    [rec] = await run_one(served, key, FAST)
+    row = stream_row(rec)
+    assert rec.error == ""
+    assert list(rec.seq) == list(range(1, FAST.tokens + 1))
+    assert rec.text() == "".join(texts(FAST))
+    assert (row["lost"], row["duplicated"], row["out_of_order"]) == (0, 0, 0)
+    assert rec.end_reason == "done"
+
+
+@pytest.mark.parametrize("key", KEYS)
+@pytest.mark.parametrize("corpus", ["zh", "mixed"])
+async def test_multibyte_text_and_openai_envelope_arrive_intact(
+    served: Served, key: str, corpus: str
+) -> None:
+    params = GenParams(tokens=10, rate=500.0, ttft_ms=0.0, seed=3, text=corpus, envelope="openai")
+    [rec] = await run_one(served, key, params)
+    assert rec.error == ""
+    assert rec.text() == "".join(texts(params))
+    assert stream_row(rec)["payload_bytes"] == len("".join(texts(params)).encode())
+
+
+@pytest.mark.parametrize("key", KEYS)
+async def test_bytes_are_counted_by_the_kernel_and_agree_with_the_application(
+    served: Served, key: str
+) -> None:
+    [rec] = await run_one(served, key, FAST)
+    row = stream_row(rec)
+    assert row["bytes_source"] == "kernel"
+    assert row["tcp_connections"] == 1
+    assert row["bytes_up"] == row["app_bytes_up"] > 0
+    # the kernel may also have received the WebSocket close frame the client never read
+    slack = 4 if key == "websocket" else 0
+    assert 0 <= row["bytes_down"] - row["app_bytes_down"] <= slack
+    assert row["bytes_down"] > row["payload_bytes"] > 0
+    assert row["segments_up"] > 0 and row["segments_down"] > 0
+
+
+@pytest.mark.parametrize("key", KEYS)
+async def test_requests_and_connections_per_answer(served: Served, key: str) -> None:
+    [rec] = await run_one(served, key, FAST)
+    row = stream_row(rec)
+    if key in ("longpoll", "shortpoll"):
+        assert row["http_requests"] >= 2  # create, then at least one poll
+    else:
+        assert row["http_requests"] == 1
+    assert row["reconnects"] == 0
+
+
+@pytest.mark.parametrize("key", KEYS)
+async def test_concurrent_streams_are_independent(served: Served, key: str) -> None:
+    records = await run_one(served, key, FAST, clients=3)
+    assert len({r.stream_id for r in records}) == 3
+    for rec in records:
+        assert rec.error == "" and rec.text() == "".join(texts(FAST))
+
+
+@pytest.mark.parametrize("key", KEYS)
+async def test_same_seed_same_texts_across_transports(served: Served, key: str) -> None:
+    reference = await run_one(served, "sse", FAST)
+    [rec] = await run_one(served, key, FAST)
+    assert rec.texts == reference[0].texts
+
+
+def test_registry_pairs_each_key_with_its_halves() -> None:
+    import importlib
+
+    for key, entry in TRANSPORTS.items():
+        assert entry.client_class().key == key
+        assert callable(importlib.import_module(entry.server).add_routes)
+        importlib.import_module(entry.codec)
+
+
+@pytest.mark.parametrize("key", KEYS)
+async def test_bad_parameters_end_the_stream_with_the_servers_message(
+    served: Served, key: str
+) -> None:
+    bad = dataclasses.replace(FAST)
+    object.__setattr__(bad, "rate", -5.0)  # GenParams does not validate itself; the server does
+    [rec] = await run_one(served, key, bad)
+    assert "rate" in rec.error
+    assert rec.reconnects == 0  # a 4xx is not worth retrying
