@@ -24,7 +24,7 @@ _NUMERIC: dict[str, tuple[type, float, float]] = {
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class GenParams:
-    """What to generate: `tokens` tokens at `rate` tokens/s after `ttft_ms`, gaps spread by `jitter`."""
+    """What to generate: `tokens` tokens at `rate` tokens/s after `ttft_ms`, gaps by `jitter`."""
 
     tokens: int = 64
     rate: float = 20.0
@@ -69,7 +69,10 @@ def _coerce(name: str, raw: object) -> object:
                 param=name,
             ) from None
         if not low <= value <= high:  # also rejects NaN
-            raise ParamError(f"'{name}' must be between {_format(low)} and {_format(high)}, got {raw!r}", param=name)
+            raise ParamError(
+                f"'{name}' must be between {_format(low)} and {_format(high)}, got {raw!r}",
+                param=name,
+            )
         return value
     choices = CORPORA if name == "text" else ENVELOPES
     if raw not in choices:
@@ -109,5 +112,7 @@ def parse_number(
     except (TypeError, ValueError):
         raise ParamError(f"'{name}' must be a number, got {raw!r}", param=name) from None
     if not low <= value <= high:
-        raise ParamError(f"'{name}' must be between {_format(low)} and {_format(high)}, got {raw!r}", param=name)
+        raise ParamError(
+            f"'{name}' must be between {_format(low)} and {_format(high)}, got {raw!r}", param=name
+        )
     return value
