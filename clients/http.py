@@ -42,23 +42,22 @@ class HTTPClient:
         return self._connections
 
     async def _ensure_conn(self) -> tuple[Conn, h11.Connection]:
-        if self._conn is not None and self._h11 is not None:
-            if self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE:
-                self._h11.start_next_cycle()
-                return self._conn, self._h11
-            await self.close_conn()
-        try:
-            self._conn = await Conn.open(self.host, self.port, index=self._connections)
-        except OSError as exc:
-            raise TransportError(
-                f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}"
-            ) from exc
-        self._connections += 1
+        h = self._h11
+        if self._conn is not None and h is not None and h.our_state is h.their_state is h11.DONE:
+            h.start_next_cycle()  # keep-alive: the next request on this connection
+            return self._conn, h
+        conn = await self._connect()
         self._h11 = h11.Connection(h11.CLIENT)
-        return self._conn, self._h11
+        return conn, self._h11
 
     async def open_raw(self) -> Conn:
         """A fresh connection for a protocol of its own (WebSocket), still counted here."""
+        conn = await self._connect()
+        self.requests += 1  # the upgrade request
+        return conn
+
+    async def _connect(self) -> Conn:
+        """Close the current connection (counting it) and open the next one."""
         await self.close_conn()
         try:
             self._conn = await Conn.open(self.host, self.port, index=self._connections)
@@ -67,7 +66,6 @@ class HTTPClient:
                 f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}"
             ) from exc
         self._connections += 1
-        self.requests += 1  # the upgrade request
         return self._conn
 
     async def request(

@@ -6,12 +6,12 @@ import dataclasses
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 
 from aiohttp import web
 
 from streams.errors import ParamError, PushlabError
-from streams.hub import Hub, Stream
+from streams.hub import Hub, Stream, Token
 from streams.params import GenParams, parse_number, parse_params
 
 log = logging.getLogger("pushlab.server")
@@ -145,3 +145,22 @@ def streaming_headers(config: ServerConfig, content_type: str, stream: Stream) -
     if config.accel_buffering_header:
         headers["X-Accel-Buffering"] = "no"  # nginx: do not buffer this response
     return headers
+
+
+async def follow(
+    stream: Stream, after: int, heartbeat_s: float = 0.0
+) -> AsyncGenerator[list[Token], None]:
+    """The stream's tokens after `after`, in batches as they appear, while counted as a
+    listener; an empty batch each time `heartbeat_s` (0: never) passes without a token; ends
+    once the stream has ended and everything was yielded. Use with `contextlib.aclosing`."""
+    sent = after
+    with stream.listening():
+        while True:
+            batch = stream.since(sent)
+            if batch:
+                sent += len(batch)
+                yield batch
+            elif stream.done:
+                return
+            elif not await stream.wait_beyond(sent, heartbeat_s or None):
+                yield []

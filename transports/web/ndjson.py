@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from contextlib import aclosing
+
 from aiohttp import web
 
 from streams.hub import Stream
 from transports import ndjson as codec
-from transports.web.common import CONFIG, COUNTERS, open_stream, request_values, streaming_headers
+from transports.web.common import (
+    CONFIG,
+    COUNTERS,
+    follow,
+    open_stream,
+    request_values,
+    streaming_headers,
+)
 
 KEY = "ndjson"
 
@@ -37,21 +46,13 @@ async def pump(
     counters: dict[str, int],
 ) -> None:
     await resp.write(codec.encode_started(stream.id, after))
-    sent = after
-    with stream.listening():
-        while True:
-            batch = stream.since(sent)
-            if batch:
-                data = b"".join(codec.encode_line(t.payload) for t in batch)
-                await resp.write(data)
-                sent += len(batch)
-                counters["tokens_sent"] += len(batch)
-                counters["bytes_sent"] += len(data)
-                continue
-            if stream.done:
-                break
-            if not await stream.wait_beyond(sent, heartbeat_s or None):
-                await resp.write(b"\n")  # an empty line: keep-alive, skipped by readers
+    async with aclosing(follow(stream, after, heartbeat_s)) as batches:
+        async for batch in batches:
+            # an empty line is the keep-alive: readers skip it
+            data = b"".join(codec.encode_line(t.payload) for t in batch) if batch else b"\n"
+            await resp.write(data)
+            counters["tokens_sent"] += len(batch)
+            counters["bytes_sent"] += len(data)
     await resp.write(codec.encode_done(stream.id, stream.last_seq, stream.reason))
     await resp.write_eof()
 

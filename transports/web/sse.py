@@ -5,6 +5,8 @@ Wire format in docs/PROTOCOL.md; bytes come from the sans-I/O codec in transport
 
 from __future__ import annotations
 
+from contextlib import aclosing
+
 from aiohttp import web
 
 from streams.errors import ParamError
@@ -15,6 +17,7 @@ from transports.web.common import (
     CONFIG,
     COUNTERS,
     HUB,
+    follow,
     open_stream,
     request_values,
     streaming_headers,
@@ -76,23 +79,16 @@ async def pump(
     """Write the stream's tokens after `after` as they appear, then the end marker."""
     first = sse.encode_open(stream.id, after, retry_ms)
     await resp.write(first)
-    sent, written = after, len(first)
-    with stream.listening():
-        while True:
-            batch = stream.since(sent)
+    written = len(first)
+    async with aclosing(follow(stream, after, heartbeat_s)) as batches:
+        async for batch in batches:
             if batch:
                 data = b"".join(sse.encode_token(stream.id, t.seq, t.payload) for t in batch)
-                await resp.write(data)
-                sent += len(batch)
-                written += len(data)
                 counters["tokens_sent"] += len(batch)
-                continue
-            if stream.done:
-                break
-            if not await stream.wait_beyond(sent, heartbeat_s or None):
-                beat = sse.encode_comment("keep-alive")
-                await resp.write(beat)
-                written += len(beat)
+            else:
+                data = sse.encode_comment("keep-alive")
+            await resp.write(data)
+            written += len(data)
     end = b""
     if stream.reason != "done":
         info = dumps(

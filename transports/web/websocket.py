@@ -14,7 +14,7 @@ from aiohttp import WSMsgType, web
 from streams.errors import ParamError, PushlabError
 from streams.hub import Stream
 from transports import websocket as codec
-from transports.web.common import CONFIG, COUNTERS, HUB
+from transports.web.common import CONFIG, COUNTERS, HUB, follow
 
 KEY = "websocket"
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -85,21 +85,13 @@ async def pump(
     """Send the stream's tokens after `after` as they appear, then `done`."""
     text = WSMsgType.TEXT
     await ws.send_frame(codec.encode_started(stream.id, after), text)
-    sent = after
-    with stream.listening():
-        while True:
-            batch = stream.since(sent)
+    async with contextlib.aclosing(follow(stream, after)) as batches:
+        async for batch in batches:
             for token in batch:
                 message = codec.encode_token_message(token.payload)
                 await ws.send_frame(message, text)
                 counters["bytes_sent"] += len(message)
-            if batch:
-                sent += len(batch)
-                counters["tokens_sent"] += len(batch)
-                continue
-            if stream.done:
-                break
-            await stream.wait_beyond(sent)
+            counters["tokens_sent"] += len(batch)
     await ws.send_frame(codec.encode_done(stream.id, stream.last_seq, stream.reason), text)
 
 
