@@ -158,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--ws-compress", action="store_true", help="accept WebSocket permessage-deflate")
     p.add_argument(
+        "--cancel-on-disconnect",
+        action="store_true",
+        help="stop a stream when its SSE/NDJSON/WebSocket reader disconnects "
+        "(no resume); default: keep generating until --idle-timeout-s",
+    )
+    p.add_argument(
         "--no-accel-header",
         action="store_true",
         help="do not send 'X-Accel-Buffering: no' (lets nginx buffer)",
@@ -176,6 +182,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         idle_timeout_s=args.idle_timeout_s,
         max_streams=args.max_streams,
         ws_compress=args.ws_compress,
+        cancel_on_disconnect=args.cancel_on_disconnect,
         accel_buffering_header=not args.no_accel_header,
     )
 

@@ -18,7 +18,7 @@ from clients.http import HTTPClient, Response
 from clients.recorder import StreamRecord
 from streams.errors import PushlabError, TransportError
 from streams.params import GenParams
-from transports.token import loads
+from transports.token import TokenRecord, loads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +47,7 @@ class Target:
 
 @dataclasses.dataclass(frozen=True)
 class ClientOptions:
-    max_reconnects: int = 5
+    max_reconnects: int = 5  # consecutive reconnects without a new token before giving up
     backoff_ms: float = 50.0  # first reconnect delay; doubles per consecutive failure
     backoff_max_ms: float = 2000.0
     interval_ms: float = 100.0  # short polling: time between polls
@@ -55,6 +55,13 @@ class ClientOptions:
     ws_compress: bool = False  # offer permessage-deflate
     method: str = "GET"  # sse, ndjson, oneshot: GET with a query, or POST with a JSON body
     seed: int = 0  # for backoff jitter
+    abandon_after: int = 0  # stop reading after this many tokens (0: never): the cancel case
+    abandon: str = "close"  # how: "close" the connection / stop polling, or "cancel" explicitly
+    accept_gzip: bool = False  # send Accept-Encoding: gzip and decode gzip bodies
+
+
+class Abandoned(Exception):
+    """Raised inside a client when it has read `abandon_after` tokens (not an error)."""
 
 
 class Client:
@@ -69,19 +76,24 @@ class Client:
 
     async def run(self, target: Target, params: GenParams, rec: StreamRecord) -> None:
         """Follow one stream to its end (reconnecting as allowed); never raises PushlabError."""
-        http = HTTPClient(target.host, target.port)
+        http = HTTPClient(target.host, target.port, accept_gzip=self.options.accept_gzip)
         failures = 0
         try:
             while True:
+                received = len(rec.texts)
                 try:
                     reason = await self.attempt(http, params, rec)
                     rec.finished(reason)
                     return
+                except Abandoned:
+                    await self.abandon(http, rec)
+                    return
                 except TransportError as exc:
+                    rec.connection_broken()
                     await http.close_conn()
-                    if not exc.retryable or rec.reconnects >= self.options.max_reconnects:
+                    failures = 1 if len(rec.texts) > received else failures + 1
+                    if not exc.retryable or failures > self.options.max_reconnects:
                         raise
-                    failures += 1
                     rec.reconnects += 1
                     await asyncio.sleep(self._backoff_s(failures))
         except PushlabError as exc:
@@ -89,6 +101,23 @@ class Client:
         finally:
             rec.conns = await http.aclose()
             rec.http_requests = http.requests
+
+    def deliver(
+        self, rec: StreamRecord, tok: TokenRecord, t_ns: int, t_perf: int, request: int
+    ) -> None:
+        """Record one token; raise Abandoned once `abandon_after` tokens are held."""
+        rec.token(tok, t_ns, t_perf, request)
+        if self.options.abandon_after and len(rec.texts) >= self.options.abandon_after:
+            raise Abandoned
+
+    async def abandon(self, http: HTTPClient, rec: StreamRecord) -> None:
+        """Walk away: close the connection, or also cancel with `DELETE /streams/{id}`."""
+        rec.abandoned()
+        await http.close_conn()
+        if self.options.abandon == "cancel" and rec.stream_id:
+            resp = await http.request("DELETE", f"/streams/{rec.stream_id}")
+            await expect(http, resp, 200, "application/json")
+            await http.read_body()
 
     def _backoff_s(self, failures: int) -> float:
         base = min(self.options.backoff_max_ms, self.options.backoff_ms * 2 ** (failures - 1))

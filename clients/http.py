@@ -8,6 +8,7 @@ h11's errors are translated here into TransportError.
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from collections.abc import AsyncIterator
 
 import h11
@@ -25,8 +26,10 @@ class Response:
 class HTTPClient:
     """Requests to one host:port, over as few connections as the server allows."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, *, accept_gzip: bool = False) -> None:
         self.host, self.port = host, port
+        self.accept_gzip = accept_gzip
+        self._gunzip: zlib._Decompress | None = None  # set per response with gzip encoding
         self.requests = 0
         self.closed_stats: list[ConnStats] = []
         self._conn: Conn | None = None
@@ -78,6 +81,8 @@ class HTTPClient:
         """Send one request and read its status line and headers."""
         conn, h = await self._ensure_conn()
         hdrs = [("Host", f"{self.host}:{self.port}"), *(headers or [])]
+        if self.accept_gzip:
+            hdrs.append(("Accept-Encoding", "gzip"))
         if body:
             hdrs += [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
         try:
@@ -90,10 +95,14 @@ class HTTPClient:
             while True:
                 event = await self._next_event()
                 if isinstance(event, h11.Response):
-                    return Response(
+                    resp = Response(
                         event.status_code,
                         {k.decode().lower(): v.decode("latin-1") for k, v in event.headers},
                     )
+                    gzipped = resp.headers.get("content-encoding", "").lower() == "gzip"
+                    # wbits 16 + MAX_WBITS: a gzip wrapper (RFC 1952), decoded incrementally
+                    self._gunzip = zlib.decompressobj(16 + zlib.MAX_WBITS) if gzipped else None
+                    return resp
                 if not isinstance(event, h11.InformationalResponse):
                     raise TransportError(f"unexpected {type(event).__name__} before the response")
         except h11.ProtocolError as exc:
@@ -107,11 +116,14 @@ class HTTPClient:
             while True:
                 event = await self._next_event()
                 if isinstance(event, h11.Data):
-                    yield bytes(event.data)
+                    data = bytes(event.data)
+                    yield self._gunzip.decompress(data) if self._gunzip else data
                 elif isinstance(event, h11.EndOfMessage):
                     return
         except h11.ProtocolError as exc:
             raise TransportError(f"HTTP protocol error: {exc}") from exc
+        except zlib.error as exc:
+            raise TransportError(f"bad gzip body: {exc}", retryable=False) from exc
         except OSError as exc:
             raise TransportError(f"connection failed: {exc.strerror or exc}") from exc
 

@@ -34,7 +34,7 @@ class NDJSONClient(Client):
             for line in lines.feed(chunk):
                 item = parse_line(line)
                 if isinstance(item, TokenRecord):
-                    rec.token(item, t_ns, t_perf, request_index)
+                    self.deliver(rec, item, t_ns, t_perf, request_index)
                 elif isinstance(item, Started):
                     rec.stream_id = rec.stream_id or item.stream
                 elif isinstance(item, Done):

@@ -17,6 +17,8 @@ import socket
 import struct
 import time
 
+from streams.errors import TransportError
+
 READ_SIZE = 65536
 ACK_WAIT_S = 0.25  # at most this long for the peer to ack our last bytes before counting
 
@@ -105,13 +107,20 @@ class Conn:
         return cls(reader, writer, index)
 
     async def write(self, data: bytes) -> None:
-        self._writer.write(data)
-        self.app_up += len(data)
-        await self._writer.drain()
+        """Send `data`; a broken connection is a (retryable) TransportError."""
+        try:
+            self._writer.write(data)
+            self.app_up += len(data)
+            await self._writer.drain()
+        except OSError as exc:
+            raise TransportError(f"connection broken while sending: {exc.strerror or exc}") from exc
 
     async def read(self, size: int = READ_SIZE) -> bytes:
-        """Up to `size` bytes as they arrive; b"" at EOF."""
-        data = await self._reader.read(size)
+        """Up to `size` bytes as they arrive; b"" at EOF; a reset is a TransportError."""
+        try:
+            data = await self._reader.read(size)
+        except OSError as exc:
+            raise TransportError(f"connection broken: {exc.strerror or exc}") from exc
         self.last_recv_ns = time.time_ns()
         self.last_recv_perf_ns = time.perf_counter_ns()
         self.app_down += len(data)
@@ -126,7 +135,10 @@ class Conn:
             return self.stats
         info = self.tcp_info()
         deadline = time.monotonic() + ACK_WAIT_S
-        while info is not None and info.bytes_acked < self.app_up and time.monotonic() < deadline:
+        # bytes_acked includes our SYN (see _stats), hence the +1
+        while (
+            info is not None and info.bytes_acked < self.app_up + 1 and time.monotonic() < deadline
+        ):
             await asyncio.sleep(0.002)
             info = self.tcp_info()
         self.stats = self._stats(info)

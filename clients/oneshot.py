@@ -34,5 +34,5 @@ class OneShotClient(Client):
         seen = set(rec.texts)
         for tok in batch.tokens:
             if tok.seq not in seen:
-                rec.token(tok, conn.last_recv_ns, conn.last_recv_perf_ns, http.requests - 1)
+                self.deliver(rec, tok, conn.last_recv_ns, conn.last_recv_perf_ns, http.requests - 1)
         return batch.reason or "done"

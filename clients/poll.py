@@ -41,7 +41,7 @@ class LongPollClient(Client):
             assert conn is not None
             batch = decode_batch(body)
             for tok in batch.tokens:
-                rec.token(tok, conn.last_recv_ns, conn.last_recv_perf_ns, http.requests - 1)
+                self.deliver(rec, tok, conn.last_recv_ns, conn.last_recv_perf_ns, http.requests - 1)
             self.cursor = batch.next
             if batch.done:
                 return batch.reason or "done"

@@ -46,6 +46,9 @@ class StreamRecord:
         self.conns: list[ConnStats] = []
         self.error = ""
         self.end_reason = ""
+        self.abandoned_ns = 0  # time.time_ns() when the client walked away (cancel case)
+        self.recoveries_ms: list[float] = []  # connection broken -> next new token
+        self._broken_perf_ns = 0
 
     def request_sent(self) -> None:
         """Mark the first request's send time (TTFT and e2e are measured from it)."""
@@ -60,6 +63,9 @@ class StreamRecord:
         self.connection.append(connection)
         if tok.seq not in self.texts:
             self.texts[tok.seq] = tok.text
+            if self._broken_perf_ns:
+                self.recoveries_ms.append((t_recv_perf_ns - self._broken_perf_ns) / 1e6)
+                self._broken_perf_ns = 0
         if not self.stream_id:
             self.stream_id = tok.stream
 
@@ -71,6 +77,15 @@ class StreamRecord:
     def text(self) -> str:
         """The answer as received: each seq's text once, in seq order."""
         return "".join(self.texts[s] for s in sorted(self.texts))
+
+    def connection_broken(self) -> None:
+        """The connection failed: recovery time runs until the next new token."""
+        if not self._broken_perf_ns:
+            self._broken_perf_ns = time.perf_counter_ns()
+
+    def abandoned(self) -> None:
+        self.abandoned_ns = time.time_ns()
+        self.finished("abandoned")
 
     def finished(self, reason: str = "done") -> None:
         self.t_end_perf_ns = time.perf_counter_ns()
@@ -141,10 +156,12 @@ def stream_row(rec: StreamRecord) -> dict[str, object]:
         "ttft_ms": ttft_ms,
         "itl_p50_ms": float(np.percentile(gaps, 50)) if gaps is not None else float("nan"),
         "itl_p99_ms": float(np.percentile(gaps, 99)) if gaps is not None else float("nan"),
+        "gap_max_ms": float(gaps.max()) if gaps is not None else float("nan"),
         "e2e_ms": (rec.t_end_perf_ns - rec.t_start_perf_ns) / 1e6
         if rec.t_end_perf_ns
         else float("nan"),
         "reconnects": rec.reconnects,
+        "recovery_max_ms": max(rec.recoveries_ms) if rec.recoveries_ms else float("nan"),
         "http_requests": rec.http_requests,
         "tcp_connections": len(conns),
         "bytes_up": sum(c.bytes_up for c in conns),
@@ -159,6 +176,7 @@ def stream_row(rec: StreamRecord) -> dict[str, object]:
         "segments_down": sum(c.segments_down for c in conns)
         if conns and conns[0].segments_down >= 0
         else -1,
+        "end_reason": rec.end_reason,
         "error": rec.error,
     }
 

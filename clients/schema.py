@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pandas is heavy; the clients' hot path never needs it
     import pandas as pd
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: sweep, sweep_value, gap_max_ms, recovery_max_ms, end_reason
 
 # Columns shared by both tables: who measured what, under which condition.
 KEY_COLUMNS: dict[str, str] = {
@@ -22,6 +22,8 @@ KEY_COLUMNS: dict[str, str] = {
     "transport": "string",  # registry key: sse, websocket, longpoll, ndjson, shortpoll, oneshot
     "client": "string",  # which client implementation: python, browser-..., openai-sdk
     "condition": "string",  # human label of the sweep point, e.g. "rate=20 text=en"
+    "sweep": "string",  # name of the swept variable: rate_hz, rtt_ms, loss_pct, ...
+    "sweep_value": "float64",  # its value at this point
     "rate_hz": "float64",  # generation rate asked for, tokens per second
     "corpus": "string",  # en, zh, mixed
     "stream_id": "string",
@@ -48,8 +50,10 @@ STREAM_COLUMNS: dict[str, str] = {
     "ttft_ms": "float64",  # request sent -> first non-empty token read (perf_counter)
     "itl_p50_ms": "float64",  # gaps between consecutive token arrivals
     "itl_p99_ms": "float64",
+    "gap_max_ms": "float64",  # longest time without a new token, between the first and last
     "e2e_ms": "float64",  # request sent -> end of stream seen
     "reconnects": "int64",
+    "recovery_max_ms": "float64",  # longest: connection broken -> next new token (NaN: none)
     "http_requests": "int64",  # HTTP requests sent, WebSocket upgrade included
     "tcp_connections": "int64",
     "bytes_up": "int64",  # TCP payload bytes sent, all connections (kernel count when available)
@@ -60,16 +64,19 @@ STREAM_COLUMNS: dict[str, str] = {
     "payload_bytes": "int64",  # UTF-8 size of the token texts received, once each
     "segments_up": "int64",  # tcpi_segs_out, -1 when unknown
     "segments_down": "int64",  # tcpi_segs_in, -1 when unknown
+    "end_reason": "string",  # done, cancelled, idle (server side), abandoned (client walked away)
     "error": "string",  # empty when the stream completed
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class Tables:
-    """What an experiment run returns: the per-token and per-stream tables."""
+    """What an experiment run returns: the per-token and per-stream tables, plus any
+    experiment-specific tables (`extra`, by name: e.g. the cancel experiment's server view)."""
 
     tokens: pd.DataFrame
     streams: pd.DataFrame
+    extra: dict[str, pd.DataFrame] = dataclasses.field(default_factory=dict)
 
 
 def empty_tables() -> Tables:
@@ -95,7 +102,12 @@ def concat(parts: list[Tables]) -> Tables:
 
     if not parts:
         return empty_tables()
+    names = dict.fromkeys(name for p in parts for name in p.extra)
     return Tables(
         tokens=conform(pd.concat([p.tokens for p in parts], ignore_index=True), TOKEN_COLUMNS),
         streams=conform(pd.concat([p.streams for p in parts], ignore_index=True), STREAM_COLUMNS),
+        extra={
+            n: pd.concat([p.extra[n] for p in parts if n in p.extra], ignore_index=True)
+            for n in names
+        },
     )

@@ -48,7 +48,8 @@ class SSEClient(Client):
                     if event.data == "[DONE]":
                         return rec.end_reason or "done"
                     if event.type == "message":
-                        rec.token(decode_token(loads(event.data)), t_ns, t_perf, request_index)
+                        tok = decode_token(loads(event.data))
+                        self.deliver(rec, tok, t_ns, t_perf, request_index)
                     elif event.type == "cancelled":
                         rec.end_reason = str(loads(event.data).get("reason", "cancelled"))
         finally:

@@ -24,6 +24,17 @@ from transports.token import TokenRecord
 
 class WebSocketClient(Client):
     key = "websocket"
+    _open: tuple[ClientProtocol, Conn] | None = None
+
+    async def abandon(self, http: HTTPClient, rec: StreamRecord) -> None:
+        """`cancel` is a message on the open connection, then a normal close (RFC 6455 7.1.2)."""
+        rec.abandoned()
+        if self.options.abandon == "cancel" and self._open is not None:
+            proto, conn = self._open
+            proto.send_text(codec.encode_cancel().encode())
+            proto.send_close(1000)
+            await _flush(proto, conn)
+        await http.close_conn()
 
     async def attempt(self, http: HTTPClient, params: GenParams, rec: StreamRecord) -> str:
         conn = await http.open_raw()
@@ -32,6 +43,7 @@ class WebSocketClient(Client):
             parse_uri(f"ws://{http.host}:{http.port}/ws"), extensions=extensions, max_size=2**20
         )
         proto.send_request(proto.connect())
+        self._open = (proto, conn)
         rec.request_sent()
         await _flush(proto, conn)
         request_index = http.requests - 1
@@ -73,7 +85,7 @@ class WebSocketClient(Client):
     ) -> str | None:
         msg = codec.parse_server_message(data)
         if isinstance(msg, TokenRecord):
-            rec.token(msg, t_ns, t_perf, request_index)
+            self.deliver(rec, msg, t_ns, t_perf, request_index)
         elif isinstance(msg, codec.Started):
             rec.stream_id = rec.stream_id or msg.stream
         elif isinstance(msg, codec.Done):

@@ -1,7 +1,10 @@
-"""One configuration measured on several transports: the engine under every experiment.
+"""The engine under every experiment: measure a list of points against one server.
 
-`measure(...)` runs a warm-up stream, then the measured fleet inside `measuring()` (garbage
-collector off, collected before), and turns the records into schema tables afterwards.
+A `Point` is one transport, one generation, the network between (a `--net` string for a
+fault-proxy process in front of the server) and the client options. `run_points` starts the
+server (or uses the one given), reuses one proxy process for consecutive points with the same
+network, and for each point runs a warm-up stream and then the measured fleet inside
+`measuring()` (garbage collector collected before, off during).
 """
 
 from __future__ import annotations
@@ -9,17 +12,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Iterator
+import itertools
+from collections.abc import Iterator, Sequence
 
 from clients.base import ClientOptions, Target
 from clients.fleet import FleetSpec, run_fleet
-from clients.recorder import measuring, to_tables
+from clients.recorder import StreamRecord, measuring, to_tables
 from clients.schema import Tables, concat
-from experiments.serverproc import ServerProcess
+from experiments.serverproc import ServerProcess, proxied
 from streams.params import GenParams
 from transports.registry import KEYS
 
 WARMUP = GenParams(tokens=5, rate=1000.0, ttft_ms=0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """One measurement: `clients` concurrent streams of `transport`."""
+
+    transport: str
+    params: GenParams
+    condition: str = ""  # label; default "rate=R text=T"
+    sweep: tuple[str, float] | None = None  # (variable, value); default ("rate_hz", rate)
+    net: str = ""  # fault-proxy conditions between clients and server ("" = direct)
+    clients: int = 1
+    options: ClientOptions = dataclasses.field(default_factory=ClientOptions)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,12 +48,13 @@ class BenchSpec:
     params: GenParams = dataclasses.field(default_factory=GenParams)
     server: str | None = None  # URL of a running server (or proxy); None: start one
     server_args: tuple[str, ...] = ()
+    net: str = ""  # fault-proxy conditions in front of the server
     options: ClientOptions = dataclasses.field(default_factory=ClientOptions)
     warmup: bool = True
 
 
 @contextlib.contextmanager
-def server_target(url: str | None, args: tuple[str, ...] = ()) -> Iterator[Target]:
+def server_target(url: str | None, args: Sequence[str] = ()) -> Iterator[Target]:
     """The given server, or a child server process for the duration."""
     if url:
         yield Target.parse(url)
@@ -49,58 +67,70 @@ def server_target(url: str | None, args: tuple[str, ...] = ()) -> Iterator[Targe
         proc.stop()
 
 
-async def measure(
-    transport: str,
-    target: Target,
-    params: GenParams,
-    *,
-    clients: int = 1,
-    options: ClientOptions | None = None,
-    keys: dict[str, object],
-    warmup: bool = True,
-) -> Tables:
-    """Warm up, then measure `clients` concurrent streams of `transport`."""
-    if warmup:
-        await run_fleet(FleetSpec(transport, 1), target, WARMUP, options)
-    with measuring():
-        records = await run_fleet(FleetSpec(transport, clients), target, params, options)
-    return to_tables(records, keys)
-
-
-def condition_keys(
-    run_id: str, experiment: str, params: GenParams, condition: str = ""
-) -> dict[str, object]:
-    label = condition or f"rate={params.rate:g} text={params.text}"
+def condition_keys(run_id: str, experiment: str, point: Point) -> dict[str, object]:
+    """The key columns of one point's rows."""
+    params = point.params
+    name, value = point.sweep or ("rate_hz", params.rate)
     return {
         "run_id": run_id,
         "experiment": experiment,
-        "condition": label,
+        "condition": point.condition or f"rate={params.rate:g} text={params.text}",
+        "sweep": name,
+        "sweep_value": value,
         "rate_hz": params.rate,
         "corpus": params.text,
     }
 
 
-def run(spec: BenchSpec, run_id: str = "", progress: bool = False) -> Tables:
-    """Measure every transport of `spec` in turn against one server."""
+async def measure_records(point: Point, target: Target, warmup: bool = True) -> list[StreamRecord]:
+    """Warm up, then run the point's fleet in the measured window."""
+    if warmup:
+        await run_fleet(FleetSpec(point.transport, 1), target, WARMUP, point.options)
+    with measuring():
+        return await run_fleet(
+            FleetSpec(point.transport, point.clients), target, point.params, point.options
+        )
+
+
+def run_points(
+    points: Sequence[Point],
+    *,
+    experiment: str,
+    run_id: str = "",
+    server: str | None = None,
+    server_args: Sequence[str] = (),
+    warmup: bool = True,
+    progress: bool = False,
+) -> Tables:
+    """Measure every point in order against one server; the tables of all of them."""
     from tqdm import tqdm
 
     parts = []
-    with server_target(spec.server, spec.server_args) as target:
-        for transport in tqdm(
-            spec.transports, desc="bench", unit="transport", disable=not progress
-        ):
-            keys = condition_keys(run_id, "bench", spec.params)
-            parts.append(
-                asyncio.run(
-                    measure(
-                        transport,
-                        target,
-                        spec.params,
-                        clients=spec.clients,
-                        options=spec.options,
-                        keys=keys,
-                        warmup=spec.warmup,
-                    )
-                )
-            )
+    with (
+        server_target(server, server_args) as direct,
+        tqdm(total=len(points), desc=experiment, unit="point", disable=not progress) as bar,
+    ):
+        for net, group in itertools.groupby(points, key=lambda p: p.net):
+            with proxied(direct, net) as target:
+                for point in group:
+                    records = asyncio.run(measure_records(point, target, warmup))
+                    parts.append(to_tables(records, condition_keys(run_id, experiment, point)))
+                    bar.update()
     return concat(parts)
+
+
+def run(spec: BenchSpec, run_id: str = "", progress: bool = False) -> Tables:
+    """`pushlab bench`: every transport of `spec` in turn against one server."""
+    points = [
+        Point(t, spec.params, net=spec.net, clients=spec.clients, options=spec.options)
+        for t in spec.transports
+    ]
+    return run_points(
+        points,
+        experiment="bench",
+        run_id=run_id,
+        server=spec.server,
+        server_args=spec.server_args,
+        warmup=spec.warmup,
+        progress=progress,
+    )

@@ -12,7 +12,6 @@ import argparse
 import dataclasses
 import datetime as dt
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -21,6 +20,20 @@ from clients.schema import Tables
 from streams.errors import ParamError
 from streams.params import CORPORA, ENVELOPES, GenParams, parse_params
 from transports.registry import TRANSPORTS, parse_keys
+
+NET_HELP = (
+    "network conditions via a fault proxy between clients and server, e.g. "
+    "'delay=50ms,jitter=5ms,bandwidth=1mbit,cut_after=4kB' (up./down. prefix for one direction)"
+)
+
+
+def _net(text: str | None) -> str | None:
+    """Validate a --net string now (one-line error), keep it as text for the proxy process."""
+    if text:
+        from netem.conditions import parse_net
+
+        parse_net(text)  # NetSpecError is a ParamError: exit 2 with its message
+    return text
 
 
 class _Parser(argparse.ArgumentParser):
@@ -95,6 +108,7 @@ def _add_client_flags(p: argparse.ArgumentParser) -> None:
         help="reconnects a client tries before giving up (default %(default)s)",
     )
     g.add_argument("--ws-compress", action="store_true", help="WebSocket: offer permessage-deflate")
+    g.add_argument("--net", metavar="SPEC", default="", help=NET_HELP)
 
 
 def _params(args: argparse.Namespace) -> GenParams:
@@ -185,44 +199,39 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from experiments import meta
 
-    name = args.experiment
-    make_spec, run = EXPERIMENTS[name][1], EXPERIMENTS[name][2]
-    spec = make_spec(args)
+    module = experiment_module(args.experiment)
+    spec = module.Spec()
+    if args.quick:
+        spec = module.quick(spec)
+    for field, value in (
+        ("transports", args.transport),
+        ("server", _server_url(args.server)),
+        ("net", _net(args.net)),
+    ):
+        if value is not None and hasattr(spec, field):
+            spec = dataclasses.replace(spec, **{field: value})
     started = dt.datetime.now(dt.UTC)
-    run_id = meta.new_run_id(name, started)
-    tables = run(spec, run_id=run_id, progress=not args.no_progress)
-    out = save_run(tables, name, spec, run_id, started, args.out, charts=True)
+    run_id = meta.new_run_id(module.NAME, started)
+    tables = module.run(spec, run_id=run_id, progress=not args.no_progress)
+    out = save_run(tables, module.NAME, spec, run_id, started, args.out, charts=True)
     _print_summary(tables)
     print(f"report: {out / 'report.md'}")
     return 0
 
 
-def _latency_spec(args: argparse.Namespace) -> Any:
-    from experiments.latency import LatencySpec
-
-    spec = LatencySpec(server=_server_url(args.server))
-    if args.transport:
-        spec = dataclasses.replace(spec, transports=args.transport)
-    if args.quick:
-        spec = dataclasses.replace(
-            spec, rates_hz=(20.0, 150.0), corpora=("en",), tokens=10, clients=1
-        )
-    return spec
-
-
-def _latency_run(spec: Any, run_id: str, progress: bool) -> Tables:
-    from experiments import latency
-
-    return latency.run(spec, run_id=run_id, progress=progress)
-
-
-EXPERIMENTS: dict[str, tuple[str, Callable[[argparse.Namespace], Any], Callable[..., Tables]]] = {
-    "latency": (
-        "latency and overhead per transport over a token-rate sweep, en and zh text",
-        _latency_spec,
-        _latency_run,
-    ),
+# name -> module with NAME, SUMMARY, Spec, quick(spec), run(spec, run_id, progress), [charts(dir)]
+EXPERIMENTS: dict[str, str] = {
+    "latency": "experiments.latency",
+    "rtt": "experiments.rtt",
+    "reconnect": "experiments.reconnect",
+    "cancel": "experiments.cancel",
 }
+
+
+def experiment_module(name: str) -> Any:
+    import importlib
+
+    return importlib.import_module(EXPERIMENTS[name])
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -230,8 +239,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     for t in TRANSPORTS.values():
         print(f"  {t.key:<10} {t.summary}")
     print("experiments:")
-    for name, (summary, _, _) in EXPERIMENTS.items():
-        print(f"  {name:<10} {summary}")
+    for name in EXPERIMENTS:
+        print(f"  {name:<13} {experiment_module(name).SUMMARY}")
     return 0
 
 
@@ -286,11 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-charts", action="store_true", help="write tables and meta only")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     r = sub.add_parser("run", help="run an experiment: tables, charts and report under results/")
-    r.add_argument("experiment", choices=list(EXPERIMENTS))
+    r.add_argument("experiment", choices=list(EXPERIMENTS), help="see pushlab list")
     r.add_argument(
         "--transport", type=_transports, metavar="KEYS", help="restrict to these transports"
     )
     r.add_argument("--server", metavar="URL", help="measure this server instead of starting one")
+    r.add_argument("--net", metavar="SPEC", help=NET_HELP)
     r.add_argument(
         "--quick", action="store_true", help="a small version of the experiment (seconds)"
     )

@@ -7,19 +7,21 @@ answer cost? One child server; for each rate and corpus, each transport in turn.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import itertools
 
 from clients.base import ClientOptions
-from clients.schema import Tables, concat
-from experiments.bench import condition_keys, measure, server_target
+from clients.schema import Tables
+from experiments.bench import Point, run_points
 from streams.params import GenParams
 from transports.registry import KEYS
 
+NAME = "latency"
+SUMMARY = "latency and overhead per transport over a token-rate sweep, en and zh text"
+
 
 @dataclasses.dataclass(frozen=True)
-class LatencySpec:
+class Spec:
     transports: tuple[str, ...] = KEYS
     rates_hz: tuple[float, ...] = (5.0, 20.0, 50.0, 150.0)
     corpora: tuple[str, ...] = ("en", "zh")
@@ -30,12 +32,17 @@ class LatencySpec:
     seed: int = 1
     envelope: str = "text"
     server: str | None = None
+    net: str = ""
     options: ClientOptions = dataclasses.field(default_factory=ClientOptions)
 
 
-def points(spec: LatencySpec) -> list[tuple[GenParams, str]]:
-    """Every (generation, transport) pair the spec measures, in run order."""
-    out: list[tuple[GenParams, str]] = []
+def quick(spec: Spec) -> Spec:
+    return dataclasses.replace(spec, rates_hz=(20.0, 150.0), corpora=("en",), tokens=10, clients=1)
+
+
+def points(spec: Spec) -> list[Point]:
+    """Every point the spec measures, in run order."""
+    out = []
     for rate, corpus in itertools.product(spec.rates_hz, spec.corpora):
         params = GenParams(
             tokens=spec.tokens,
@@ -46,30 +53,15 @@ def points(spec: LatencySpec) -> list[tuple[GenParams, str]]:
             text=corpus,
             envelope=spec.envelope,
         )
-        out.extend((params, t) for t in spec.transports)
+        out += [
+            Point(t, params, net=spec.net, clients=spec.clients, options=spec.options)
+            for t in spec.transports
+        ]
     return out
 
 
-def run(spec: LatencySpec, run_id: str = "", progress: bool = False) -> Tables:
+def run(spec: Spec, run_id: str = "", progress: bool = False) -> Tables:
     """The tokens and streams tables of the whole sweep."""
-    from tqdm import tqdm
-
-    parts = []
-    with server_target(spec.server) as target:
-        for params, transport in tqdm(
-            points(spec), desc="latency", unit="point", disable=not progress
-        ):
-            keys = condition_keys(run_id, "latency", params)
-            parts.append(
-                asyncio.run(
-                    measure(
-                        transport,
-                        target,
-                        params,
-                        clients=spec.clients,
-                        options=spec.options,
-                        keys=keys,
-                    )
-                )
-            )
-    return concat(parts)
+    return run_points(
+        points(spec), experiment=NAME, run_id=run_id, server=spec.server, progress=progress
+    )

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from experiments import charts, stats, store
+from experiments import charts, charts_net, stats, store
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -132,6 +132,7 @@ def write_markdown(run_dir: Path, *, draw_charts: bool = True) -> Path:
     run = store.load(Path(run_dir))
     if draw_charts:
         charts.draw_all(run)
+        charts_net.draw_for(run)
     table = headline(run.streams, run.tokens)
     keys = [c for c in ("transport", "condition", "rate_hz") if c in table.columns]
     sections = [
@@ -139,6 +140,7 @@ def write_markdown(run_dir: Path, *, draw_charts: bool = True) -> Path:
         _setup(run.meta),
         "## Headline: latency\n\n" + markdown_table(table[keys + LATENCY_COLUMNS]),
         "## Headline: cost\n\n" + markdown_table(table[keys + COST_COLUMNS]),
+        *(f"## {title}\n\n" + markdown_table(df) for title, df in charts_net.summaries(run)),
         _charts_section(run.path),
         _method(run.streams),
     ]
@@ -190,7 +192,9 @@ def _setup(meta: dict[str, Any]) -> str:
 
 def _charts_section(run_dir: Path) -> str:
     present = [
-        (name, caption) for name, caption in CHART_CAPTIONS.items() if (run_dir / name).is_file()
+        (name, caption)
+        for name, caption in {**CHART_CAPTIONS, **charts_net.CAPTIONS}.items()
+        if (run_dir / name).is_file()
     ]
     if not present:
         return "## Charts\n\nNo charts drawn (run `experiments.charts.draw_all`)."

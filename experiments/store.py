@@ -37,6 +37,7 @@ class StoredRun:
     streams: pd.DataFrame
     meta: dict[str, Any]
     path: Path
+    extra: dict[str, pd.DataFrame] = dataclasses.field(default_factory=dict)
 
 
 def results_root() -> Path:
@@ -57,6 +58,14 @@ def save(tables: Tables, meta: dict[str, Any], out_dir: Path) -> Path:
         _write_parquet(df, parquet_path)
         for path, fmt in ((csv_path, "csv"), (parquet_path, "parquet")):
             files.append({"name": path.name, "table": name, "format": fmt, "rows": len(df)})
+    for name, df in tables.extra.items():
+        if name in TABLES or not name.isidentifier():
+            raise ValueError(f"extra table name {name!r} is reserved or not a plain name")
+        df.to_csv(out_dir / f"{name}.csv", index=False)
+        _write_parquet(df, out_dir / f"{name}.parquet")
+        files.append(
+            {"name": f"{name}.parquet", "table": name, "format": "parquet", "rows": len(df)}
+        )
     full_meta = {**meta, "files": files}
     full_meta.setdefault("schema_version", SCHEMA_VERSION)
     text = json.dumps(full_meta, indent=2, default=str)
@@ -69,7 +78,17 @@ def load(run_dir: Path) -> StoredRun:
     run_dir = Path(run_dir)
     meta = _read_meta(run_dir / META_FILE)
     frames = {name: _read_table(run_dir, name, columns) for name, columns in TABLES.items()}
-    return StoredRun(tokens=frames["tokens"], streams=frames["streams"], meta=meta, path=run_dir)
+    extra = {f["table"]: _read_extra(run_dir / f["name"]) for f in meta.get("files", [])
+             if f["table"] not in TABLES and f["format"] == "parquet"}  # fmt: skip
+    return StoredRun(frames["tokens"], frames["streams"], meta, run_dir, extra)
+
+
+def _read_extra(path: Path) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        raise ValueError(f"{path}: missing, though meta.json lists it")
+    return pq.read_table(path).to_pandas()
 
 
 def _write_parquet(df: pd.DataFrame, path: Path) -> None:

@@ -69,6 +69,7 @@ class Stream:
         self.reason = ""
         self.created_s = now_s
         self.finished_s: float | None = None
+        self.finished_ns = 0  # time.time_ns() when it ended: comparable with clients' clocks
         self.last_listened_s = now_s
         self.listeners = 0
         self._waiters: list[asyncio.Future[None]] = []
@@ -124,6 +125,7 @@ class Stream:
             return
         self.state, self.reason = state, reason
         self.finished_s = time.monotonic()
+        self.finished_ns = time.time_ns()
         self._wake()
 
     def _wake(self) -> None:
@@ -139,6 +141,7 @@ class Stream:
             "reason": self.reason,
             "tokens_emitted": self.last_seq,
             "tokens_planned": self.params.tokens,
+            "finished_ns": self.finished_ns,
             "listeners": self.listeners,
             "params": self.params.as_dict(),
         }

@@ -32,6 +32,8 @@ def _keys(transport: str, rate_hz: float, stream_id: str) -> dict[str, object]:
         "transport": transport,
         "client": "python",
         "condition": f"rate={rate_hz:g} text=en",
+        "sweep": "rate_hz",
+        "sweep_value": rate_hz,
         "rate_hz": rate_hz,
         "corpus": "en",
         "stream_id": stream_id,
@@ -45,7 +47,8 @@ def _stream_row(keys: dict[str, object], **values: object) -> dict[str, object]:
         "itl_p99_ms": math.nan, "e2e_ms": math.nan, "reconnects": 0, "http_requests": 1,
         "tcp_connections": 1, "bytes_up": 0, "bytes_down": 0, "app_bytes_up": 0,
         "app_bytes_down": 0, "bytes_source": "kernel", "payload_bytes": 0, "segments_up": -1,
-        "segments_down": -1, "error": "",
+        "segments_down": -1, "gap_max_ms": math.nan, "recovery_max_ms": math.nan,
+        "end_reason": "done", "error": "",
     }  # fmt: skip
     row.update(values)
     return row

@@ -30,6 +30,7 @@ class ServerConfig:
     max_streams: int = 20_000
     ws_compress: bool = False  # accept permessage-deflate when a client offers it
     accel_buffering_header: bool = True  # send `X-Accel-Buffering: no` on streaming responses
+    cancel_on_disconnect: bool = False  # stop a stream when its streaming reader disconnects
 
 
 HUB = web.AppKey("hub", Hub)
@@ -164,3 +165,11 @@ async def follow(
                 return
             elif not await stream.wait_beyond(sent, heartbeat_s or None):
                 yield []
+
+
+def reader_gone(request: web.Request, stream: Stream) -> None:
+    """A streaming reader's connection ended before the stream did: with
+    `cancel_on_disconnect` the stream stops now (nothing to resume later); otherwise it keeps
+    generating for a reconnect until the idle timeout."""
+    if request.app[CONFIG].cancel_on_disconnect and not stream.done:
+        request.app[HUB].cancel(stream.id, reason="disconnect")

@@ -13,6 +13,7 @@ from transports.web.common import (
     COUNTERS,
     follow,
     open_stream,
+    reader_gone,
     request_values,
     streaming_headers,
 )
@@ -31,10 +32,11 @@ async def handle(request: web.Request) -> web.StreamResponse:
     counters["open"] += 1
     try:
         await pump(resp, stream, after, config.heartbeat_s, counters)
-    except (ConnectionResetError, ConnectionError):
+    except ConnectionError:
         counters["errors"] += 1
     finally:
         counters["open"] -= 1
+        reader_gone(request, stream)
     return resp
 
 

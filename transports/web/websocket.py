@@ -14,7 +14,7 @@ from aiohttp import WSMsgType, web
 from streams.errors import ParamError, PushlabError
 from streams.hub import Stream
 from transports import websocket as codec
-from transports.web.common import CONFIG, COUNTERS, HUB, follow
+from transports.web.common import CONFIG, COUNTERS, HUB, follow, reader_gone
 
 KEY = "websocket"
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -59,6 +59,8 @@ async def handle(request: web.Request) -> web.WebSocketResponse:
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionError):
                 await sender
+        if stream is not None:
+            reader_gone(request, stream)
         counters["open"] -= 1
     return ws
 

@@ -1,0 +1,64 @@
+"""Experiment `rtt`: latency and TTFT versus added round-trip time, per transport.
+
+Question: what does distance cost each transport? A fault-proxy process between clients and
+server adds half the round trip in each direction. Push transports pay it once (one way, per
+token); polling pays a round trip per batch, and a new request each time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from clients.base import ClientOptions
+from clients.schema import Tables
+from experiments.bench import Point, run_points
+from streams.params import GenParams
+from transports.registry import KEYS
+
+NAME = "rtt"
+SUMMARY = "latency and TTFT versus added round-trip time (fault proxy), per transport"
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    transports: tuple[str, ...] = KEYS
+    rtts_ms: tuple[float, ...] = (0.0, 20.0, 100.0, 300.0)
+    tokens: int = 20
+    rate: float = 20.0
+    ttft_ms: float = 100.0
+    clients: int = 2
+    seed: int = 1
+    server: str | None = None
+    options: ClientOptions = dataclasses.field(default_factory=ClientOptions)
+
+
+def quick(spec: Spec) -> Spec:
+    return dataclasses.replace(spec, rtts_ms=(0.0, 100.0), tokens=8, rate=40.0, clients=1)
+
+
+def net_for(rtt_ms: float) -> str:
+    """Half the round trip each way; "" (no proxy at all) for 0."""
+    return f"delay={rtt_ms / 2:g}ms" if rtt_ms > 0 else ""
+
+
+def points(spec: Spec) -> list[Point]:
+    params = GenParams(tokens=spec.tokens, rate=spec.rate, ttft_ms=spec.ttft_ms, seed=spec.seed)
+    return [
+        Point(
+            t,
+            params,
+            condition=f"rtt={rtt:g}ms",
+            sweep=("rtt_ms", rtt),
+            net=net_for(rtt),
+            clients=spec.clients,
+            options=spec.options,
+        )
+        for rtt in spec.rtts_ms
+        for t in spec.transports
+    ]
+
+
+def run(spec: Spec, run_id: str = "", progress: bool = False) -> Tables:
+    return run_points(
+        points(spec), experiment=NAME, run_id=run_id, server=spec.server, progress=progress
+    )
