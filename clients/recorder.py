@@ -176,6 +176,9 @@ def stream_row(rec: StreamRecord) -> dict[str, object]:
         "segments_down": sum(c.segments_down for c in conns)
         if conns and conns[0].segments_down >= 0
         else -1,
+        "retransmits": sum(c.retransmits for c in conns)
+        if conns and conns[0].retransmits >= 0
+        else -1,
         "end_reason": rec.end_reason,
         "error": rec.error,
     }

@@ -225,6 +225,7 @@ EXPERIMENTS: dict[str, str] = {
     "rtt": "experiments.rtt",
     "reconnect": "experiments.reconnect",
     "cancel": "experiments.cancel",
+    "loss": "experiments.loss",
 }
 
 

@@ -28,9 +28,15 @@ class ChildProcess:
     """A Python child that prints `<ready_prefix><address>` once it listens."""
 
     def __init__(
-        self, argv: list[str], ready_prefix: str, *, start_timeout_s: float = 20.0
+        self,
+        argv: list[str],
+        ready_prefix: str,
+        *,
+        start_timeout_s: float = 20.0,
+        prefix: list[str] | None = None,
     ) -> None:
         self.argv = argv
+        self.prefix = prefix or []  # e.g. ["ip", "netns", "exec", NAME]: exec'd, so the pid is ours
         self.ready_prefix = ready_prefix
         self.start_timeout_s = start_timeout_s
         self.proc: subprocess.Popen[str] | None = None
@@ -40,7 +46,7 @@ class ChildProcess:
 
     def start(self) -> Target:
         self.proc = subprocess.Popen(
-            [sys.executable, *self.argv],
+            [*self.prefix, sys.executable, *self.argv],
             stdout=subprocess.PIPE,
             stderr=self._log,
             text=True,
@@ -88,11 +94,18 @@ class ChildProcess:
 
 
 class ServerProcess(ChildProcess):
-    """`python server.py` on 127.0.0.1, any free port."""
+    """`python server.py` on 127.0.0.1 (or `host`), any free port."""
 
-    def __init__(self, args: list[str] | None = None, *, start_timeout_s: float = 20.0) -> None:
-        argv = [str(SERVER_PY), "--host", "127.0.0.1", "--port", "0", *(args or [])]
-        super().__init__(argv, READY_PREFIX, start_timeout_s=start_timeout_s)
+    def __init__(
+        self,
+        args: list[str] | None = None,
+        *,
+        host: str = "127.0.0.1",
+        prefix: list[str] | None = None,
+        start_timeout_s: float = 20.0,
+    ) -> None:
+        argv = [str(SERVER_PY), "--host", host, "--port", "0", *(args or [])]
+        super().__init__(argv, READY_PREFIX, start_timeout_s=start_timeout_s, prefix=prefix)
 
 
 class ProxyProcess(ChildProcess):

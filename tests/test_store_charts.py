@@ -47,7 +47,7 @@ def _stream_row(keys: dict[str, object], **values: object) -> dict[str, object]:
         "itl_p99_ms": math.nan, "e2e_ms": math.nan, "reconnects": 0, "http_requests": 1,
         "tcp_connections": 1, "bytes_up": 0, "bytes_down": 0, "app_bytes_up": 0,
         "app_bytes_down": 0, "bytes_source": "kernel", "payload_bytes": 0, "segments_up": -1,
-        "segments_down": -1, "gap_max_ms": math.nan, "recovery_max_ms": math.nan,
+        "segments_down": -1, "retransmits": -1, "gap_max_ms": math.nan, "recovery_max_ms": math.nan,
         "end_reason": "done", "error": "",
     }  # fmt: skip
     row.update(values)

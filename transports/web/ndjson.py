@@ -27,7 +27,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
     stream, after = open_stream(request, await request_values(request))
     config = request.app[CONFIG]
     resp = web.StreamResponse(headers=streaming_headers(config, "application/x-ndjson", stream))
-    resp.enable_chunked_encoding()
+    # No enable_chunked_encoding(): aiohttp chunks HTTP/1.1 responses without a length by
+    # itself, and an HTTP/1.0 peer (nginx's default upstream protocol) gets a body delimited
+    # by the connection's end instead of a 500 for forbidden chunking.
     await resp.prepare(request)
     counters["open"] += 1
     try:

@@ -1,0 +1,81 @@
+"""Experiment `loss`: token latency tails versus real packet loss, per transport.
+
+The server runs inside a network namespace of our own, reached over a veth pair; nftables in
+the namespace drops that share of TCP packets at random in both directions, so the kernel's
+own retransmission and head-of-line blocking decide what the clients see. Where the machine
+cannot create namespaces or random drop, the run stops with the reason (never a silent skip).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+from clients.base import ClientOptions, Target
+from clients.recorder import to_tables
+from clients.schema import Tables, concat
+from experiments.bench import Point, condition_keys, measure_records
+from experiments.serverproc import ServerProcess
+from netem.netns import LinkSpec, NetnsLink
+from streams.params import GenParams
+from transports.registry import KEYS
+
+NAME = "loss"
+SUMMARY = "token latency tails versus real packet loss (network namespace, nftables)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    transports: tuple[str, ...] = KEYS
+    losses_pct: tuple[float, ...] = (0.0, 1.0, 5.0, 10.0)
+    tokens: int = 40
+    rate: float = 20.0
+    ttft_ms: float = 100.0
+    clients: int = 2
+    seed: int = 1
+    options: ClientOptions = dataclasses.field(
+        default_factory=lambda: ClientOptions(max_reconnects=10, interval_ms=100.0)
+    )
+
+
+def quick(spec: Spec) -> Spec:
+    return dataclasses.replace(spec, losses_pct=(0.0, 10.0), tokens=20, rate=40.0, clients=1)
+
+
+def points(spec: Spec) -> list[Point]:
+    params = GenParams(tokens=spec.tokens, rate=spec.rate, ttft_ms=spec.ttft_ms, seed=spec.seed)
+    return [
+        Point(
+            t,
+            params,
+            condition=f"loss={loss:g}%",
+            sweep=("loss_pct", loss),
+            clients=spec.clients,
+            options=spec.options,
+        )
+        for loss in spec.losses_pct
+        for t in spec.transports
+    ]
+
+
+def run(spec: Spec, run_id: str = "", progress: bool = False) -> Tables:
+    from tqdm import tqdm
+
+    todo = points(spec)
+    parts = []
+    with (
+        NetnsLink(LinkSpec(loss_pct=0.0)) as link,
+        tqdm(total=len(todo), desc=NAME, unit="point", disable=not progress) as bar,
+    ):
+        server = ServerProcess(host=link.server_host, prefix=["ip", "netns", "exec", link.name])
+        target: Target = server.start()
+        try:
+            for point in todo:
+                assert point.sweep is not None
+                link.set_loss(point.sweep[1])
+                records = asyncio.run(measure_records(point, target))
+                parts.append(to_tables(records, condition_keys(run_id, NAME, point)))
+                bar.update()
+        finally:
+            server.stop()
+    return concat(parts)
