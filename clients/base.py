@@ -147,7 +147,8 @@ async def error_message(http: HTTPClient, resp: Response) -> str:
     try:
         return str(loads(body)["error"]["message"])
     except (PushlabError, KeyError, TypeError):
-        return body[:200].decode("utf-8", "replace")
+        text = " ".join(body.decode("utf-8", "replace").split())  # e.g. a proxy's HTML page
+        return text[:120]
 
 
 def request_for(

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from experiments.store import StoredRun
 
 CAPTIONS: dict[str, str] = {
+    "arrival_spread.png": "How tokens arrive through each proxy mode",
     "latency_vs_sweep.png": "Token latency and TTFT across the sweep",
     "reconnect.png": "Recovery from repeated connection cuts",
     "cancel.png": "Generation after the client walked away",
@@ -93,32 +94,32 @@ def reconnect_summary(streams: pd.DataFrame) -> pd.DataFrame:
 
 
 def reconnect(run_dir: RunLike) -> list[Path]:
-    """`reconnect.png`: recovery time, longest silence, lost and duplicated tokens per transport."""
+    """`reconnect.png`: per condition, recovery time, lost and duplicated tokens, completion."""
     run = _as_run(run_dir)
     summary = reconnect_summary(run.streams)
-    fig, axes = _figure(3, width_in=4.6, height_in=3.8)
-    order = transport_order(summary["transport"])
-    rows = summary.set_index("transport").loc[order]
-    colours = [colour(t) for t in order]
-    axes[0].bar(order, rows["recovery_max_ms"].fillna(0), color=colours)
-    axes[0].set(title="Longest recovery: cut -> next new token", ylabel="ms")
-    axes[1].bar(order, rows["lost"], color=colours, label="lost")
-    axes[1].bar(
-        order,
-        rows["duplicated"],
-        bottom=rows["lost"],
-        color=colours,
-        hatch="//",
-        alpha=0.6,
-        label="duplicated",
-    )
-    axes[1].set(title="Tokens lost (solid) and duplicated (hatched)", ylabel="tokens, all streams")
-    axes[2].bar(order, rows["completed"] / rows["streams"], color=colours)
-    axes[2].set(title="Streams completed", ylabel="fraction", ylim=(0, 1.05))
+    conditions = list(dict.fromkeys(summary["condition"]))
+    fig, axes = _figure(3 * len(conditions), width_in=4.6, height_in=3.6)
+    for i, condition in enumerate(conditions):
+        part = summary[summary["condition"] == condition]
+        order = transport_order(part["transport"])
+        rows = part.set_index("transport").loc[order]
+        colours = [colour(t) for t in order]
+        ax_rec, ax_loss, ax_done = axes[3 * i : 3 * i + 3]
+        ax_rec.bar(order, rows["recovery_max_ms"].fillna(0), color=colours)
+        ax_rec.set(title=f"{condition}\nlongest recovery: cut -> next new token", ylabel="ms")
+        ax_rec.set_ylim(
+            bottom=0, top=max(1.0, float(rows["recovery_max_ms"].max(skipna=True) or 0) * 1.1)
+        )
+        ax_loss.bar(order, rows["lost"], color=colours)
+        ax_loss.bar(
+            order, rows["duplicated"], bottom=rows["lost"], color=colours, hatch="//", alpha=0.6
+        )
+        ax_loss.set(title="tokens lost (solid), duplicated (hatched)", ylabel="tokens, all streams")
+        ax_done.bar(order, rows["completed"] / rows["streams"], color=colours)
+        ax_done.set(title="streams completed", ylabel="fraction", ylim=(0, 1.05))
     for ax in axes:
         ax.tick_params(axis="x", labelrotation=30)
         ax.grid(True, axis="y", alpha=0.25)
-    fig.suptitle(f"Reconnect: {', '.join(sorted(set(run.streams['condition'])))}")
     return [_save(fig, run.path / "reconnect.png")]
 
 
@@ -167,7 +168,63 @@ def cancel(run_dir: RunLike) -> list[Path]:
     return [_save(fig, run.path / "cancel.png")]
 
 
+def arrival_spread_table(tokens: pd.DataFrame) -> pd.DataFrame:
+    """Per stream: (last read - first read) / (last emit - first emit); 1 streamed, 0 burst."""
+    firsts = tokens.sort_values("t_recv_ns").drop_duplicates(["stream_id", "seq"])
+    per = firsts.groupby(["condition", "transport", "stream_id"], sort=False).agg(
+        recv_first=("t_recv_ns", "min"),
+        recv_last=("t_recv_ns", "max"),
+        emit_first=("t_emit_ns", "min"),
+        emit_last=("t_emit_ns", "max"),
+    )
+    emitted = (per["emit_last"] - per["emit_first"]).where(lambda s: s > 0)
+    per["arrival_spread"] = (per["recv_last"] - per["recv_first"]) / emitted
+    return per.reset_index()[["condition", "transport", "stream_id", "arrival_spread"]]
+
+
+def proxy_summary(run: StoredRun) -> pd.DataFrame:
+    """Per condition (proxy mode) and transport: TTFT p50, spread median, completion."""
+    spread = arrival_spread_table(run.tokens)
+    streams = run.streams.merge(spread, on=["condition", "transport", "stream_id"], how="left")
+    out = streams.groupby(["condition", "transport"], sort=False).agg(
+        streams=("stream_id", "size"),
+        completed=("error", lambda e: int((e == "").sum())),
+        ttft_p50_ms=("ttft_ms", "median"),
+        e2e_p50_ms=("e2e_ms", "median"),
+        arrival_spread=("arrival_spread", "median"),
+    )
+    return out.reset_index()
+
+
+def arrival_spread(run_dir: RunLike) -> list[Path]:
+    """`arrival_spread.png`: per proxy mode, arrival spread and TTFT per transport."""
+    run = _as_run(run_dir)
+    summary = proxy_summary(run)
+    modes = list(dict.fromkeys(summary["condition"]))
+    fig, axes = _figure(len(modes), width_in=4.4, height_in=3.6)
+    for ax, mode in zip(axes, modes, strict=True):
+        rows = summary[summary["condition"] == mode]
+        order = transport_order(rows["transport"])
+        rows = rows.set_index("transport").loc[order]
+        bars = ax.bar(order, rows["arrival_spread"].fillna(0), color=[colour(t) for t in order])
+        for bar, ttft_ms in zip(bars, rows["ttft_p50_ms"], strict=True):
+            ax.annotate(
+                f"{ttft_ms:.0f}",
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+            )
+        ax.set(title=mode, ylabel="arrival spread (1 = as generated)", ylim=(0, 1.2))
+        ax.tick_params(axis="x", labelrotation=30)
+        ax.grid(True, axis="y", alpha=0.25)
+    fig.suptitle("Streamed (1) or one burst (0): arrival spread per transport; labels: TTFT p50 ms")
+    return [_save(fig, run.path / "arrival_spread.png")]
+
+
 CHARTS: dict[str, list[Callable[[RunLike], list[Path]]]] = {
+    "proxy": [arrival_spread],
+    "idle-timeout": [reconnect],
     "rtt": [latency_vs_sweep],
     "loss": [latency_vs_sweep],
     "reconnect": [reconnect],
@@ -183,8 +240,13 @@ def draw_for(run: StoredRun) -> list[Path]:
 def summaries(run: StoredRun) -> list[tuple[str, pd.DataFrame]]:
     """Experiment-specific summary tables for the report."""
     experiment = run.meta.get("experiment")
-    if experiment == "reconnect":
+    if experiment in ("reconnect", "idle-timeout"):
         return [("Reconnect summary", reconnect_summary(run.streams))]
+    if experiment == "proxy":
+        tables = [("Proxy summary (medians per stream)", proxy_summary(run))]
+        if "nginx" in run.extra:
+            tables.append(("nginx in the path (requests in its access log)", run.extra["nginx"]))
+        return tables
     if experiment == "cancel" and "cancel" in run.extra:
         return [("Cancel summary (medians per stream)", cancel_summary(run.extra["cancel"]))]
     return []

@@ -226,6 +226,8 @@ EXPERIMENTS: dict[str, str] = {
     "reconnect": "experiments.reconnect",
     "cancel": "experiments.cancel",
     "loss": "experiments.loss",
+    "proxy": "experiments.proxy",
+    "idle-timeout": "experiments.idle_timeout",
 }
 
 

@@ -23,8 +23,13 @@ MAX_MESSAGE_BYTES = 64 * 1024
 async def handle(request: web.Request) -> web.WebSocketResponse:
     counters = request.app[COUNTERS].by_transport[KEY]
     counters["requests"] += 1
+    config = request.app[CONFIG]
+    # the keep-alive of a WebSocket is a protocol ping (RFC 6455 5.5.2); the client's pong
+    # answers it, and a quiet connection stays busy for the proxies in between
     ws = web.WebSocketResponse(
-        compress=request.app[CONFIG].ws_compress, max_msg_size=MAX_MESSAGE_BYTES
+        heartbeat=config.heartbeat_s or None,
+        compress=request.app[CONFIG].ws_compress,
+        max_msg_size=MAX_MESSAGE_BYTES,
     )
     await ws.prepare(request)
     counters["open"] += 1

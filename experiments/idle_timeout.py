@@ -1,0 +1,96 @@
+"""Experiment `idle-timeout`: a slow generation behind nginx with a short proxy_read_timeout.
+
+Between two tokens the connection is silent for longer than nginx's `proxy_read_timeout`, so
+nginx ends the response (or answers 504 to a held poll). With keep-alives (the server's
+`--heartbeat-s`: an SSE comment, an empty NDJSON line, a WebSocket ping; for long polling a
+hold shorter than the timeout) the connection never goes quiet that long. Per stream:
+completed or not, reconnects, and tokens lost. All transports run at once in each variant
+(what is measured here is survival, not latency).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+from clients.base import ClientOptions, Target
+from clients.fleet import FleetSpec, run_fleet
+from clients.recorder import StreamRecord, to_tables
+from clients.schema import Tables, concat
+from experiments.bench import Point, condition_keys, server_target
+from netem.nginx import Nginx, NginxSpec
+from streams.params import GenParams
+from transports.registry import KEYS
+
+NAME = "idle-timeout"
+SUMMARY = "slow generation behind nginx with a short read timeout, with and without heartbeats"
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    transports: tuple[str, ...] = KEYS
+    read_timeout_s: float = 1.0  # nginx proxy_read_timeout
+    heartbeat_s: float = 0.3  # the keep-alive variant's server heartbeat (and long-poll hold)
+    tokens: int = 4
+    rate: float = 0.5  # one token every 2 s: longer than the read timeout
+    ttft_ms: float = 1500.0
+    clients: int = 1
+    seed: int = 1
+
+
+def quick(spec: Spec) -> Spec:
+    return dataclasses.replace(spec, tokens=2, ttft_ms=1500.0)
+
+
+def variants(spec: Spec) -> list[tuple[str, list[str], ClientOptions]]:
+    """(label, server args, client options) without and with keep-alives."""
+    quiet = ClientOptions(max_reconnects=3, wait_s=25.0)
+    alive = ClientOptions(max_reconnects=3, wait_s=spec.heartbeat_s)
+    return [
+        ("no keep-alive", ["--heartbeat-s", "0"], quiet),
+        (f"keep-alive {spec.heartbeat_s:g}s", ["--heartbeat-s", f"{spec.heartbeat_s:g}"], alive),
+    ]
+
+
+async def run_variant(points: list[Point], target: Target) -> list[list[StreamRecord]]:
+    return list(
+        await asyncio.gather(
+            *(
+                run_fleet(FleetSpec(p.transport, p.clients), target, p.params, p.options)
+                for p in points
+            )
+        )
+    )
+
+
+def run(spec: Spec, run_id: str = "", progress: bool = False) -> Tables:
+    from tqdm import tqdm
+
+    params = GenParams(tokens=spec.tokens, rate=spec.rate, ttft_ms=spec.ttft_ms, seed=spec.seed)
+    nginx_spec = NginxSpec(buffering=False, read_timeout_s=spec.read_timeout_s)
+    parts = []
+    for i, (label, args, options) in enumerate(
+        tqdm(variants(spec), desc=NAME, unit="variant", disable=not progress)
+    ):
+        condition = f"nginx read timeout {spec.read_timeout_s:g}s, {label}"
+        points = [
+            Point(
+                t,
+                params,
+                condition=condition,
+                sweep=("keep_alive", i),
+                clients=spec.clients,
+                options=options,
+            )
+            for t in spec.transports
+        ]
+        with (
+            server_target(None, args) as server,
+            Nginx(nginx_spec, server.host, server.port) as nginx,
+        ):
+            records = asyncio.run(run_variant(points, nginx.target))
+        parts += [
+            to_tables(r, condition_keys(run_id, NAME, p))
+            for p, r in zip(points, records, strict=True)
+        ]
+    return concat(parts)

@@ -1,0 +1,136 @@
+"""Each experiment, run small, shows the behaviour it exists to measure.
+
+These check behaviour (who loses tokens, who stops, who bursts), never speed: the bounds are
+wide and come from the protocols, not from this machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pandas as pd
+import pytest
+
+from experiments import cancel, idle_timeout, loss, proxy, reconnect, rtt
+from experiments.charts_net import arrival_spread_table
+from experiments.cli import main
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def by_transport(streams: pd.DataFrame, condition: str | None = None) -> pd.DataFrame:
+    rows = streams if condition is None else streams[streams["condition"] == condition]
+    return rows.set_index("transport")
+
+
+def test_rtt_push_pays_one_way_polling_pays_more() -> None:
+    spec = dataclasses.replace(
+        rtt.quick(rtt.Spec()), transports=("sse", "longpoll"), rtts_ms=(0.0, 80.0)
+    )
+    tables = rtt.run(spec)
+    median = tables.tokens.groupby(["transport", "sweep_value"])["latency_ms"].median()
+    added_sse = median["sse", 80.0] - median["sse", 0.0]
+    added_poll = median["longpoll", 80.0] - median["longpoll", 0.0]
+    assert 35 <= added_sse <= 60  # one way: half the round trip
+    assert added_poll > added_sse  # a token waits for the next poll's round trip too
+    ttft = tables.streams.groupby(["transport", "sweep_value"])["ttft_ms"].median()
+    assert 70 <= ttft["sse", 80.0] - ttft["sse", 0.0] <= 110  # request + response: one RTT
+
+
+def test_reconnect_resuming_transports_lose_and_duplicate_nothing() -> None:
+    spec = dataclasses.replace(
+        reconnect.Spec(), tokens=24, rate=60.0, cut_every_tokens=(8,), clients=1, ttft_ms=20.0
+    )
+    streams = by_transport(reconnect.run(spec).streams)
+    for key in ("sse", "websocket", "longpoll", "ndjson", "shortpoll"):
+        row = streams.loc[key]
+        assert row["error"] == "", (key, row["error"])
+        assert (row["lost"], row["duplicated"], row["tokens_received"]) == (0, 0, 24), key
+        assert row["reconnects"] >= 1 and row["tcp_connections"] >= 2, key
+    assert streams.loc["sse", "recovery_max_ms"] >= 900  # it waits the server's retry: 1000 ms
+    assert streams.loc["oneshot", "error"] != ""  # the answer outlives every connection
+
+
+def test_cancel_explicit_stops_at_once_close_waits_for_the_policy() -> None:
+    spec = dataclasses.replace(
+        cancel.Spec(),
+        transports=("sse", "websocket", "longpoll"),
+        tokens=150,
+        rate=50.0,
+        idle_timeout_s=0.6,
+        clients=1,
+    )
+    table = cancel.run(spec).extra["cancel"].set_index(["policy", "how", "transport"])
+    for transport in ("sse", "websocket", "longpoll"):
+        explicit = table.loc[("keep", "cancel", transport)]
+        assert explicit["server_reason"] == "cancelled" and explicit["wasted_tokens"] <= 2
+        left = table.loc[("keep", "close", transport)]
+        assert left["server_reason"] == "idle" and left["wasted_tokens"] >= 10
+        assert 500 <= left["stop_ms"] < 3000
+    for transport in ("sse", "websocket"):  # streaming readers: a disconnect is visible
+        row = table.loc[("cancel-on-disconnect", "close", transport)]
+        assert row["server_reason"] == "disconnect" and row["wasted_tokens"] <= 2
+    # a poller that stops polling leaves no disconnect to see: only the idle timeout helps
+    assert table.loc[("cancel-on-disconnect", "close", "longpoll"), "server_reason"] == "idle"
+
+
+def test_loss_makes_tcp_retransmit_and_still_delivers_everything() -> None:
+    spec = dataclasses.replace(
+        loss.quick(loss.Spec()),
+        transports=("sse", "websocket"),
+        losses_pct=(0.0, 25.0),
+        tokens=30,
+        rate=100.0,
+    )
+    streams = loss.run(spec).streams
+    clean = streams[streams["sweep_value"] == 0.0]
+    lossy = streams[streams["sweep_value"] == 25.0]
+    assert (clean["retransmits"] == 0).all()
+    assert lossy["retransmits"].sum() > 0
+    assert (streams["lost"] == 0).all() and (streams["error"] == "").all()
+
+
+def test_proxy_nginx_in_the_path_and_http10_turns_streams_into_one_burst() -> None:
+    spec = dataclasses.replace(
+        proxy.quick(proxy.Spec()),
+        transports=("sse", "websocket"),
+        modes=("buffered", "buffered-http1.0"),
+    )
+    tables = proxy.run(spec)
+    assert (tables.extra["nginx"]["nginx_requests_logged"] > 0).all()
+    spread = arrival_spread_table(tables.tokens).set_index(["condition", "transport"])
+    spread = spread["arrival_spread"]
+    assert spread["nginx buffered", "sse"] > 0.8  # chunked HTTP/1.1 passes through
+    assert spread["nginx buffered-http1.0", "sse"] < 0.2  # held until the response ends
+    assert spread["nginx buffered-http1.0", "websocket"] > 0.8  # an upgraded socket is not buffered
+
+
+def test_idle_timeout_heartbeats_keep_streams_alive_oneshot_cannot_survive() -> None:
+    spec = dataclasses.replace(
+        idle_timeout.quick(idle_timeout.Spec()), transports=("sse", "oneshot")
+    )
+    streams = idle_timeout.run(spec).streams
+    quiet = by_transport(streams[streams["sweep_value"] == 0])
+    alive = by_transport(streams[streams["sweep_value"] == 1])
+    assert quiet.loc["sse", "reconnects"] >= 1 and quiet.loc["sse", "error"] == ""
+    assert alive.loc["sse", "reconnects"] == 0 and alive.loc["sse", "error"] == ""
+    assert "504" in quiet.loc["oneshot", "error"] and "504" in alive.loc["oneshot", "error"]
+
+
+def test_pushlab_run_writes_tables_charts_and_report(tmp_path: pytest.TempPathFactory) -> None:
+    out = tmp_path / "run"  # type: ignore[operator]
+    code = main(
+        ["run", "cancel", "--quick", "--transport", "websocket", "--out", str(out), "--no-progress"]
+    )
+    assert code == 0
+    for name in (
+        "tokens.parquet",
+        "streams.parquet",
+        "cancel.parquet",
+        "meta.json",
+        "report.md",
+        "cancel.png",
+        "latency_cdf.png",
+    ):
+        assert (out / name).is_file(), name
+    assert "Cancel summary" in (out / "report.md").read_text()
