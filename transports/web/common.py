@@ -173,3 +173,23 @@ def reader_gone(request: web.Request, stream: Stream) -> None:
     generating for a reconnect until the idle timeout."""
     if request.app[CONFIG].cancel_on_disconnect and not stream.done:
         request.app[HUB].cancel(stream.id, reason="disconnect")
+
+
+async def serve_stream(
+    request: web.Request,
+    resp: web.StreamResponse,
+    stream: Stream,
+    counters: dict[str, int],
+    pump: Callable[[], Awaitable[None]],
+) -> web.StreamResponse:
+    """Send a streaming response's headers, run its pump, and account for how it ended."""
+    await resp.prepare(request)
+    counters["open"] += 1
+    try:
+        await pump()
+    except ConnectionError:
+        counters["errors"] += 1
+    finally:
+        counters["open"] -= 1
+        reader_gone(request, stream)
+    return resp

@@ -13,8 +13,8 @@ from transports.web.common import (
     COUNTERS,
     follow,
     open_stream,
-    reader_gone,
     request_values,
+    serve_stream,
     streaming_headers,
 )
 
@@ -30,16 +30,13 @@ async def handle(request: web.Request) -> web.StreamResponse:
     # No enable_chunked_encoding(): aiohttp chunks HTTP/1.1 responses without a length by
     # itself, and an HTTP/1.0 peer (nginx's default upstream protocol) gets a body delimited
     # by the connection's end instead of a 500 for forbidden chunking.
-    await resp.prepare(request)
-    counters["open"] += 1
-    try:
-        await pump(resp, stream, after, config.heartbeat_s, counters)
-    except ConnectionError:
-        counters["errors"] += 1
-    finally:
-        counters["open"] -= 1
-        reader_gone(request, stream)
-    return resp
+    return await serve_stream(
+        request,
+        resp,
+        stream,
+        counters,
+        lambda: pump(resp, stream, after, config.heartbeat_s, counters),
+    )
 
 
 async def pump(

@@ -19,8 +19,8 @@ from transports.web.common import (
     HUB,
     follow,
     open_stream,
-    reader_gone,
     request_values,
+    serve_stream,
     streaming_headers,
 )
 
@@ -58,16 +58,13 @@ async def handle(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(
         headers=streaming_headers(config, "text/event-stream; charset=utf-8", stream)
     )
-    await resp.prepare(request)
-    counters["open"] += 1
-    try:
-        await pump(resp, stream, after, config.retry_ms, config.heartbeat_s, counters)
-    except ConnectionError:
-        counters["errors"] += 1
-    finally:
-        counters["open"] -= 1
-        reader_gone(request, stream)
-    return resp
+    return await serve_stream(
+        request,
+        resp,
+        stream,
+        counters,
+        lambda: pump(resp, stream, after, config.retry_ms, config.heartbeat_s, counters),
+    )
 
 
 async def pump(
