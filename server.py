@@ -210,6 +210,9 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> Non
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:  # thousands of connections need thousands of descriptors
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if args.uvloop:
         import uvloop
 
