@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import importlib
 import os
 import resource
@@ -37,6 +38,7 @@ from transports.web.common import (
 
 LOOP_LAG = web.AppKey("loop_lag", dict)
 LAG_INTERVAL_S = 0.1
+GC_FULL_INTERVAL_S = 30.0  # "scheduled" policy: one full collection this often, no other
 
 
 async def _hub_context(app: web.Application) -> AsyncIterator[None]:
@@ -55,6 +57,35 @@ async def _hub_context(app: web.Application) -> AsyncIterator[None]:
     with contextlib.suppress(asyncio.CancelledError):
         await lag_task
     await hub.aclose()
+
+
+async def _gc_context(app: web.Application) -> AsyncIterator[None]:
+    """The collector policy. "auto" leaves CPython's thresholds alone; under thousands of
+    streams its collections stop the loop for tens of milliseconds (measured: token p99
+    55-60 ms instead of 7 ms at 1000 SSE streams x 20 tokens/s). "scheduled" freezes what
+    exists at start and turns automatic collection off: acyclic garbage is still freed at
+    once by reference counting, and one full collection every GC_FULL_INTERVAL_S reclaims
+    cycles. (Collecting the young generations every 100 ms instead was measured too: at
+    40k tokens/s each pass examines tens of thousands of new objects and p50 rose to 7-11 ms.)
+    /stats reports the policy and the collections per generation."""
+    if app[CONFIG].gc != "scheduled":
+        yield
+        return
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+
+    async def collect_forever() -> None:
+        while True:
+            await asyncio.sleep(GC_FULL_INTERVAL_S)
+            gc.collect()
+
+    task = asyncio.create_task(collect_forever())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    gc.enable()
 
 
 async def _watch_loop_lag(lag: dict[str, float]) -> None:
@@ -82,6 +113,10 @@ async def stats(request: web.Request) -> web.Response:
             "cpu_s": usage.ru_utime + usage.ru_stime,
             "max_rss_bytes": usage.ru_maxrss * 1024,
             "rss_bytes": _rss_bytes(),
+            "gc": {
+                "policy": request.app[CONFIG].gc,
+                "collections": [g["collections"] for g in gc.get_stats()],
+            },
         }
     )
 
@@ -109,6 +144,7 @@ def make_app(config: ServerConfig | None = None) -> web.Application:
     app[COUNTERS] = Counters()
     app[LOOP_LAG] = {"last_ms": 0.0, "max_ms": 0.0}
     app.cleanup_ctx.append(_hub_context)
+    app.cleanup_ctx.append(_gc_context)
     for module in dict.fromkeys(t.server for t in TRANSPORTS.values()):
         importlib.import_module(module).add_routes(app)
     poll.add_stream_routes(app)
@@ -169,6 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not send 'X-Accel-Buffering: no' (lets nginx buffer)",
     )
     p.add_argument("--uvloop", action="store_true", help="run on uvloop")
+    p.add_argument(
+        "--gc",
+        choices=("auto", "scheduled"),
+        default=d.gc,
+        help="garbage collector policy: CPython's own, or none but a full collection "
+        f"every {GC_FULL_INTERVAL_S:g} s (default %(default)s)",
+    )
     return p
 
 
@@ -183,6 +226,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_streams=args.max_streams,
         ws_compress=args.ws_compress,
         cancel_on_disconnect=args.cancel_on_disconnect,
+        gc=args.gc,
         accel_buffering_header=not args.no_accel_header,
     )
 

@@ -2,8 +2,9 @@
 
 Theory of operation
 -------------------
-`Hub.create(params)` plans the tokens (seeded generator) and starts one producer task that
-appends `Token(seq, t_emit_ns, text, payload)` to the stream's log at the planned times.
+`Hub.create(params)` plans the tokens (seeded generator) and sets a chain of event-loop
+timers that append `Token(seq, t_emit_ns, text, payload)` to the stream's log at the planned
+times (one timer callback per token; no task per stream).
 Seqs run 1..N, so the tokens after seq `k` are `log[k:]`. Readers never own a buffer: each
 keeps a cursor into the one log and awaits `wait_beyond(cursor)`; a slow or vanished reader
 only falls behind in the log, which is bounded by `params.tokens` (itself bounded). That is
@@ -25,6 +26,7 @@ import dataclasses
 import secrets
 import time
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 from streams.errors import StreamLimitError, StreamNotFound
 from streams.generator import Plan, plan
@@ -36,8 +38,10 @@ Encoder = Callable[[str, int, int, str, GenParams], bytes]
 RUNNING, DONE, CANCELLED = "running", "done", "cancelled"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Token:
+class Token(NamedTuple):
+    """One emitted token. A tuple of atomic values: CPython's collector stops tracking such
+    tuples, so a hub holding millions of them adds nothing to collection pauses."""
+
     seq: int
     t_emit_ns: int
     text: str
@@ -57,6 +61,11 @@ class HubStats:
     listeners: int
 
 
+def _expire(fut: asyncio.Future[bool]) -> None:
+    if not fut.done():
+        fut.set_result(False)
+
+
 class Stream:
     """One generation's log and state; the producer appends, any number of readers follow."""
 
@@ -72,7 +81,8 @@ class Stream:
         self.finished_ns = 0  # time.time_ns() when it ended: comparable with clients' clocks
         self.last_listened_s = now_s
         self.listeners = 0
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters: list[asyncio.Future[bool]] = []
+        self._timer: asyncio.TimerHandle | None = None  # the next emission, while running
 
     @property
     def done(self) -> bool:
@@ -90,17 +100,18 @@ class Stream:
         """Wait until a token with seq > `after` exists or the stream ended; False on timeout."""
         if len(self.log) > after or self.done:
             return True
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bool] = loop.create_future()
         self._waiters.append(fut)
+        # a timer on the future itself: far cheaper per wait than an asyncio.timeout() scope
+        timer = loop.call_later(timeout_s, _expire, fut) if timeout_s is not None else None
         try:
-            async with asyncio.timeout(timeout_s):
-                await fut
-        except TimeoutError:
-            return False
+            return await fut
         finally:
+            if timer is not None:
+                timer.cancel()
             if fut in self._waiters:  # timed out or cancelled: nobody will wake it now
                 self._waiters.remove(fut)
-        return True
 
     @contextlib.contextmanager
     def listening(self) -> Iterator[None]:
@@ -132,7 +143,7 @@ class Stream:
         waiters, self._waiters = self._waiters, []
         for fut in waiters:
             if not fut.done():
-                fut.set_result(None)
+                fut.set_result(True)
 
     def describe(self) -> dict[str, object]:
         return {
@@ -165,7 +176,6 @@ class Hub:
         self.max_streams = max_streams
         self._clock_ns = clock_ns
         self._streams: dict[str, Stream] = {}
-        self._producers: dict[str, asyncio.Task[None]] = {}
         self._reaper: asyncio.Task[None] | None = None
         self._counts = {"created": 0, "done": 0, "cancelled": 0, "idle": 0, "expired": 0}
         self._tokens_emitted = 0
@@ -174,11 +184,13 @@ class Hub:
         self._reaper = asyncio.create_task(self._reap_forever(), name="hub-reaper")
 
     async def aclose(self) -> None:
-        tasks = [*self._producers.values(), *([self._reaper] if self._reaper else [])]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._producers.clear()
+        for stream in self._streams.values():
+            if stream._timer is not None:
+                stream._timer.cancel()
+                stream._timer = None
+        if self._reaper is not None:
+            self._reaper.cancel()
+            await asyncio.gather(self._reaper, return_exceptions=True)
         self._reaper = None
 
     def create(self, params: GenParams) -> Stream:
@@ -189,9 +201,8 @@ class Hub:
         stream = Stream(stream_id, params, plan(params), time.monotonic())
         self._streams[stream_id] = stream
         self._counts["created"] += 1
-        self._producers[stream_id] = asyncio.create_task(
-            self._produce(stream), name=f"produce-{stream_id}"
-        )
+        loop = asyncio.get_running_loop()
+        self._emit(stream, 0, loop.time(), loop)
         return stream
 
     def get(self, stream_id: str) -> Stream:
@@ -208,30 +219,35 @@ class Hub:
         if not stream.done:
             self._counts["cancelled"] += 1
             stream._finish(CANCELLED, reason)
-            task = self._producers.pop(stream_id, None)
-            if task is not None:
-                task.cancel()
+            if stream._timer is not None:
+                stream._timer.cancel()
+                stream._timer = None
         return stream
 
-    async def _produce(self, stream: Stream) -> None:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        params, encode = stream.params, self._encode
-        for i, (text, offset_ns) in enumerate(
-            zip(stream.plan.texts, stream.plan.offsets_ns, strict=True)
-        ):
-            delay = start + offset_ns / 1e9 - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+    def _emit(self, stream: Stream, i: int, start: float, loop: asyncio.AbstractEventLoop) -> None:
+        """Append every token due by now from index `i` on, then set a timer for the next.
+
+        A chain of loop timers rather than a task per stream: one callback per token, no
+        coroutine switch, and cancelling is cancelling the pending timer."""
+        plan_, params, encode = stream.plan, stream.params, self._encode
+        n = len(plan_.texts)
+        now = loop.time()
+        while i < n and start + plan_.offsets_ns[i] / 1e9 <= now:
             t_emit_ns = self._clock_ns()
-            seq = i + 1
+            text, seq = plan_.texts[i], i + 1
             stream._append(
                 Token(seq, t_emit_ns, text, encode(stream.id, seq, t_emit_ns, text, params))
             )
             self._tokens_emitted += 1
-        stream._finish(DONE, "done")
-        self._counts["done"] += 1
-        self._producers.pop(stream.id, None)
+            i += 1
+        if i < n:
+            stream._timer = loop.call_at(
+                start + plan_.offsets_ns[i] / 1e9, self._emit, stream, i, start, loop
+            )
+        else:
+            stream._timer = None
+            stream._finish(DONE, "done")
+            self._counts["done"] += 1
 
     def reap(self, now_s: float | None = None) -> None:
         """Cancel streams nobody listens to and forget streams past retention (one pass)."""

@@ -120,3 +120,13 @@ def test_websocket_token_message_is_spliced_without_reencoding() -> None:
 def test_server_message_parser_raises_only_protocol_errors(data: bytes) -> None:
     with contextlib.suppress(ProtocolError):  # anything else escaping fails the test
         websocket.parse_server_message(data)
+
+
+@given(text=st.text(max_size=30), seq=st.integers(1, 10**6), t=st.integers(0, 2**63 - 1))
+def test_text_envelope_fast_path_is_byte_identical_to_json_dumps(
+    text: str, seq: int, t: int
+) -> None:
+    from transports.token import dumps
+
+    expected = dumps({"stream": "0a1b2c3d4e5f", "seq": seq, "t_emit_ns": t, "text": text})
+    assert encode_token("0a1b2c3d4e5f", seq, t, text, GenParams()) == expected

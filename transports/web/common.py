@@ -31,6 +31,7 @@ class ServerConfig:
     ws_compress: bool = False  # accept permessage-deflate when a client offers it
     accel_buffering_header: bool = True  # send `X-Accel-Buffering: no` on streaming responses
     cancel_on_disconnect: bool = False  # stop a stream when its streaming reader disconnects
+    gc: str = "auto"  # "auto": CPython's collector as is; "scheduled": see server._gc_context
 
 
 HUB = web.AppKey("hub", Hub)
