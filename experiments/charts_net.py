@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from experiments.store import StoredRun
 
 CAPTIONS: dict[str, str] = {
+    "idle.png": "Server memory per idle connection",
+    "scale.png": "Latency, CPU and memory against concurrent streams",
     "arrival_spread.png": "How tokens arrive through each proxy mode",
     "latency_vs_sweep.png": "Token latency and TTFT across the sweep",
     "reconnect.png": "Recovery from repeated connection cuts",
@@ -222,7 +224,129 @@ def arrival_spread(run_dir: RunLike) -> list[Path]:
     return [_save(fig, run.path / "arrival_spread.png")]
 
 
+def scale(run_dir: RunLike) -> list[Path]:
+    """`scale.png`: p50/p99 latency, server CPU per token and memory per connection vs N."""
+    run = _as_run(run_dir)
+    if "scale" not in run.extra:
+        return []
+    df = run.extra["scale"]
+    fig, (ax_lat, ax_cpu, ax_mem) = _figure(3, width_in=4.8, height_in=3.8)
+    for transport in transport_order(df["transport"]):
+        rows = df[df["transport"] == transport].sort_values("n")
+        c = colour(transport)
+        ax_lat.plot(
+            rows["n"],
+            rows["latency_p50_ms"].clip(lower=LATENCY_FLOOR_MS),
+            "-o",
+            color=c,
+            markersize=4,
+            label=transport,
+        )
+        ax_lat.plot(
+            rows["n"],
+            rows["latency_p99_ms"].clip(lower=LATENCY_FLOOR_MS),
+            "--s",
+            color=c,
+            markersize=4,
+        )
+        ax_cpu.plot(
+            rows["n"], rows["server_cpu_per_token_us"], "-o", color=c, markersize=4, label=transport
+        )
+        ax_mem.plot(
+            rows["n"],
+            rows["server_rss_per_conn_bytes"] / 1024,
+            "-o",
+            color=c,
+            markersize=4,
+            label=transport,
+        )
+    target = float(df["target_p99_ms"].iloc[0]) if "target_p99_ms" in df else None
+    if target:
+        ax_lat.axhline(target, color="grey", linestyle=":", linewidth=1)
+    ax_lat.set(
+        xscale="log",
+        yscale="log",
+        xlabel="concurrent streams",
+        ylabel="token latency (ms)",
+        title="p50 (solid), p99 (dashed); dotted: target",
+    )
+    ax_cpu.set(
+        xscale="log",
+        xlabel="concurrent streams",
+        ylabel="server CPU per token (us)",
+        title="Server CPU per token delivered",
+    )
+    ax_mem.set(
+        xscale="log",
+        xlabel="concurrent streams",
+        ylabel="KiB per connection",
+        title="Server memory per connection (peak RSS)",
+    )
+    for ax in (ax_lat, ax_cpu, ax_mem):
+        ax.grid(True, which="both", alpha=0.25)
+        ax.legend(fontsize=8)
+    return [_save(fig, run.path / "scale.png")]
+
+
+def scale_summary(run: StoredRun) -> list[tuple[str, pd.DataFrame]]:
+    from experiments.scale import capacity
+
+    df = run.extra["scale"]
+    cols = [
+        "transport",
+        "n",
+        "delivered_ratio",
+        "errors",
+        "latency_p50_ms",
+        "latency_p99_ms",
+        "latency_max_ms",
+        "e2e_ratio_max",
+        "server_cpu_per_token_us",
+        "server_rss_per_conn_bytes",
+        "loop_lag_max_ms",
+        "fleet_cpu_max_fraction",
+        "fleet_saturated",
+    ]
+    target = float(df["target_p99_ms"].iloc[0])
+    return [
+        ("Scale: per transport and N", df[[c for c in cols if c in df]]),
+        (
+            f"Capacity: largest N with every token delivered and p99 < {target:g} ms",
+            capacity(df, target),
+        ),
+    ]
+
+
+def idle(run_dir: RunLike) -> list[Path]:
+    """`idle.png`: server memory per idle connection, per transport."""
+    run = _as_run(run_dir)
+    if "idle" not in run.extra:
+        return []
+    df = run.extra["idle"]
+    largest = df[df["n"] == df["n"].max()]
+    order = transport_order(largest["transport"])
+    rows = largest.set_index("transport").loc[order]
+    fig, (ax,) = _figure(1, width_in=6.0, height_in=3.8)
+    bars = ax.bar(order, rows["rss_per_conn_bytes"] / 1024, color=[colour(t) for t in order])
+    for bar, value in zip(bars, rows["rss_per_conn_bytes"] / 1024, strict=True):
+        ax.annotate(
+            f"{value:.1f}",
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+    ax.set(
+        ylabel="KiB per idle connection (server RSS)",
+        title=f"Server memory per idle connection, n={int(df['n'].max())}",
+    )
+    ax.grid(True, axis="y", alpha=0.25)
+    return [_save(fig, run.path / "idle.png")]
+
+
 CHARTS: dict[str, list[Callable[[RunLike], list[Path]]]] = {
+    "idle": [idle],
+    "scale": [scale],
     "proxy": [arrival_spread],
     "idle-timeout": [reconnect],
     "rtt": [latency_vs_sweep],
@@ -242,6 +366,10 @@ def summaries(run: StoredRun) -> list[tuple[str, pd.DataFrame]]:
     experiment = run.meta.get("experiment")
     if experiment in ("reconnect", "idle-timeout"):
         return [("Reconnect summary", reconnect_summary(run.streams))]
+    if experiment == "idle" and "idle" in run.extra:
+        return [("Idle connections: server memory", run.extra["idle"].drop(columns=["run_id"]))]
+    if experiment == "scale" and "scale" in run.extra:
+        return scale_summary(run)
     if experiment == "proxy":
         tables = [("Proxy summary (medians per stream)", proxy_summary(run))]
         if "nginx" in run.extra:

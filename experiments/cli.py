@@ -228,6 +228,8 @@ EXPERIMENTS: dict[str, str] = {
     "loss": "experiments.loss",
     "proxy": "experiments.proxy",
     "idle-timeout": "experiments.idle_timeout",
+    "scale": "experiments.scale",
+    "idle": "experiments.idle",
 }
 
 

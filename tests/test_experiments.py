@@ -134,3 +134,31 @@ def test_pushlab_run_writes_tables_charts_and_report(tmp_path: pytest.TempPathFa
     ):
         assert (out / name).is_file(), name
     assert "Cancel summary" in (out / "report.md").read_text()
+
+
+def test_scale_delivers_everything_and_accounts_for_the_server() -> None:
+    from experiments import scale
+
+    spec = dataclasses.replace(
+        scale.quick(scale.Spec()),
+        transports=("websocket",),
+        ns=(5, 40),
+        tokens=5,
+        rate=50.0,
+        ramp_s=0.2,
+    )
+    table = scale.run(spec).extra["scale"].set_index("n")
+    assert (table["delivered_ratio"] == 1.0).all() and (table["errors"] == 0).all()
+    assert (table["server_cpu_per_token_us"] > 0).all()
+    assert (table["fleet_cpu_max_fraction"] > 0).all()
+    cap = scale.capacity(table.reset_index(), target_p99_ms=1e6)
+    assert cap.set_index("transport").loc["websocket", "capacity_n"] == 40
+
+
+def test_idle_connections_are_held_and_cost_server_memory() -> None:
+    from experiments import idle
+
+    spec = dataclasses.replace(idle.quick(idle.Spec()), transports=("sse",), ns=(50,), hold_s=2.0)
+    row = idle.run(spec).extra["idle"].iloc[0]
+    assert row["all_waiting"] and row["connections_waiting"] == 50
+    assert row["rss_per_conn_bytes"] > 0

@@ -1,0 +1,113 @@
+"""Experiment `idle`: what does one idle connection cost the server in memory?
+
+For each transport and N, a fresh server; N clients each start a stream whose first token is
+due only after `hold_s` (a long prefill), so every connection is open and idle (SSE and
+NDJSON responses begun, WebSocket upgraded, long polls and one-shot requests held). Once the
+server reports all N waiting, its RSS minus its RSS before (after a warm-up) over N is the
+memory per idle connection.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+
+from clients.base import ClientOptions
+from clients.fleet import FleetPool, FleetSpec
+from clients.recorder import StreamRecord, to_tables
+from clients.schema import Tables, concat
+from experiments import procstat
+from experiments.bench import WARMUP, Point, condition_keys
+from experiments.sampler import Sampler
+from experiments.serverproc import ServerProcess
+from streams.params import GenParams
+
+NAME = "idle"
+SUMMARY = "server memory per idle connection, per transport"
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    transports: tuple[str, ...] = ("sse", "websocket", "ndjson", "longpoll", "oneshot")
+    ns: tuple[int, ...] = (1000,)
+    hold_s: float = 6.0  # the prefill: how long every connection sits idle
+    ramp_s: float = 1.0
+    workers: int = 2
+    uvloop: bool = True
+    server_gc: str = "scheduled"
+    options: ClientOptions = dataclasses.field(default_factory=lambda: ClientOptions(wait_s=30.0))
+
+
+def quick(spec: Spec) -> Spec:
+    return dataclasses.replace(spec, transports=("sse", "websocket"), ns=(200,), hold_s=3.0)
+
+
+def measure_point(
+    spec: Spec, transport: str, n: int, pool: FleetPool, run_id: str
+) -> tuple[Tables, dict[str, object]]:
+    params = GenParams(tokens=1, rate=1.0, ttft_ms=spec.hold_s * 1e3)
+    server = ServerProcess(
+        ["--gc", spec.server_gc, "--heartbeat-s", "0", *(["--uvloop"] if spec.uvloop else [])]
+    )
+    target = server.start()
+    result: list[list[StreamRecord]] = []
+    try:
+        fleet = FleetSpec(
+            transport, n, stagger_ms=spec.ramp_s * 1e3 / n, workers=spec.workers, uvloop=spec.uvloop
+        )
+        pool.run(
+            dataclasses.replace(fleet, clients=min(n, 10), stagger_ms=0),
+            target,
+            WARMUP,
+            spec.options,
+        )
+        time.sleep(0.2)
+        base = procstat.sample(server.pid)
+        runner = threading.Thread(
+            target=lambda: result.append(pool.run(fleet, target, params, spec.options)[0])
+        )
+        with Sampler(target, server.pid) as sampler:
+            runner.start()
+            row = sampler.wait_until(
+                lambda r: r["open"].get(transport, 0) >= n, timeout_s=spec.ramp_s + spec.hold_s
+            )
+            time.sleep(0.3)  # let the last connections settle
+            held = procstat.sample(server.pid)
+            waiting = sampler.sample()["open"].get(transport, 0)
+            runner.join(timeout=spec.hold_s + 60)
+    finally:
+        server.stop()
+    point = Point(transport, params, condition=f"idle n={n}", sweep=("clients", n), clients=n)
+    tables = to_tables(result[0] if result else [], condition_keys(run_id, NAME, point))
+    return tables, {
+        "transport": transport,
+        "n": n,
+        "connections_waiting": int(waiting),
+        "all_waiting": bool(row["open"].get(transport, 0) >= n),
+        "rss_base_bytes": base.rss_bytes,
+        "rss_held_bytes": held.rss_bytes,
+        "rss_per_conn_bytes": (held.rss_bytes - base.rss_bytes) / max(1, waiting),
+        "server_gc": spec.server_gc,
+        "uvloop": spec.uvloop,
+    }
+
+
+def run(spec: Spec, run_id: str = "", progress: bool = False) -> Tables:
+    import pandas as pd
+    from tqdm import tqdm
+
+    parts, rows = [], []
+    todo = [(t, n) for t in spec.transports for n in spec.ns]
+    with (
+        FleetPool(spec.workers) as pool,
+        tqdm(total=len(todo), desc=NAME, unit="point", disable=not progress) as bar,
+    ):
+        for transport, n in todo:
+            tables, row = measure_point(spec, transport, n, pool, run_id)
+            parts.append(tables)
+            rows.append(row)
+            bar.update()
+    return dataclasses.replace(
+        concat(parts), extra={"idle": pd.DataFrame(rows).assign(run_id=run_id)}
+    )

@@ -1,0 +1,157 @@
+"""Experiment `scale`: how many concurrent answers can one server stream, at what cost?
+
+For each transport and each N, a fresh server (uvloop, `--gc scheduled`) and a fleet of N
+clients spread over worker processes (starts staggered over `ramp_s`) stream `tokens`
+tokens at `rate` tokens/s each. Measured per point: delivery ratio, token latency
+percentiles, server CPU per token (from /proc, over the run), server memory per connection
+(peak RSS minus the idle server's, over N), event-loop lag, and the load generator's own CPU
+(a saturated generator is flagged: then the numbers describe the harness). Capacity at a
+target: the largest N whose every token arrived with p99 under `target_p99_ms`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from clients.base import ClientOptions
+from clients.fleet import FleetPool, FleetSpec, saturated
+from clients.recorder import measuring, to_tables
+from clients.schema import Tables, concat
+from experiments import procstat
+from experiments.bench import WARMUP, Point, condition_keys
+from experiments.sampler import Sampler, read_stats
+from experiments.serverproc import ServerProcess
+from streams.params import GenParams
+
+NAME = "scale"
+SUMMARY = "concurrent streams 10..5000 per transport: delivery, p99, CPU/token, memory/conn"
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    transports: tuple[str, ...] = ("sse", "websocket", "ndjson", "longpoll")
+    ns: tuple[int, ...] = (10, 100, 1000, 2500, 5000)
+    max_n: int | None = None  # also try this larger N (a flag goes further)
+    tokens: int = 20
+    rate: float = 10.0
+    ttft_ms: float = 100.0
+    ramp_s: float = 1.0  # client starts spread over this long
+    workers: int = 2  # load-generator processes
+    uvloop: bool = True
+    server_gc: str = "scheduled"
+    target_p99_ms: float = 100.0
+    seed: int = 1
+    options: ClientOptions = dataclasses.field(default_factory=lambda: ClientOptions(wait_s=25.0))
+
+
+def quick(spec: Spec) -> Spec:
+    return dataclasses.replace(
+        spec, transports=("sse", "websocket"), ns=(10, 200), tokens=10, rate=20.0
+    )
+
+
+def _ns(spec: Spec) -> list[int]:
+    return sorted({*spec.ns, *([spec.max_n] if spec.max_n else [])})
+
+
+def measure_point(
+    spec: Spec, transport: str, n: int, pool: FleetPool, run_id: str
+) -> tuple[Tables, dict[str, object]]:
+    """One fresh server, one fleet of n clients; the tables and the point's server row."""
+    params = GenParams(tokens=spec.tokens, rate=spec.rate, ttft_ms=spec.ttft_ms, seed=spec.seed)
+    args = ["--gc", spec.server_gc, *(["--uvloop"] if spec.uvloop else [])]
+    server = ServerProcess(args)
+    target = server.start()
+    try:
+        fleet = FleetSpec(
+            transport, n, stagger_ms=spec.ramp_s * 1e3 / n, workers=spec.workers, uvloop=spec.uvloop
+        )
+        pool.run(
+            dataclasses.replace(fleet, clients=min(n, 10), stagger_ms=0),
+            target,
+            WARMUP,
+            spec.options,
+        )
+        base = procstat.sample(server.pid)
+        stats0 = read_stats(target)
+        started = time.monotonic()
+        with Sampler(target, server.pid, interval_s=0.25) as sampler, measuring():
+            records, workers = pool.run(fleet, target, params, spec.options)
+        wall_s = time.monotonic() - started
+        after = procstat.sample(server.pid)
+        stats1 = read_stats(target)
+    finally:
+        server.stop()
+    point = Point(transport, params, condition=f"n={n}", sweep=("clients", n), clients=n)
+    tables = to_tables(records, condition_keys(run_id, NAME, point))
+    tokens_sent = stats1["hub"]["tokens_emitted"] - stats0["hub"]["tokens_emitted"]
+    peak_rss = max([r["rss_bytes"] for r in sampler.rows] + [after.rss_bytes])
+    lat = tables.tokens["latency_ms"]
+    e2e_ratio = tables.streams["e2e_ms"] / (spec.ttft_ms + spec.tokens / spec.rate * 1e3)
+    row = {
+        "transport": transport,
+        "n": n,
+        "tokens_expected": n * spec.tokens,
+        "tokens_delivered": int(tables.streams["tokens_received"].sum()),
+        "delivered_ratio": float(tables.streams["tokens_received"].sum()) / (n * spec.tokens),
+        "errors": int((tables.streams["error"] != "").sum()),
+        "latency_p50_ms": float(lat.quantile(0.5)),
+        "latency_p99_ms": float(lat.quantile(0.99)),
+        "latency_max_ms": float(lat.max()),
+        # per stream: request sent -> end seen, over the ideal ttft + tokens / rate
+        "e2e_ratio_p50": float(e2e_ratio.quantile(0.5)),
+        "e2e_ratio_max": float(e2e_ratio.max()),
+        "wall_s": wall_s,
+        "server_cpu_s": after.cpu_s - base.cpu_s,
+        "server_cpu_per_token_us": (after.cpu_s - base.cpu_s) / tokens_sent * 1e6
+        if tokens_sent
+        else float("nan"),
+        "server_rss_per_conn_bytes": (peak_rss - base.rss_bytes) / n,
+        "loop_lag_max_ms": float(stats1["loop_lag_ms"]["max_ms"]),
+        "gc_collections": str(stats1.get("gc", {}).get("collections")),
+        "fleet_cpu_max_fraction": max(w.cpu_fraction for w in workers),
+        "fleet_saturated": len(saturated(workers)),
+        "server_gc": spec.server_gc,
+        "uvloop": spec.uvloop,
+    }
+    return tables, row
+
+
+def run(spec: Spec, run_id: str = "", progress: bool = False) -> Tables:
+    import pandas as pd
+    from tqdm import tqdm
+
+    parts, rows = [], []
+    todo = [(t, n) for t in spec.transports for n in _ns(spec)]
+    with (
+        FleetPool(spec.workers) as pool,
+        tqdm(total=len(todo), desc=NAME, unit="point", disable=not progress) as bar,
+    ):
+        for transport, n in todo:
+            tables, row = measure_point(spec, transport, n, pool, run_id)
+            parts.append(tables)
+            rows.append(row)
+            if row["fleet_saturated"]:
+                bar.write(f"warning: load generator saturated at {transport} n={n}")
+            bar.update()
+    tables = concat(parts)
+    scale = pd.DataFrame(rows).assign(run_id=run_id, target_p99_ms=spec.target_p99_ms)
+    return dataclasses.replace(tables, extra={"scale": scale})
+
+
+def capacity(scale: object, target_p99_ms: float) -> object:
+    """Per transport: the largest N with every token delivered and p99 under the target."""
+    import pandas as pd
+
+    df = pd.DataFrame(scale)
+    ok = df[
+        (df["delivered_ratio"] >= 1.0)
+        & (df["errors"] == 0)
+        & (df["latency_p99_ms"] < target_p99_ms)
+    ]
+    best = ok.groupby("transport")["n"].max()
+    tried = df.groupby("transport")["n"].max()
+    return pd.DataFrame(
+        {"capacity_n": best.reindex(tried.index).fillna(0).astype(int), "largest_n_tried": tried}
+    ).reset_index()
