@@ -13,10 +13,11 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
+import sys
 from collections.abc import Iterator, Sequence
 
 from clients.base import ClientOptions, Target
-from clients.fleet import FleetSpec, run_fleet
+from clients.fleet import FleetPool, FleetSpec, run_fleet, saturated
 from clients.recorder import StreamRecord, measuring, to_tables
 from clients.schema import Tables, concat
 from experiments.serverproc import ServerProcess, proxied
@@ -51,6 +52,8 @@ class BenchSpec:
     net: str = ""  # fault-proxy conditions in front of the server
     options: ClientOptions = dataclasses.field(default_factory=ClientOptions)
     warmup: bool = True
+    workers: int = 1  # load-generator processes (1: clients run in this process)
+    uvloop: bool = False  # uvloop for the server started here and for the clients
 
 
 @contextlib.contextmanager
@@ -80,6 +83,22 @@ def condition_keys(run_id: str, experiment: str, point: Point) -> dict[str, obje
         "rate_hz": params.rate,
         "corpus": params.text,
     }
+
+
+def measure_in_pool(
+    point: Point, target: Target, pool: FleetPool, uvloop: bool
+) -> list[StreamRecord]:
+    """Like `measure_records`, with the clients spread over the pool's worker processes."""
+    spec = FleetSpec(point.transport, point.clients, workers=pool.workers, uvloop=uvloop)
+    pool.run(dataclasses.replace(spec, clients=1), target, WARMUP, point.options)
+    with measuring():
+        records, workers = pool.run(spec, target, point.params, point.options)
+    for stat in saturated(workers):
+        print(
+            f"warning: load-generator worker {stat.worker} was {stat.cpu_fraction:.0%} busy",
+            file=sys.stderr,
+        )
+    return records
 
 
 async def measure_records(point: Point, target: Target, warmup: bool = True) -> list[StreamRecord]:
@@ -125,12 +144,33 @@ def run(spec: BenchSpec, run_id: str = "", progress: bool = False) -> Tables:
         Point(t, spec.params, net=spec.net, clients=spec.clients, options=spec.options)
         for t in spec.transports
     ]
+    server_args = (*spec.server_args, *(["--uvloop"] if spec.uvloop else []))
+    if spec.workers > 1 or spec.uvloop:
+        return _run_in_pool(spec, points, server_args, run_id, progress)
     return run_points(
         points,
         experiment="bench",
         run_id=run_id,
         server=spec.server,
-        server_args=spec.server_args,
+        server_args=server_args,
         warmup=spec.warmup,
         progress=progress,
     )
+
+
+def _run_in_pool(
+    spec: BenchSpec, points: list[Point], server_args: Sequence[str], run_id: str, progress: bool
+) -> Tables:
+    """The clients in worker processes (with uvloop if asked), the server as usual."""
+    from tqdm import tqdm
+
+    parts = []
+    with (
+        server_target(spec.server, server_args) as direct,
+        proxied(direct, spec.net) as target,
+        FleetPool(spec.workers) as pool,
+    ):
+        for point in tqdm(points, desc="bench", unit="transport", disable=not progress):
+            records = measure_in_pool(point, target, pool, spec.uvloop)
+            parts.append(to_tables(records, condition_keys(run_id, "bench", point)))
+    return concat(parts)

@@ -186,6 +186,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         server=_server_url(args.server),
         options=_options(args),
         warmup=not args.no_warmup,
+        workers=args.workers,
+        uvloop=args.uvloop,
     )
     started = dt.datetime.now(dt.UTC)
     run_id = meta.new_run_id("bench", started)
@@ -297,6 +299,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, help="directory for tables and meta.json (default results/<run-id>)"
     )
     b.add_argument("--no-warmup", action="store_true", help="skip the warm-up stream per transport")
+    b.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="load-generator processes the clients are spread over (default %(default)s)",
+    )
+    b.add_argument(
+        "--uvloop",
+        action="store_true",
+        help="uvloop for the clients and for the server started here",
+    )
     b.add_argument("--no-charts", action="store_true", help="write tables and meta only")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     r = sub.add_parser("run", help="run an experiment: tables, charts and report under results/")
@@ -323,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "clients", 1) < 1:
         parser.exit(2, "pushlab bench: error: --clients must be at least 1\n")
+    if not 1 <= getattr(args, "workers", 1) <= 64:
+        parser.exit(2, "pushlab bench: error: --workers must be between 1 and 64\n")
     try:
         return {"bench": cmd_bench, "run": cmd_run, "list": cmd_list}[args.command](args)
     except ParamError as exc:
