@@ -212,6 +212,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     ):
         if value is not None and hasattr(spec, field):
             spec = dataclasses.replace(spec, **{field: value})
+    spec = apply_settings(spec, args.set or [])
     started = dt.datetime.now(dt.UTC)
     run_id = meta.new_run_id(module.NAME, started)
     tables = module.run(spec, run_id=run_id, progress=not args.no_progress)
@@ -219,6 +220,37 @@ def cmd_run(args: argparse.Namespace) -> int:
     _print_summary(tables)
     print(f"report: {out / 'report.md'}")
     return 0
+
+
+def apply_settings(spec: Any, settings: list[str]) -> Any:
+    """`--set field=value` onto an experiment's spec, typed from the field's current value
+    (tuples take comma lists, e.g. ns=10,100,10000)."""
+    fields = {f.name for f in dataclasses.fields(spec)}
+    for item in settings:
+        name, sep, text = item.partition("=")
+        if not sep or name not in fields:
+            known = ", ".join(sorted(fields))
+            raise ParamError(f"--set takes FIELD=VALUE with FIELD one of: {known}", param="set")
+        spec = dataclasses.replace(spec, **{name: _typed(name, getattr(spec, name), text)})
+    return spec
+
+
+def _typed(name: str, current: object, text: str) -> object:
+    try:
+        if isinstance(current, bool):
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return text.lower() in ("true", "1", "yes")
+        if isinstance(current, tuple):
+            kind = type(current[0]) if current else str
+            return tuple(kind(part) for part in text.split(",") if part)
+        if isinstance(current, int | float | str):
+            return type(current)(text)
+        if current is None:  # optional number, e.g. max_n
+            return int(text) if text.lstrip("-").isdigit() else float(text)
+    except ValueError:
+        pass
+    raise ParamError(f"--set {name}: cannot read {text!r} as {type(current).__name__}", param=name)
 
 
 # name -> module with NAME, SUMMARY, Spec, quick(spec), run(spec, run_id, progress), [charts(dir)]
@@ -321,6 +353,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--net", metavar="SPEC", help=NET_HELP)
     r.add_argument(
         "--quick", action="store_true", help="a small version of the experiment (seconds)"
+    )
+    r.add_argument(
+        "--set",
+        action="append",
+        metavar="FIELD=VALUE",
+        help="change one field of the experiment's spec, e.g. --set max_n=10000 or "
+        "--set rtts_ms=0,50 (repeatable; the fields are the spec in meta.json)",
     )
     r.add_argument("--out", type=Path, help="run directory (default results/<run-id>)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -106,3 +106,24 @@ def test_python_server_py_runs_on_its_own_and_stops_on_sigterm() -> None:
         ).returncode
         != 0
     )
+
+
+def test_run_set_changes_typed_spec_fields() -> None:
+    from experiments import scale
+    from experiments.cli import apply_settings
+
+    spec = apply_settings(scale.Spec(), ["max_n=10000", "ns=10,100", "rate=2.5", "uvloop=false"])
+    assert (spec.max_n, spec.ns, spec.rate, spec.uvloop) == (10000, (10, 100), 2.5, False)
+
+
+@pytest.mark.parametrize(
+    ("setting", "needle"), [("nope=1", "FIELD one of"), ("rate=fast", "cannot read")]
+)
+def test_run_set_rejects_unknown_fields_and_bad_values(
+    setting: str, needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "scale", "--set", setting])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and needle in err
