@@ -3,10 +3,12 @@
 #   ip, tc (iproute2)  network namespaces, veth, tbf bandwidth limits
 #   nft (nftables)     random packet drop inside those namespaces
 #   nginx              the real reverse proxy in front of the server
+#   chromium           the real browser for the page's tests and the browser clients
+#                      (driven by Playwright with executable_path; no browser download)
 # Runs as root (CI and the dev machines are root); elsewhere it says what to install.
 set -euo pipefail
 need=()
-for cmd_pkg in "ip:iproute2" "tc:iproute2" "nft:nftables" "nginx:nginx"; do
+for cmd_pkg in "ip:iproute2" "tc:iproute2" "nft:nftables" "nginx:nginx" "chromium:chromium"; do
   cmd=${cmd_pkg%%:*}; pkg=${cmd_pkg##*:}
   if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ]; then
     need+=("$pkg")
