@@ -70,6 +70,13 @@ TRANSPORTS: dict[str, Transport] = {
             "transports.web.oneshot",
             "clients.oneshot:OneShotClient",
         ),
+        Transport(
+            "openai",
+            "OpenAI Chat Completions stream (SSE data: chunks, no event ids, [DONE])",
+            "transports.openai",
+            "transports.web.openai",
+            "clients.openai:OpenAIClient",
+        ),
     )
 }
 

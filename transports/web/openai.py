@@ -1,0 +1,100 @@
+"""OpenAI-compatible server half: `POST /v1/chat/completions`, `GET /v1/models`.
+
+Bytes from transports/openai.py. Errors here use OpenAI's shape (with `code`). A /v1 stream
+cannot be resumed (it carries no event ids), so a client that disconnects cancels it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from contextlib import aclosing
+
+from aiohttp import web
+
+from streams.errors import ParamError, PushlabError
+from streams.hub import Stream
+from transports import openai as codec
+from transports.web.common import CONFIG, COUNTERS, HUB, follow
+
+KEY = "openai"
+
+
+def _json(body: bytes, status: int = 200) -> web.Response:
+    return web.Response(body=body, status=status, content_type="application/json")
+
+
+def _error(exc: PushlabError) -> web.Response:
+    return _json(json.dumps(codec.error_body(exc)).encode(), status=exc.status)
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    counters = request.app[COUNTERS].by_transport[KEY]
+    counters["requests"] += 1
+    try:
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError):
+            raise ParamError("request body must be valid JSON", param=None) from None
+        chat = codec.parse_request(body)
+        tokens = min(chat.params.tokens, chat.max_tokens or chat.params.tokens)
+        reason = "length" if tokens < chat.params.tokens else "stop"
+        stream = request.app[HUB].create(dataclasses.replace(chat.params, tokens=tokens))
+    except PushlabError as exc:
+        counters["errors"] += 1
+        return _error(exc)
+    completion_id, created_s = f"chatcmpl-{stream.id}", int(time.time())
+    if not chat.stream:
+        return await _whole(request, chat, stream, completion_id, created_s, reason)
+    return await _streamed(request, chat, stream, completion_id, created_s, reason, counters)
+
+
+async def _whole(request: web.Request, chat: codec.ChatRequest, stream: Stream,
+                 completion_id: str, created_s: int, reason: str) -> web.Response:  # fmt: skip
+    with stream.listening():
+        while not stream.done:
+            await stream.wait_beyond(stream.last_seq)
+    if stream.reason != "done":
+        return _error(PushlabError(f"generation ended early: {stream.reason}"))
+    text = "".join(t.text for t in stream.log)
+    return _json(codec.completion(chat, completion_id, created_s, text, stream.last_seq, reason))
+
+
+async def _streamed(request: web.Request, chat: codec.ChatRequest, stream: Stream,
+                    completion_id: str, created_s: int, reason: str,
+                    counters: dict[str, int]) -> web.StreamResponse:  # fmt: skip
+    config = request.app[CONFIG]
+    headers = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
+               "X-Pushlab-Stream": stream.id}  # fmt: skip
+    if config.accel_buffering_header:
+        headers["X-Accel-Buffering"] = "no"
+    resp = web.StreamResponse(headers=headers)
+    await resp.prepare(request)
+    encoder = codec.ChunkEncoder(chat, completion_id, created_s)
+    counters["open"] += 1
+    try:
+        async with aclosing(follow(stream, 0, config.heartbeat_s)) as batches:
+            async for batch in batches:
+                data = b"".join(encoder.token(t.text, stream.id, t.seq, t.t_emit_ns) for t in batch)
+                await resp.write(data or b": keep-alive\n\n")  # a comment: no id, no data
+                counters["tokens_sent"] += len(batch)
+        end = encoder.finish(reason) if stream.reason == "done" else encoder.error(stream.reason)
+        await resp.write(end)
+        await resp.write_eof()
+    except ConnectionError:
+        counters["errors"] += 1
+    finally:
+        counters["open"] -= 1
+        if not stream.done:  # nobody can resume a /v1 stream: stop generating for nobody
+            request.app[HUB].cancel(stream.id, reason="disconnect")
+    return resp
+
+
+async def list_models(request: web.Request) -> web.Response:
+    return _json(codec.models())
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_get("/v1/models", list_models)
