@@ -22,7 +22,9 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from streams.errors import ParamError
 from streams.hub import Hub
+from streams.upstream import DEFAULT_PROMPT, Upstream, UpstreamConfig
 from transports.registry import TRANSPORTS
 from transports.token import encode_token
 from transports.web import poll
@@ -43,8 +45,16 @@ GC_FULL_INTERVAL_S = 30.0  # "scheduled" policy: one full collection this often,
 
 async def _hub_context(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
+    upstream = None
+    if config.upstream:
+        upstream = Upstream(UpstreamConfig(
+            config.upstream, config.upstream_model, config.upstream_key_env,
+            config.upstream_prompt or DEFAULT_PROMPT, config.upstream_extra,
+        ))  # fmt: skip
+        await upstream.start()
     hub = Hub(
         encode_token,
+        source=upstream,
         retention_s=config.retention_s,
         idle_timeout_s=config.idle_timeout_s,
         max_streams=config.max_streams,
@@ -57,6 +67,8 @@ async def _hub_context(app: web.Application) -> AsyncIterator[None]:
     with contextlib.suppress(asyncio.CancelledError):
         await lag_task
     await hub.aclose()
+    if upstream is not None:
+        await upstream.aclose()
 
 
 async def _gc_context(app: web.Application) -> AsyncIterator[None]:
@@ -206,6 +218,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--uvloop", action="store_true", help="run on uvloop")
     p.add_argument(
+        "--upstream",
+        metavar="URL",
+        default="",
+        help="relay a real model: an OpenAI-compatible base URL ending in /v1 "
+        "(llama.cpp, vLLM, Ollama, a hosted API, another pushlab)",
+    )
+    p.add_argument(
+        "--upstream-key-env",
+        metavar="NAME",
+        default="",
+        help="environment variable holding the upstream's API key",
+    )
+    p.add_argument(
+        "--upstream-model",
+        default=d.upstream_model,
+        help="model name sent upstream (default %(default)s)",
+    )
+    p.add_argument(
+        "--upstream-prompt", default="", help="prompt for streams started without chat messages"
+    )
+    p.add_argument(
+        "--upstream-extra",
+        metavar="JSON",
+        default="",
+        help="extra request fields for the upstream, as a JSON object",
+    )
+    p.add_argument(
         "--gc",
         choices=("auto", "scheduled"),
         default=d.gc,
@@ -227,6 +266,11 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         ws_compress=args.ws_compress,
         cancel_on_disconnect=args.cancel_on_disconnect,
         gc=args.gc,
+        upstream=args.upstream,
+        upstream_key_env=args.upstream_key_env,
+        upstream_model=args.upstream_model,
+        upstream_prompt=args.upstream_prompt,
+        upstream_extra=args.upstream_extra,
         accel_buffering_header=not args.no_accel_header,
     )
 
@@ -254,6 +298,13 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> Non
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.upstream:  # check the relay's settings now: a one-line error, not a traceback
+        try:
+            Upstream(UpstreamConfig(args.upstream, args.upstream_model, args.upstream_key_env,
+                                    extra=args.upstream_extra))  # fmt: skip
+        except ParamError as exc:
+            print(f"pushlab serve: {exc.message}", file=sys.stderr)
+            return 2
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:  # thousands of connections need thousands of descriptors
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -25,15 +25,17 @@ import contextlib
 import dataclasses
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import NamedTuple
 
-from streams.errors import StreamLimitError, StreamNotFound
+from streams.errors import PushlabError, StreamLimitError, StreamNotFound
 from streams.generator import Plan, plan
 from streams.params import GenParams
 
 # encode(stream_id, seq, t_emit_ns, text, params) -> the token's wire object as bytes
 Encoder = Callable[[str, int, int, str, GenParams], bytes]
+# source(params, messages) -> token texts as they arrive (an upstream model); None: generator
+Source = Callable[[GenParams, "list[dict[str, object]] | None"], AsyncIterator[str]]
 
 RUNNING, DONE, CANCELLED = "running", "done", "cancelled"
 
@@ -169,12 +171,15 @@ class Hub:
         idle_timeout_s: float = 30.0,
         max_streams: int = 20_000,
         clock_ns: Callable[[], int] = time.time_ns,
+        source: Source | None = None,
     ) -> None:
         self._encode = encode
         self.retention_s = retention_s
         self.idle_timeout_s = idle_timeout_s
         self.max_streams = max_streams
         self._clock_ns = clock_ns
+        self._source = source
+        self._relays: dict[str, asyncio.Task[None]] = {}
         self._streams: dict[str, Stream] = {}
         self._reaper: asyncio.Task[None] | None = None
         self._counts = {"created": 0, "done": 0, "cancelled": 0, "idle": 0, "expired": 0}
@@ -188,22 +193,55 @@ class Hub:
             if stream._timer is not None:
                 stream._timer.cancel()
                 stream._timer = None
+        for relay in list(self._relays.values()):
+            relay.cancel()
+        await asyncio.gather(*self._relays.values(), return_exceptions=True)
         if self._reaper is not None:
             self._reaper.cancel()
             await asyncio.gather(self._reaper, return_exceptions=True)
         self._reaper = None
 
-    def create(self, params: GenParams) -> Stream:
-        """Start a new stream generating `params`; raises StreamLimitError when full."""
+    def create(self, params: GenParams, messages: list[dict[str, object]] | None = None) -> Stream:
+        """Start a new stream generating `params` (or relaying the upstream source, with
+        `messages` as the prompt when given); raises StreamLimitError when full."""
         if len(self._streams) >= self.max_streams:
             raise StreamLimitError(f"the server holds {self.max_streams} streams already")
         stream_id = secrets.token_hex(6)
-        stream = Stream(stream_id, params, plan(params), time.monotonic())
+        relay = self._source is not None
+        stream = Stream(
+            stream_id, params, Plan((), ()) if relay else plan(params), time.monotonic()
+        )
         self._streams[stream_id] = stream
         self._counts["created"] += 1
-        loop = asyncio.get_running_loop()
-        self._emit(stream, 0, loop.time(), loop)
+        if self._source is not None:
+            task = asyncio.create_task(self._relay(stream, self._source(params, messages)))
+            self._relays[stream_id] = task
+            task.add_done_callback(lambda _: self._relays.pop(stream_id, None))
+        else:
+            loop = asyncio.get_running_loop()
+            self._emit(stream, 0, loop.time(), loop)
         return stream
+
+    async def _relay(self, stream: Stream, texts: AsyncIterator[str]) -> None:
+        """Append the upstream's tokens as they arrive: t_emit_ns is their arrival here, so
+        what clients measure is what the transport adds to the model's own timing."""
+        seq = 0
+        try:
+            async for text in texts:
+                seq += 1
+                t_emit_ns = self._clock_ns()
+                payload = self._encode(stream.id, seq, t_emit_ns, text, stream.params)
+                stream._append(Token(seq, t_emit_ns, text, payload))
+                self._tokens_emitted += 1
+                if seq >= stream.params.tokens:
+                    break
+        except PushlabError as exc:
+            stream._finish(CANCELLED, f"upstream: {exc.message}"[:200])
+            self._counts["cancelled"] += 1
+            return
+        if not stream.done:
+            stream._finish(DONE, "done")
+            self._counts["done"] += 1
 
     def get(self, stream_id: str) -> Stream:
         try:
@@ -219,6 +257,9 @@ class Hub:
         if not stream.done:
             self._counts["cancelled"] += 1
             stream._finish(CANCELLED, reason)
+            relay = self._relays.pop(stream_id, None)
+            if relay is not None:
+                relay.cancel()
             if stream._timer is not None:
                 stream._timer.cancel()
                 stream._timer = None

@@ -32,6 +32,11 @@ class ServerConfig:
     accel_buffering_header: bool = True  # send `X-Accel-Buffering: no` on streaming responses
     cancel_on_disconnect: bool = False  # stop a stream when its streaming reader disconnects
     gc: str = "auto"  # "auto": CPython's collector as is; "scheduled": see server._gc_context
+    upstream: str = ""  # base URL (…/v1) of an OpenAI-compatible model to relay; "": generator
+    upstream_key_env: str = ""
+    upstream_model: str = "pushlab-synthetic"
+    upstream_prompt: str = ""
+    upstream_extra: str = ""  # JSON object of extra request fields for the upstream
 
 
 HUB = web.AppKey("hub", Hub)

@@ -40,7 +40,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         chat = codec.parse_request(body)
         tokens = min(chat.params.tokens, chat.max_tokens or chat.params.tokens)
         reason = "length" if tokens < chat.params.tokens else "stop"
-        stream = request.app[HUB].create(dataclasses.replace(chat.params, tokens=tokens))
+        stream = request.app[HUB].create(
+            dataclasses.replace(chat.params, tokens=tokens), messages=body["messages"]
+        )
     except PushlabError as exc:
         counters["errors"] += 1
         return _error(exc)
