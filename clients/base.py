@@ -58,6 +58,17 @@ class ClientOptions:
     abandon_after: int = 0  # stop reading after this many tokens (0: never): the cancel case
     abandon: str = "close"  # how: "close" the connection / stop polling, or "cancel" explicitly
     accept_gzip: bool = False  # send Accept-Encoding: gzip and decode gzip bodies
+    part_tokens: int = 0  # ask for at most this many tokens per request, then continue (0: off)
+
+
+def parts(params: GenParams, part_tokens: int) -> list[GenParams]:
+    """The requests of one answer: all of it, or `part_tokens` at a time with offsets."""
+    if part_tokens <= 0 or part_tokens >= params.tokens:
+        return [params]
+    return [
+        dataclasses.replace(params, tokens=min(part_tokens, params.tokens - offset), offset=offset)
+        for offset in range(0, params.tokens, part_tokens)
+    ]
 
 
 class Abandoned(Exception):
@@ -70,42 +81,61 @@ class Client:
     key: ClassVar[str] = ""
     name: ClassVar[str] = "python"
 
+    part_offset = 0  # seqs of the current part start after this many tokens
+
     def __init__(self, options: ClientOptions | None = None) -> None:
         self.options = options or ClientOptions()
         self._rng = random.Random(self.options.seed)
 
     async def run(self, target: Target, params: GenParams, rec: StreamRecord) -> None:
-        """Follow one stream to its end (reconnecting as allowed); never raises PushlabError."""
+        """Follow one answer to its end (reconnecting as allowed, and in parts of
+        `part_tokens` when set); never raises PushlabError."""
         http = HTTPClient(target.host, target.port, accept_gzip=self.options.accept_gzip)
-        failures = 0
         try:
-            while True:
-                received = len(rec.texts)
-                try:
-                    reason = await self.attempt(http, params, rec)
-                    rec.finished(reason)
-                    return
-                except Abandoned:
-                    await self.abandon(http, rec)
-                    return
-                except TransportError as exc:
-                    rec.connection_broken()
-                    await http.close_conn()
-                    failures = 1 if len(rec.texts) > received else failures + 1
-                    if not exc.retryable or failures > self.options.max_reconnects:
-                        raise
-                    rec.reconnects += 1
-                    await asyncio.sleep(self._backoff_s(failures))
+            for part in parts(params, self.options.part_tokens):
+                self.part_offset = part.offset
+                if part.offset:  # a follow-up request, as a long-reply "continue" does
+                    rec.continuation_started(part.offset)
+                    self.new_part()
+                reason = await self._follow(http, part, rec)
+                if reason != "done":
+                    break
+            rec.finished(reason)
+        except Abandoned:
+            await self.abandon(http, rec)
         except PushlabError as exc:
             rec.failed(exc)
         finally:
             rec.conns = await http.aclose()
             rec.http_requests = http.requests
+            rec.stream_id = rec.part_streams[0] if rec.part_streams else rec.stream_id
+
+    async def _follow(self, http: HTTPClient, params: GenParams, rec: StreamRecord) -> str:
+        """One stream to its end, retrying retryable failures with backoff."""
+        failures = 0
+        while True:
+            received = len(rec.texts)
+            try:
+                return await self.attempt(http, params, rec)
+            except TransportError as exc:
+                rec.connection_broken()
+                await http.close_conn()
+                failures = 1 if len(rec.texts) > received else failures + 1
+                if not exc.retryable or failures > self.options.max_reconnects:
+                    raise
+                rec.reconnects += 1
+                await asyncio.sleep(self._backoff_s(failures))
+
+    def new_part(self) -> None:
+        """Forget per-stream state (resume ids, cursors) before a follow-up request."""
 
     def deliver(
         self, rec: StreamRecord, tok: TokenRecord, t_ns: int, t_perf: int, request: int
     ) -> None:
-        """Record one token; raise Abandoned once `abandon_after` tokens are held."""
+        """Record one token (its seq counted over the whole answer when it arrives in parts);
+        raise Abandoned once `abandon_after` tokens are held."""
+        if self.part_offset:
+            tok = dataclasses.replace(tok, seq=tok.seq + self.part_offset)
         rec.token(tok, t_ns, t_perf, request)
         if self.options.abandon_after and len(rec.texts) >= self.options.abandon_after:
             raise Abandoned

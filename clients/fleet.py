@@ -136,11 +136,12 @@ def _worker(
 
 
 class FleetPool:
-    """Worker processes kept for a whole experiment (spawning them costs about a second)."""
+    """Worker processes kept for a whole experiment."""
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
-        ctx = multiprocessing.get_context("spawn")
+        # fork: no re-import of the caller's __main__ (scripts, notebooks); call from sync code
+        ctx = multiprocessing.get_context("fork")
         self._pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx)
 
     def run(

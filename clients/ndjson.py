@@ -17,7 +17,8 @@ class NDJSONClient(Client):
 
     async def attempt(self, http: HTTPClient, params: GenParams, rec: StreamRecord) -> str:
         if rec.stream_id:  # resume: the same stream, after the last seq we hold
-            target, body = f"/ndjson?stream={rec.stream_id}&after={rec.last_seq}", b""
+            after = rec.last_seq - self.part_offset
+            target, body = f"/ndjson?stream={rec.stream_id}&after={after}", b""
             method = "GET"
         else:
             method = self.options.method

@@ -24,6 +24,9 @@ class LongPollClient(Client):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.cursor = 0  # the last seq received: every poll asks for what follows it
 
+    def new_part(self) -> None:
+        self.cursor = 0
+
     async def attempt(self, http: HTTPClient, params: GenParams, rec: StreamRecord) -> str:
         if not rec.stream_id:
             target, body = request_for(f"/{self.key}", params, "POST")

@@ -48,6 +48,9 @@ class StreamRecord:
         self.end_reason = ""
         self.abandoned_ns = 0  # time.time_ns() when the client walked away (cancel case)
         self.recoveries_ms: list[float] = []  # connection broken -> next new token
+        self.part_streams: list[str] = []  # stream ids of an answer asked for in parts
+        self.continuation_gaps_ms: list[float] = []  # last token of a part -> next part's first
+        self._continued_perf_ns = 0
         self._broken_perf_ns = 0
 
     def request_sent(self) -> None:
@@ -66,6 +69,9 @@ class StreamRecord:
             if self._broken_perf_ns:
                 self.recoveries_ms.append((t_recv_perf_ns - self._broken_perf_ns) / 1e6)
                 self._broken_perf_ns = 0
+            if self._continued_perf_ns:
+                self.continuation_gaps_ms.append((t_recv_perf_ns - self._continued_perf_ns) / 1e6)
+                self._continued_perf_ns = 0
         if not self.stream_id:
             self.stream_id = tok.stream
 
@@ -77,6 +83,15 @@ class StreamRecord:
     def text(self) -> str:
         """The answer as received: each seq's text once, in seq order."""
         return "".join(self.texts[s] for s in sorted(self.texts))
+
+    def continuation_started(self, offset: int) -> None:
+        """A follow-up request for the rest of the answer: its cost runs from the previous
+        part's last token to this part's first."""
+        self.part_streams.append(self.stream_id)
+        self.stream_id = ""  # the follow-up is a new stream on the server
+        self._continued_perf_ns = (
+            self.t_recv_perf_ns[-1] if self.t_recv_perf_ns else time.perf_counter_ns()
+        )
 
     def connection_broken(self) -> None:
         """The connection failed: recovery time runs until the next new token."""
@@ -162,6 +177,10 @@ def stream_row(rec: StreamRecord) -> dict[str, object]:
         else float("nan"),
         "reconnects": rec.reconnects,
         "recovery_max_ms": max(rec.recoveries_ms) if rec.recoveries_ms else float("nan"),
+        "continuations": len(rec.continuation_gaps_ms),
+        "continuation_gap_max_ms": max(rec.continuation_gaps_ms)
+        if rec.continuation_gaps_ms
+        else float("nan"),
         "http_requests": rec.http_requests,
         "tcp_connections": len(conns),
         "bytes_up": sum(c.bytes_up for c in conns),

@@ -54,6 +54,8 @@ STREAM_COLUMNS: dict[str, str] = {
     "e2e_ms": "float64",  # request sent -> end of stream seen
     "reconnects": "int64",
     "recovery_max_ms": "float64",  # longest: connection broken -> next new token (NaN: none)
+    "continuations": "int64",  # follow-up requests for the rest of the answer (part_tokens)
+    "continuation_gap_max_ms": "float64",  # longest: a part's last token -> the next's first
     "http_requests": "int64",  # HTTP requests sent, WebSocket upgrade included
     "tcp_connections": "int64",
     "bytes_up": "int64",  # TCP payload bytes sent, all connections (kernel count when available)

@@ -24,6 +24,9 @@ class SSEClient(Client):
         self.last_event_id = ""
         self.retry_ms: int | None = None
 
+    def new_part(self) -> None:
+        self.last_event_id = ""  # the follow-up is a new stream: nothing to resume
+
     def _backoff_s(self, failures: int) -> float:
         return max(super()._backoff_s(failures), (self.retry_ms or 0) / 1e3)
 

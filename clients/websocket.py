@@ -63,7 +63,7 @@ class WebSocketClient(Client):
                         )
                     opened = True
                     first = (
-                        codec.encode_resume(rec.stream_id, rec.last_seq)
+                        codec.encode_resume(rec.stream_id, rec.last_seq - self.part_offset)
                         if rec.stream_id
                         else codec.encode_start(params)
                     )

@@ -366,6 +366,9 @@ def summaries(run: StoredRun) -> list[tuple[str, pd.DataFrame]]:
     experiment = run.meta.get("experiment")
     if experiment in ("reconnect", "idle-timeout"):
         return [("Reconnect summary", reconnect_summary(run.streams))]
+    if experiment == "relay" and "relay" in run.extra:
+        title = "Relay: latency each transport adds to the model's stream, beside the model's gaps"
+        return [(title, run.extra["relay"])]
     if experiment == "idle" and "idle" in run.extra:
         return [("Idle connections: server memory", run.extra["idle"].drop(columns=["run_id"]))]
     if experiment == "scale" and "scale" in run.extra:

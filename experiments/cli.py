@@ -264,6 +264,7 @@ EXPERIMENTS: dict[str, str] = {
     "idle-timeout": "experiments.idle_timeout",
     "scale": "experiments.scale",
     "idle": "experiments.idle",
+    "relay": "experiments.relay",
 }
 
 

@@ -35,9 +35,10 @@ _STARTS: dict[str, tuple[int, ...]] = {
 
 
 def texts(params: GenParams) -> list[str]:
-    """`params.tokens` token texts: corpus `params.text` read from a seeded start, wrapping."""
+    """`params.tokens` token texts: corpus `params.text` read from a seeded start, wrapping,
+    skipping the first `params.offset` (a continuation goes on where the last part stopped)."""
     corpus = tokens_of(params.text)
-    start = random.Random(params.seed).choice(_STARTS[params.text])
+    start = (random.Random(params.seed).choice(_STARTS[params.text]) + params.offset) % len(corpus)
     rotated = corpus[start:] + corpus[:start]
     whole, rest = divmod(params.tokens, len(rotated))
     return list(rotated * whole + rotated[:rest])

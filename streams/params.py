@@ -19,6 +19,7 @@ _NUMERIC: dict[str, tuple[type, float, float]] = {
     "ttft_ms": (float, 0.0, 60_000.0),
     "jitter": (float, 0.0, 1.0),
     "seed": (int, 0, 2**63 - 1),
+    "offset": (int, 0, 10_000_000),
 }
 
 
@@ -33,6 +34,7 @@ class GenParams:
     seed: int = 0
     text: str = "en"
     envelope: str = "text"
+    offset: int = 0  # continue the seeded answer from this token on (a follow-up request)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

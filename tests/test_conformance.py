@@ -112,3 +112,17 @@ async def test_bad_parameters_end_the_stream_with_the_servers_message(
     [rec] = await run_one(served, key, bad)
     assert "rate" in rec.error
     assert rec.reconnects == 0  # a 4xx is not worth retrying
+
+
+@pytest.mark.parametrize("key", KEYS)
+async def test_continuation_in_parts_stitches_the_same_answer(served: Served, key: str) -> None:
+    params = GenParams(tokens=11, rate=400.0, ttft_ms=5.0, seed=9)
+    options = dataclasses.replace(OPTIONS, part_tokens=4)  # requests of 4, 4 and 3 tokens
+    async with asyncio.timeout(10 * UNIT):
+        [rec] = await run_fleet(FleetSpec(key, 1), served.target, params, options)
+    row = stream_row(rec)
+    assert rec.error == "" and rec.end_reason == "done"
+    assert list(rec.seq) == list(range(1, 12))
+    assert rec.text() == "".join(texts(params))
+    assert row["continuations"] == 2 and row["continuation_gap_max_ms"] > 0
+    assert len(set(rec.part_streams)) == 2 and rec.stream_id == rec.part_streams[0]

@@ -162,3 +162,18 @@ def test_idle_connections_are_held_and_cost_server_memory() -> None:
     row = idle.run(spec).extra["idle"].iloc[0]
     assert row["all_waiting"] and row["connections_waiting"] == 50
     assert row["rss_per_conn_bytes"] > 0
+
+
+def test_relay_carries_the_models_stream_and_prices_a_continuation() -> None:
+    from experiments import relay
+
+    spec = dataclasses.replace(relay.quick(relay.Spec()), transports=("sse", "oneshot"))
+    tables = relay.run(spec)
+    assert (tables.streams["lost"] == 0).all() and (tables.streams["error"] == "").all()
+    table = tables.extra["relay"].set_index(["condition", "transport"])
+    plain = table.xs("relayed")
+    assert plain.loc["sse", "added_latency_p50_ms"] < plain.loc["oneshot", "added_latency_p50_ms"]
+    continued = table.drop(index="relayed", level="condition").reset_index().set_index("transport")
+    assert (continued["continuations"] == 1).all()
+    # a follow-up request pays at least the model's prefill again (ttft_ms=50 in quick)
+    assert (continued["continuation_gap_max_ms"] >= 45).all()

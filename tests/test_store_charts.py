@@ -48,6 +48,7 @@ def _stream_row(keys: dict[str, object], **values: object) -> dict[str, object]:
         "tcp_connections": 1, "bytes_up": 0, "bytes_down": 0, "app_bytes_up": 0,
         "app_bytes_down": 0, "bytes_source": "kernel", "payload_bytes": 0, "segments_up": -1,
         "segments_down": -1, "retransmits": -1, "gap_max_ms": math.nan, "recovery_max_ms": math.nan,
+        "continuations": 0, "continuation_gap_max_ms": math.nan,
         "end_reason": "done", "error": "",
     }  # fmt: skip
     row.update(values)
