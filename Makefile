@@ -19,7 +19,7 @@ system:
 	bash scripts/setup-system.sh
 
 run: setup
-	$(VENV)/bin/pushlab run latency
+	$(VENV)/bin/pushlab report
 
 test: setup system lint
 	$(PY) -m pytest

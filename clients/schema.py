@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pandas is heavy; the clients' hot path never needs it
     import pandas as pd
 
-SCHEMA_VERSION = 2  # 2: sweep, sweep_value, gap_max_ms, recovery_max_ms, end_reason
+SCHEMA_VERSION = 3  # 2: sweep, sweep_value, gap_max_ms, recovery_max_ms, end_reason;
+# 3: retransmits, continuations, continuation_gap_max_ms
 
 # Columns shared by both tables: who measured what, under which condition.
 KEY_COLUMNS: dict[str, str] = {

@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 
 from clients.base import ClientOptions, Target
 from clients.schema import Tables
+from experiments.suite import MODULES, experiment_module, save_run
 from streams.errors import ParamError
 from streams.params import CORPORA, ENVELOPES, GenParams, parse_params
 from transports.registry import TRANSPORTS, parse_keys
@@ -152,30 +153,6 @@ def _server_url(text: str | None) -> str | None:
     return text
 
 
-def save_run(
-    tables: Tables,
-    experiment: str,
-    spec: object,
-    run_id: str,
-    started: dt.datetime,
-    out: Path | None,
-    charts: bool,
-) -> Path:
-    """Store the tables with metadata, then draw charts and the report from the stored files."""
-    from experiments import meta, store
-
-    out_dir = out or store.results_root() / run_id
-    spec_dict = dataclasses.asdict(spec) if dataclasses.is_dataclass(spec) else dict(vars(spec))  # type: ignore[arg-type]
-    store.save(tables, meta.collect_meta(experiment, spec_dict, run_id, started), out_dir)
-    if charts:
-        from experiments import charts as charts_mod
-        from experiments import report
-
-        charts_mod.draw_all(out_dir)
-        report.write_markdown(out_dir)
-    return out_dir
-
-
 def cmd_bench(args: argparse.Namespace) -> int:
     from experiments import bench, meta
 
@@ -192,7 +169,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     started = dt.datetime.now(dt.UTC)
     run_id = meta.new_run_id("bench", started)
     tables = bench.run(spec, run_id=run_id, progress=not args.no_progress)
-    out = save_run(tables, "bench", spec, run_id, started, args.out, charts=not args.no_charts)
+    out = save_run(
+        tables,
+        "bench",
+        spec,
+        run_id,
+        started,
+        args.out or _root() / run_id,
+        charts=not args.no_charts,
+    )
     _print_summary(tables)
     print(f"results: {out}")
     return 1 if (tables.streams["error"] != "").any() else 0
@@ -216,7 +201,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     started = dt.datetime.now(dt.UTC)
     run_id = meta.new_run_id(module.NAME, started)
     tables = module.run(spec, run_id=run_id, progress=not args.no_progress)
-    out = save_run(tables, module.NAME, spec, run_id, started, args.out, charts=True)
+    out = save_run(tables, module.NAME, spec, run_id, started, args.out or _root() / run_id)
     _print_summary(tables)
     print(f"report: {out / 'report.md'}")
     return 0
@@ -254,24 +239,46 @@ def _typed(name: str, current: object, text: str) -> object:
 
 
 # name -> module with NAME, SUMMARY, Spec, quick(spec), run(spec, run_id, progress), [charts(dir)]
-EXPERIMENTS: dict[str, str] = {
-    "latency": "experiments.latency",
-    "rtt": "experiments.rtt",
-    "reconnect": "experiments.reconnect",
-    "cancel": "experiments.cancel",
-    "loss": "experiments.loss",
-    "proxy": "experiments.proxy",
-    "idle-timeout": "experiments.idle_timeout",
-    "scale": "experiments.scale",
-    "idle": "experiments.idle",
-    "relay": "experiments.relay",
-}
+EXPERIMENTS = MODULES  # name -> module path, one registry (experiments/suite.py)
 
 
-def experiment_module(name: str) -> Any:
-    import importlib
+def _root() -> Path:
+    from experiments import store
 
-    return importlib.import_module(EXPERIMENTS[name])
+    return store.results_root()
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from experiments import suite
+
+    if args.runs:
+        path = suite.report_from(args.runs, args.out)
+    else:
+        names = tuple(args.only) if args.only else suite.SUITE
+        path = suite.run_suite(
+            names, quick=not args.full, out=args.out, progress=not args.no_progress
+        )
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from experiments.compare import compare
+
+    table = compare(args.a, args.b)
+    if table.empty:
+        raise ParamError("the two runs share no measured figure", param="run")
+    with _pandas_wide():
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return 0
+
+
+def _experiment_list(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in EXPERIMENTS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown experiment {unknown[0] if unknown else ''!r}")
+    return names
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -364,6 +371,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--out", type=Path, help="run directory (default results/<run-id>)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rep = sub.add_parser(
+        "report", help="run the default suite (or read stored runs) and write report.html"
+    )
+    rep.add_argument(
+        "runs",
+        nargs="*",
+        type=Path,
+        metavar="RUN_DIR",
+        help="stored runs or suite folders to report on instead of running the suite",
+    )
+    rep.add_argument(
+        "--only", type=_experiment_list, metavar="NAMES", help="comma list of experiments"
+    )
+    rep.add_argument(
+        "--full", action="store_true", help="each experiment at its default size, not quick"
+    )
+    rep.add_argument("--out", type=Path, help="report folder (default results/<suite-id>)")
+    rep.add_argument("--no-progress", action="store_true", help="no progress bars")
+    cmp_ = sub.add_parser("compare", help="what changed between two stored runs or suites")
+    cmp_.add_argument("a", type=Path, metavar="RUN_A")
+    cmp_.add_argument("b", type=Path, metavar="RUN_B")
     sub.add_parser("list", help="list transports and experiments")
     return p
 
@@ -379,7 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= getattr(args, "workers", 1) <= 64:
         parser.exit(2, "pushlab bench: error: --workers must be between 1 and 64\n")
     try:
-        return {"bench": cmd_bench, "run": cmd_run, "list": cmd_list}[args.command](args)
+        commands = {"bench": cmd_bench, "run": cmd_run, "list": cmd_list, "report": cmd_report,
+                    "compare": cmd_compare}  # fmt: skip
+        return commands[args.command](args)
     except ParamError as exc:
         parser.exit(2, f"pushlab {args.command}: error: {exc.message}\n")
     except KeyboardInterrupt:

@@ -1,0 +1,34 @@
+"""`pushlab compare A B`: what changed between two stored runs (or suites) on the headline
+figures per transport, with the ratio B / A."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from experiments import facts, store
+from experiments.suite import expand
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def headline(path: Path) -> pd.DataFrame:
+    return facts.collect(store.load(d) for d in expand([path]))
+
+
+def compare(a: Path, b: Path) -> pd.DataFrame:
+    """Long table: transport, figure, a, b, ratio (b / a); figures measured on both sides."""
+    import pandas as pd
+
+    left, right = headline(a), headline(b)
+    rows = []
+    for transport in [t for t in left.index if t in right.index]:
+        for figure in facts.FIGURES:
+            va, vb = left.at[transport, figure], right.at[transport, figure]
+            if pd.notna(va) and pd.notna(vb):
+                ratio = vb / va if va else float("nan")
+                rows.append(
+                    {"transport": transport, "figure": figure, "a": va, "b": vb, "ratio": ratio}
+                )
+    return pd.DataFrame(rows, columns=["transport", "figure", "a", "b", "ratio"])
