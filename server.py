@@ -27,7 +27,7 @@ from streams.hub import Hub
 from streams.upstream import DEFAULT_PROMPT, Upstream, UpstreamConfig
 from transports.registry import TRANSPORTS
 from transports.token import encode_token
-from transports.web import poll
+from transports.web import page, poll
 from transports.web.common import (
     CONFIG,
     COUNTERS,
@@ -160,6 +160,7 @@ def make_app(config: ServerConfig | None = None) -> web.Application:
     for module in dict.fromkeys(t.server for t in TRANSPORTS.values()):
         importlib.import_module(module).add_routes(app)
     poll.add_stream_routes(app)
+    page.add_routes(app)  # the demo page at / (transports/web/static)
     app.router.add_get("/stats", stats)
     app.router.add_get("/healthz", healthz)
     return app

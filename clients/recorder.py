@@ -187,7 +187,8 @@ def stream_row(rec: StreamRecord) -> dict[str, object]:
         "bytes_down": sum(c.bytes_down for c in conns),
         "app_bytes_up": sum(c.app_bytes_up for c in conns),
         "app_bytes_down": sum(c.app_bytes_down for c in conns),
-        "bytes_source": "kernel" if conns and all(c.source == "kernel" for c in conns) else "app",
+        # one source for all the stream's connections (kernel, browser-cdp), else the app's count
+        "bytes_source": conns[0].source if conns and len({c.source for c in conns}) == 1 else "app",
         "payload_bytes": sum(text_bytes.values()),
         "segments_up": sum(c.segments_up for c in conns)
         if conns and conns[0].segments_up >= 0

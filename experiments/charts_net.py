@@ -344,7 +344,14 @@ def idle(run_dir: RunLike) -> list[Path]:
     return [_save(fig, run.path / "idle.png")]
 
 
+def _browser_connections(run_dir: RunLike) -> list[Path]:
+    from experiments.browser_connections import connections_chart
+
+    return connections_chart(run_dir)
+
+
 CHARTS: dict[str, list[Callable[[RunLike], list[Path]]]] = {
+    "browser-connections": [_browser_connections],
     "idle": [idle],
     "scale": [scale],
     "proxy": [arrival_spread],

@@ -18,7 +18,10 @@ from streams.errors import PushlabError
 
 SUITE = ("latency", "rtt", "reconnect", "cancel", "proxy", "idle-timeout", "loss", "scale",
          "idle", "relay")  # fmt: skip
-MODULES = {name: "experiments." + name.replace("-", "_") for name in SUITE}
+# every experiment `pushlab run` knows: the suite's, and those that need a browser
+MODULES = {
+    name: "experiments." + name.replace("-", "_") for name in (*SUITE, "browser-connections")
+}
 
 
 def experiment_module(name: str) -> Any:

@@ -1,0 +1,450 @@
+"""Browser clients: the demo page's own JavaScript clients, run in Chromium, recorded as
+`StreamRecord`s like the Python clients (transport `browser-<key>`, client `chromium`).
+
+`run_browser_fleet` opens Debian's Chromium through Playwright (never a downloaded browser),
+loads the demo page from the target server (transports/web/page.py must be mounted there),
+and calls `pushlab.runFleet` (static/fleet.js): `clients` copies of one client run at once
+in that one page, each reporting every token it saw.
+
+Timing. The page stamps times as `performance.timeOrigin + performance.now()` in ms, turned
+into ns here: the same host's wall clock as the server's `time.time_ns()`, so `latency_ms`
+is one clock, but Chrome coarsens `performance.now()` to 100 µs (with jitter) outside
+cross-origin isolation, so latencies are good to about 0.1 ms, and a token's receive time
+is when its JavaScript callback ran (message event, or a body read resolving), after the
+browser's network process handed the bytes to the page. TTFT and e2e count from the
+client's first request being issued (`Tally.sent()`), on the same clock; the perf columns
+of the record hold these wall-clock ns too.
+
+Bytes (`bytes_source` "browser-cdp"): counted from the DevTools protocol's Network domain,
+per request, and checked against a counting TCP proxy (equal to the byte for HTTP):
+- HTTP down: `loadingFinished.encodedDataLength`, the response as read from the socket:
+  status line, headers, and the body with its chunked framing. For a request that did not
+  finish (reset, aborted), the headers (`responseReceivedExtraInfo.headersText`) plus the
+  sum of `dataReceived.encodedDataLength`.
+- HTTP up: CDP gives no count for requests; the head is rebuilt from the headers Chrome
+  actually sent (`requestWillBeSentExtraInfo`): request line, `Name: value` CRLF each, CRLF,
+  plus the body's length.
+- WebSocket: the handshake (request rebuilt, response `headersText`) plus every frame CDP
+  reports, each with its RFC 6455 section 5.2 header (2 bytes, +2 or +8 for long payloads,
+  +4 for the client's mask). CDP reports no control frames: the close handshake (8 bytes
+  up, 4 down) and pings are missing, so WebSocket counts run a few bytes short.
+- Never counted: TCP/IP headers, TLS records (none over http://), retransmissions; segments
+  and retransmits are -1. A request that got no response (a refused reconnect) has no stream
+  id and is not attributed to any stream.
+- `tcp_connections`: distinct Chrome socket ids (`response.connectionId`) among a stream's
+  HTTP requests, plus one per WebSocket; a keep-alive socket that served several streams'
+  polls counts once for each.
+- `app_bytes_*`: the bodies (`dataReceived.dataLength`, request bodies) and WebSocket message
+  payloads, without headers or framing: what the page's JavaScript could see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from clients.base import Target
+from clients.net import ConnStats
+from clients.recorder import StreamRecord, to_tables
+from clients.schema import Tables
+from streams.params import GenParams
+from transports.token import TokenRecord, loads
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser, CDPSession, Page, Playwright
+
+CHROMIUM = "/usr/bin/chromium"
+# Without the background-networking flags Chromium phones home, which a closed network refuses.
+CHROMIUM_ARGS = (
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+# the page's clients (static/clients.js) that are transports; "fake" (the fake typewriter) is not
+BROWSER_KEYS = ("sse", "sse-fetch", "websocket", "longpoll", "shortpoll", "ndjson", "oneshot")
+CLIENT_NAME = "chromium"
+BYTES_SOURCE = "browser-cdp"
+SETTLE_S = 2.0  # at most this long for the last CDP events after the page's clients ended
+HTTP_CONNECTIONS_PER_ORIGIN = 6  # Chrome's HTTP/1.1 socket limit per origin
+
+
+def _header_bytes(headers: Mapping[str, str]) -> int:
+    return sum(len(f"{name}: {value}\r\n".encode()) for name, value in headers.items())
+
+
+def ws_frame_bytes(payload_bytes: int, masked: bool) -> int:
+    """A frame's size on the wire: RFC 6455 section 5.2 header, mask key, payload."""
+    length_bytes = 0 if payload_bytes < 126 else 2 if payload_bytes < 65536 else 8
+    return 2 + length_bytes + (4 if masked else 0) + payload_bytes
+
+
+@dataclasses.dataclass
+class RequestBytes:
+    """What CDP told us about one request (an HTTP exchange or a WebSocket)."""
+
+    request_id: str
+    websocket: bool = False
+    method: str = "GET"
+    path: str = "/"
+    stream: str = ""  # from X-Pushlab-Stream, the poll URL, or the WebSocket's started message
+    connection: int = -1  # Chrome's socket id (HTTP only)
+    sent_headers: dict[str, str] | None = None
+    body_up: int = 0
+    head_down: int = 0
+    wire_down: int = 0  # body bytes as read, chunk framing included (dataReceived.encoded...)
+    app_down: int = 0  # decoded body bytes delivered to the page
+    total_down: int | None = None  # loadingFinished.encodedDataLength
+    frames_up: int = 0
+    frames_down: int = 0
+    payload_up: int = 0
+    payload_down: int = 0
+    finished: bool = False
+
+    @property
+    def bytes_up(self) -> int:
+        line = len(f"{self.method} {self.path} HTTP/1.1\r\n".encode())
+        head = line + _header_bytes(self.sent_headers) + 2 if self.sent_headers is not None else 0
+        return head + self.body_up + self.frames_up
+
+    @property
+    def bytes_down(self) -> int:
+        if self.total_down is not None:
+            return self.total_down
+        return self.head_down + self.wire_down + self.frames_down
+
+    @property
+    def app_bytes_up(self) -> int:
+        return self.body_up + self.payload_up
+
+    @property
+    def app_bytes_down(self) -> int:
+        return self.app_down + self.payload_down
+
+
+class CdpLedger:
+    """Sans-I/O: CDP Network events in (`feed`), per-request byte counts out (`by_stream`)."""
+
+    def __init__(self) -> None:
+        self.requests: dict[str, RequestBytes] = {}
+
+    def _get(self, request_id: str) -> RequestBytes:
+        req = self.requests.get(request_id)
+        if req is None:
+            req = self.requests[request_id] = RequestBytes(request_id)
+        return req
+
+    def feed(self, method: str, params: Mapping[str, Any]) -> None:
+        """One event, e.g. `("Network.dataReceived", {...})`; others are ignored."""
+        handler = getattr(self, "_on_" + method.removeprefix("Network."), None)
+        if handler is not None and "requestId" in params:
+            handler(self._get(params["requestId"]), params)
+
+    def _on_requestWillBeSent(self, req: RequestBytes, p: Mapping[str, Any]) -> None:
+        request = p["request"]
+        url = urlsplit(request["url"])
+        req.method = request["method"]
+        req.path = url.path + (f"?{url.query}" if url.query else "")
+        req.body_up = len(request.get("postData", "").encode())
+        parts = url.path.strip("/").split("/")
+        if len(parts) == 2 and parts[0] in ("longpoll", "shortpoll"):
+            req.stream = req.stream or parts[1]  # a poll names its stream in the path
+
+    def _on_requestWillBeSentExtraInfo(self, req: RequestBytes, p: Mapping[str, Any]) -> None:
+        req.sent_headers = dict(p["headers"])  # what went on the wire, Host and Cookie included
+
+    def _on_responseReceivedExtraInfo(self, req: RequestBytes, p: Mapping[str, Any]) -> None:
+        if "headersText" in p:
+            req.head_down = len(p["headersText"].encode())
+
+    def _on_responseReceived(self, req: RequestBytes, p: Mapping[str, Any]) -> None:
+        response = p["response"]
+        headers = {k.lower(): v for k, v in response.get("headers", {}).items()}
+        req.stream = req.stream or headers.get("x-pushlab-stream", "")
+        req.connection = int(response.get("connectionId", -1))
+        req.head_down = req.head_down or int(response.get("encodedDataLength", 0))
+
+    def _on_dataReceived(self, req: RequestBytes, p: Mapping[str, Any]) -> None:
+        req.wire_down += int(p.get("encodedDataLength", 0))
+        req.app_down += int(p.get("dataLength", 0))
+
+    def _on_loadingFinished(self, req: RequestBytes, p: Mapping[str, Any]) -> None:
+        req.total_down = int(p["encodedDataLength"])
+        req.finished = True
+
+    def _on_loadingFailed(self, req: RequestBytes, p: Mapping[str, Any]) -> None:
+        req.finished = True
+
+    def _on_webSocketCreated(self, req: RequestBytes, p: Mapping[str, Any]) -> None:
+        req.websocket = True
+        url = urlsplit(p["url"])
+        req.path = url.path + (f"?{url.query}" if url.query else "")
+
+    def _on_webSocketWillSendHandshakeRequest(
+        self, req: RequestBytes, p: Mapping[str, Any]
+    ) -> None:
+        req.sent_headers = dict(p["request"]["headers"])
+
+    def _on_webSocketHandshakeResponseReceived(
+        self, req: RequestBytes, p: Mapping[str, Any]
+    ) -> None:
+        response = p["response"]
+        text = response.get("headersText")
+        if text is None:  # rebuild: status line, headers, blank line
+            status = f"HTTP/1.1 {response['status']} {response.get('statusText', '')}\r\n"
+            req.head_down = len(status.encode()) + _header_bytes(response["headers"]) + 2
+        else:
+            req.head_down = len(text.encode())
+
+    def _frame(self, p: Mapping[str, Any]) -> tuple[int, str]:
+        frame = p["response"]
+        data = frame.get("payloadData", "")
+        if frame.get("opcode") == 2:  # binary payloads come base64-encoded
+            return len(base64.b64decode(data)), ""
+        return len(data.encode()), data
+
+    def _on_webSocketFrameSent(self, req: RequestBytes, p: Mapping[str, Any]) -> None:
+        size, _ = self._frame(p)
+        req.payload_up += size
+        req.frames_up += ws_frame_bytes(size, masked=True)  # RFC 6455 5.3: clients always mask
+
+    def _on_webSocketFrameReceived(self, req: RequestBytes, p: Mapping[str, Any]) -> None:
+        size, text = self._frame(p)
+        req.payload_down += size
+        req.frames_down += ws_frame_bytes(size, masked=False)
+        if not req.stream and '"started"' in text:
+            req.stream = str(loads(text).get("stream", ""))
+
+    def _on_webSocketClosed(self, req: RequestBytes, p: Mapping[str, Any]) -> None:
+        req.finished = True
+
+    def by_stream(self) -> dict[str, list[RequestBytes]]:
+        """Requests grouped by the stream they served; those without a stream are left out."""
+        out: dict[str, list[RequestBytes]] = {}
+        for req in self.requests.values():
+            if req.stream:
+                out.setdefault(req.stream, []).append(req)
+        return out
+
+
+def conn_stats(requests: Sequence[RequestBytes]) -> list[ConnStats]:
+    """One `ConnStats` per connection a stream used, in order of first use."""
+    groups: dict[object, list[RequestBytes]] = {}
+    for req in requests:
+        key: object = (
+            ("ws", req.request_id) if req.websocket or req.connection < 0 else req.connection
+        )
+        groups.setdefault(key, []).append(req)
+    return [
+        ConnStats(
+            index=i,
+            bytes_up=sum(r.bytes_up for r in group),
+            bytes_down=sum(r.bytes_down for r in group),
+            app_bytes_up=sum(r.app_bytes_up for r in group),
+            app_bytes_down=sum(r.app_bytes_down for r in group),
+            segments_up=-1,
+            segments_down=-1,
+            retransmits=-1,
+            source=BYTES_SOURCE,
+        )
+        for i, group in enumerate(groups.values())
+    ]
+
+
+def _ns(ms: float) -> int:
+    return round(ms * 1e6)
+
+
+def to_record(
+    key: str, params: GenParams, data: Mapping[str, Any], requests: Sequence[RequestBytes]
+) -> StreamRecord:
+    """A `StreamRecord` from one page client's report (`Tally.toJSON()`) and its CDP requests."""
+    rec = StreamRecord(f"browser-{key}", CLIENT_NAME, params.tokens, params.envelope)
+    stream = str(data["stream"])
+    rec.stream_id = stream
+    rec.t_start_perf_ns = _ns(data["sentMs"])
+    for seq, emit, recv_ms, request_index, text in data["tokens"]:
+        emit_ns = int(emit) if str(emit).isdigit() else round(float(emit))  # lossy without BigInt
+        t_ns = _ns(recv_ms)
+        rec.token(TokenRecord(stream, int(seq), emit_ns, str(text)), t_ns, t_ns, int(request_index))
+    rec.t_end_perf_ns = _ns(data["endMs"]) if data["endMs"] else 0
+    rec.end_reason = str(data["endReason"]) if not data["error"] else ""
+    rec.error = str(data["error"])[:300]
+    rec.reconnects = int(data["reconnects"])
+    rec.http_requests = int(data["requests"])
+    rec.recoveries_ms = [float(ms) for ms in data["recoveries"]]
+    rec.conns = conn_stats(requests)
+    return rec
+
+
+def bytes_source(rec: StreamRecord) -> str:
+    """The `bytes_source` of a record: its connections' common source, else "app"."""
+    sources = {c.source for c in rec.conns}
+    return sources.pop() if len(sources) == 1 else "app"
+
+
+def browser_tables(records: Sequence[StreamRecord], keys: dict[str, object]) -> Tables:
+    """`to_tables`, with `bytes_source` taken from the records' connections ("browser-cdp")."""
+    tables = to_tables(records, keys)
+    if records:
+        tables.streams["bytes_source"] = [bytes_source(r) for r in records]
+        tables.streams["bytes_source"] = tables.streams["bytes_source"].astype("string")
+    return tables
+
+
+def expected_s(params: GenParams, clients: int = 1) -> float:
+    """How long the streams should take, counting queued waves of EventSource-like clients."""
+    one = params.ttft_ms / 1e3 + params.tokens / params.rate
+    return one * math.ceil(clients / HTTP_CONNECTIONS_PER_ORIGIN)
+
+
+class BrowserSession:
+    """One Chromium, one context, one page: the target's demo page, with CDP byte counting.
+
+    `async with BrowserSession(target) as session: await session.run("sse", params, 3)`.
+    """
+
+    def __init__(self, target: Target | str, *, headless: bool = True) -> None:
+        self.target = target if isinstance(target, Target) else Target.parse(target)
+        self.headless = headless
+        self.ledger = CdpLedger()
+        self._pw: Playwright | None = None
+        self._browser: Browser | None = None
+        self.page: Page | None = None
+        self._cdp: CDPSession | None = None
+        self.console_errors: list[str] = []
+        self.last_cut: dict[str, Any] | None = None  # the server's answer to the last cut
+
+    async def __aenter__(self) -> BrowserSession:
+        from playwright.async_api import async_playwright
+
+        self._pw = await async_playwright().start()
+        try:
+            self._browser = await self._pw.chromium.launch(
+                executable_path=CHROMIUM, args=list(CHROMIUM_ARGS), headless=self.headless
+            )
+            context = await self._browser.new_context()
+            self.page = page = await context.new_page()
+            page.on("console", self._on_console)
+            self._cdp = await context.new_cdp_session(page)
+            await self._cdp.send("Network.enable")
+            for name in _CDP_EVENTS:
+                self._cdp.on(name, lambda params, name=name: self.ledger.feed(name, params))
+            response = await page.goto(f"{self.target.url}/", timeout=15_000)
+            if response is None or response.status != 200:
+                status = response.status if response is not None else "no response"
+                raise RuntimeError(
+                    f"{self.target.url}/ does not serve the demo page ({status}): mount "
+                    "transports.web.page.add_routes(app) in server.make_app"
+                )
+            await page.wait_for_function("window.pushlab !== undefined", timeout=10_000)
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the browser and stop Playwright's driver (idempotent)."""
+        browser, pw = self._browser, self._pw
+        self._browser = self._pw = None
+        try:
+            if browser is not None:
+                await browser.close()
+        finally:
+            if pw is not None:
+                await pw.stop()
+
+    def _on_console(self, message: Any) -> None:
+        if message.type == "error":
+            self.console_errors.append(message.text)
+
+    async def run(
+        self,
+        key: str,
+        params: GenParams,
+        clients: int = 1,
+        *,
+        timeout_s: float | None = None,
+        cut_after_tokens: int = 0,
+    ) -> list[StreamRecord]:
+        """Run the page's `key` client `clients` times at once; one record per client.
+
+        `cut_after_tokens` > 0: once a client holds that many tokens, the page asks the
+        server to reset its connections (`POST /debug/cut`); `self.last_cut` is the answer."""
+        if key not in BROWSER_KEYS:
+            raise ValueError(f"unknown browser client {key!r}; choose from {BROWSER_KEYS}")
+        assert self.page is not None, "use the session in `async with`"
+        timeout_s = timeout_s or expected_s(params, clients) + 10.0
+        self.ledger = ledger = CdpLedger()
+        # the page aborts its own clients after timeout_s; the outer timeout is a backstop
+        async with asyncio.timeout(timeout_s + 10.0):
+            result = await self.page.evaluate(
+                "([key, params, n, ms, cut]) => pushlab.runFleet(key, params, n, ms, cut)",
+                [
+                    key,
+                    params.as_dict(),
+                    clients,
+                    int(timeout_s * 1e3),
+                    {"cutAfterTokens": cut_after_tokens},
+                ],
+            )
+        reports, self.last_cut = result["records"], result["cut"]
+        streams = {str(r["stream"]) for r in reports if r["stream"]}
+        await self._settle(ledger, streams)
+        by_stream = ledger.by_stream()
+        return [to_record(key, params, r, by_stream.get(str(r["stream"]), [])) for r in reports]
+
+    async def _settle(self, ledger: CdpLedger, streams: set[str]) -> None:
+        """Wait (up to SETTLE_S) until CDP has reported the end of every request of `streams`."""
+        deadline = time.monotonic() + SETTLE_S
+        while time.monotonic() < deadline:
+            pending = [r for s, reqs in ledger.by_stream().items() if s in streams for r in reqs]
+            if all(r.finished for r in pending):
+                return
+            await asyncio.sleep(0.02)
+
+
+_CDP_EVENTS = tuple(
+    "Network." + name
+    for name in (
+        "requestWillBeSent",
+        "requestWillBeSentExtraInfo",
+        "responseReceived",
+        "responseReceivedExtraInfo",
+        "dataReceived",
+        "loadingFinished",
+        "loadingFailed",
+        "webSocketCreated",
+        "webSocketWillSendHandshakeRequest",
+        "webSocketHandshakeResponseReceived",
+        "webSocketFrameSent",
+        "webSocketFrameReceived",
+        "webSocketClosed",
+    )
+)
+
+
+async def run_browser_fleet(
+    transport: str,
+    target: Target | str,
+    params: GenParams,
+    clients: int = 1,
+    *,
+    headless: bool = True,
+) -> list[StreamRecord]:
+    """Open Chromium on the target's demo page and run `clients` copies of the page's
+    `transport` client at once in it (keys: BROWSER_KEYS); one record each."""
+    async with BrowserSession(target, headless=headless) as session:
+        return await session.run(transport, params, clients)

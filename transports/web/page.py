@@ -1,0 +1,126 @@
+"""The demo page: `GET /`, `GET /static/{name}`, and `POST /debug/cut` for its "Cut" button.
+
+The page (transports/web/static/) is plain HTML, CSS and ES modules: no build step, nothing
+from a CDN. Each transport's browser client is a short function in `static/clients.js`, meant
+to be read beside docs/PROTOCOL.md.
+
+`POST /debug/cut` resets every TCP connection the server holds from the caller's IP address
+(except the one carrying the cut request): what a dropped Wi-Fi link or a NAT box forgetting
+its mappings does to a browser. The sockets get `SO_LINGER` 0 and are aborted, so the peer
+sees a TCP RST mid-response ("connection reset"), not a clean end. Streams live in the hub,
+not in connections, so nothing is cancelled: each client must notice the broken connection
+and resume on its own, or not. Behind a proxy the caller's address is the proxy's, so every
+proxied connection is cut. Do not press it while a benchmark runs from the same machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from pathlib import Path
+
+from aiohttp import web
+
+from transports.web.common import json_response
+
+STATIC_DIR = Path(__file__).parent / "static"
+INDEX_ROUTE = "pushlab-page-index"  # a named resource: mounting twice is a no-op
+
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",  # module scripts need a JavaScript MIME type
+    ".css": "text/css; charset=utf-8",
+    ".png": "image/png",
+    ".svg": "image/svg+xml",
+    ".json": "application/json",
+}
+
+
+def static_files() -> dict[str, Path]:
+    """The files the page may serve: regular files directly in the static folder, by name."""
+    return {p.name: p for p in STATIC_DIR.iterdir() if p.is_file() and p.suffix in CONTENT_TYPES}
+
+
+def _not_found(name: str) -> web.Response:
+    body = {
+        "error": {
+            "message": f"no static file {name!r}",
+            "type": "not_found_error",
+            "param": "name",
+        }
+    }
+    return json_response(body, status=404)
+
+
+def _file_response(name: str) -> web.Response:
+    path = static_files().get(name)  # a name outside the folder ("..", "a/b") is never listed
+    if path is None:
+        return _not_found(name)
+    return web.Response(
+        body=path.read_bytes(),  # read per request: an edited file shows on reload
+        headers={"Content-Type": CONTENT_TYPES[path.suffix], "Cache-Control": "no-cache"},
+    )
+
+
+async def index(request: web.Request) -> web.Response:
+    """GET /: the page."""
+    return _file_response("index.html")
+
+
+async def static(request: web.Request) -> web.Response:
+    """GET /static/{name}: one file of the static folder, with its content type."""
+    return _file_response(request.match_info["name"])
+
+
+def _peer_host(transport: asyncio.BaseTransport | None) -> str | None:
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    return str(peer[0]) if peer else None
+
+
+def reset(transport: asyncio.Transport) -> None:
+    """Abort `transport` so that the peer sees a TCP RST (SO_LINGER on, 0 s), not a FIN."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+async def cut(request: web.Request) -> web.Response:
+    """POST /debug/cut: reset every connection from the caller's address but this one.
+
+    aiohttp's `Server` lists its open connections (`Server.connections`, each a
+    RequestHandler with its `transport`); a request reaches it through its protocol's
+    `_manager`. Reading that at the moment of the cut costs the rest of the server nothing,
+    where tracking connections in a middleware would add work to every measured request.
+    """
+    manager = getattr(request.protocol, "_manager", None)
+    if manager is None or not hasattr(manager, "connections"):
+        body = {
+            "error": {
+                "message": "this aiohttp does not expose its open connections",
+                "type": "server_error",
+                "param": None,
+            }
+        }
+        return json_response(body, status=501)
+    peer = _peer_host(request.transport)
+    victims = [
+        handler.transport
+        for handler in manager.connections
+        if handler.transport is not None
+        and handler.transport is not request.transport
+        and _peer_host(handler.transport) == peer
+    ]
+    for transport in victims:
+        reset(transport)
+    return json_response({"reset": len(victims), "peer": peer})
+
+
+def add_routes(app: web.Application) -> None:
+    """Mount the page on `app` (a second call does nothing)."""
+    if INDEX_ROUTE in app.router.named_resources():
+        return
+    app.router.add_get("/", index, name=INDEX_ROUTE)
+    app.router.add_get("/static/{name}", static)
+    app.router.add_post("/debug/cut", cut)

@@ -1,0 +1,283 @@
+// One browser client per transport. Read each next to its section of docs/PROTOCOL.md.
+//
+// Every client is `async (base, params, rec, signal) => endReason`: it follows one stream
+// from the server at `base`, reports to `rec` (a Tally: requests, bytes, tokens, breaks) and
+// stops when `signal` aborts. It returns when the stream has ended and throws when it gives up.
+
+import {LineSplitter, SSEParser, chunks, nowMs, parseJSON, query, readToken, utf8Length} from "./wire.js";
+
+const MAX_FAILURES = 5;            // reconnects in a row without a new token before giving up
+const LONGPOLL_WAIT_S = 25;        // how long the server may hold a long poll
+const SHORTPOLL_INTERVAL_MS = 100; // how often the short poller asks
+const JSON_BODY = {"Content-Type": "application/json"};
+
+/** A broken connection (reset, closed early, HTTP 5xx): worth reconnecting. fetch() itself
+ *  signals a network failure with a TypeError. */
+class Broken extends Error {}
+const isBroken = (err) => err instanceof Broken || err instanceof TypeError;
+
+const sleep = (ms, signal) => new Promise((resolve, reject) => {
+  const onAbort = () => { clearTimeout(timer); reject(signal.reason); };
+  const timer = setTimeout(() => { signal.removeEventListener("abort", onAbort); resolve(); }, ms);
+  signal.addEventListener("abort", onAbort, {once: true});
+});
+
+/** The reconnect loop of every client that resumes by itself (all but EventSource, which the
+ *  browser reconnects, and one-shot, which cannot): run `attempt` until it returns; when the
+ *  connection breaks, wait (doubling, at least `minDelayMs()`) and run it again. `attempt`
+ *  itself knows how to continue after the last token held. */
+async function resuming(rec, signal, attempt, minDelayMs = () => 0) {
+  for (let failures = 0; ;) {
+    const held = rec.count;
+    try {
+      return await attempt();
+    } catch (err) {
+      if (signal.aborted || !isBroken(err)) throw err;
+      rec.broken(err.message);
+      failures = rec.count > held ? 1 : failures + 1;
+      if (failures > MAX_FAILURES) throw new Error(`gave up after ${MAX_FAILURES} failed reconnects`);
+      await sleep(Math.max(minDelayMs(), 100 * 2 ** (failures - 1)), signal);
+      rec.reconnect();
+    }
+  }
+}
+
+/** Throw the server's JSON error for an unexpected status (5xx: Broken, worth a retry). */
+async function expectStatus(response, status = 200) {
+  if (response.status === status) return;
+  let message = `HTTP ${response.status}`;
+  try { message += `: ${(await response.json()).error.message}`; } catch { /* not our JSON */ }
+  throw response.status >= 500 ? new Broken(message) : new Error(message);
+}
+
+/** One JSON request (a poll, a one-shot answer): the parsed body and when it arrived. */
+async function fetchJSON(rec, url, init, status = 200) {
+  rec.request();
+  const response = await fetch(url, {cache: "no-store", ...init});
+  await expectStatus(response, status);
+  const body = await response.arrayBuffer();
+  const atMs = nowMs();
+  rec.addBytes(body.byteLength);
+  return {...parseJSON(new TextDecoder().decode(body)), atMs};
+}
+
+// --- SSE with EventSource (PROTOCOL.md "sse") -----------------------------------------------
+/** The browser does everything: the request, the parsing, and the reconnect after a broken
+ *  connection, `retry:` ms later, with `Last-Event-ID: <stream>:<seq>` so the server resumes the
+ *  same stream. Our one duty: close it at `data: [DONE]`, or it reconnects for ever (the
+ *  server would answer 204, which finally stops it). */
+export function sseEventSource(base, params, rec, signal) {
+  return new Promise((resolve, reject) => {
+    rec.sent();
+    rec.request();
+    const source = new EventSource(`${base}/sse?${query(params)}`);
+    let held = 0, failures = 0, finished = false;
+    const end = (settle, value) => {
+      source.close();
+      signal.removeEventListener("abort", onAbort);
+      settle(value);
+    };
+    const onAbort = () => end(reject, signal.reason);
+    signal.addEventListener("abort", onAbort);
+    source.onmessage = (event) => {
+      const atMs = nowMs();
+      rec.addBytes(utf8Length(event.data));   // JavaScript only ever sees the data field
+      if (event.data === "[DONE]") {
+        // The answer is complete. The server ends the response right after [DONE], which fires
+        // `error` below; closing there (or 250 ms from now, whichever comes first) lets the
+        // response finish instead of being aborted, and still beats the reconnect timer.
+        finished = true;
+        setTimeout(() => end(resolve, "done"), 250);
+        return;
+      }
+      rec.token(readToken(parseJSON(event.data)), atMs);
+    };
+    source.addEventListener("cancelled", (event) => { rec.endReason = parseJSON(event.data).reason; });
+    source.onerror = () => {
+      if (finished) return end(resolve, "done");
+      if (source.readyState === EventSource.CLOSED) {  // an HTTP error, or the 204 "stop"
+        return rec.count === rec.expected ? end(resolve, "done") : end(reject, new Error("EventSource gave up"));
+      }
+      // CONNECTING: the connection broke, and the browser is already reconnecting by itself.
+      rec.broken("connection lost");
+      failures = rec.count > held ? 1 : failures + 1;
+      held = rec.count;
+      if (failures > MAX_FAILURES) return end(reject, new Error(`gave up after ${MAX_FAILURES} failed reconnects`));
+      rec.reconnect();
+      rec.request();
+    };
+  });
+}
+
+// --- SSE with fetch() and our own parser (PROTOCOL.md "sse", POST) ---------------------------
+/** What the OpenAI SDKs do in a browser: POST the parameters as JSON, read the body with a
+ *  stream reader, parse the event stream ourselves (SSEParser), and after a broken connection
+ *  POST again with the `Last-Event-ID` the parser committed, waiting the server's `retry:`. */
+export function sseFetch(base, params, rec, signal) {
+  let lastEventId = "", retryMs = 0;
+  rec.sent();
+  return resuming(rec, signal, async () => {
+    const headers = {...JSON_BODY, Accept: "text/event-stream"};
+    if (lastEventId) headers["Last-Event-ID"] = lastEventId;  // resume: the body is then ignored
+    rec.request();
+    const response = await fetch(`${base}/sse`, {method: "POST", headers, body: JSON.stringify(params), signal});
+    if (response.status === 204) return "done";  // the stream had ended: nothing after our id
+    await expectStatus(response);
+    const parser = new SSEParser();
+    let ended = false;
+    try {
+      for await (const [bytes, atMs] of chunks(response)) {  // to the end: [DONE] comes last
+        rec.addBytes(bytes.length);
+        for (const event of parser.feed(bytes)) {
+          if (event.data === "[DONE]") ended = true;
+          else if (event.type === "cancelled") rec.endReason = parseJSON(event.data).reason;
+          else rec.token(readToken(parseJSON(event.data)), atMs);
+        }
+      }
+    } finally {
+      lastEventId = parser.lastEventId || lastEventId;
+      retryMs = parser.retry ?? retryMs;
+    }
+    if (ended) return "done";
+    throw new Broken("the event stream ended before [DONE]");
+  }, () => retryMs);
+}
+
+// --- WebSocket (PROTOCOL.md "websocket") ----------------------------------------------------
+/** One upgraded connection; we send `start`, the server sends `started`, `token`s and `done`.
+ *  A close before `done` (1006 when TCP broke) means: open a new WebSocket and send
+ *  `{"type":"resume","stream":ID,"after":SEQ}` with the last seq we hold. */
+export function websocket(base, params, rec, signal) {
+  rec.sent();
+  return resuming(rec, signal, () => new Promise((resolve, reject) => {
+    rec.request();
+    const ws = new WebSocket(`${base.replace(/^http/, "ws")}/ws`);
+    const onAbort = () => { ws.close(1000); reject(signal.reason); };
+    signal.addEventListener("abort", onAbort, {once: true});
+    const settle = (how, value) => { signal.removeEventListener("abort", onAbort); how(value); };
+    ws.onopen = () => ws.send(JSON.stringify(rec.stream
+      ? {type: "resume", stream: rec.stream, after: rec.lastSeq}
+      : {type: "start", ...params}));
+    ws.onmessage = (event) => {
+      const atMs = nowMs();
+      rec.addBytes(utf8Length(event.data));
+      const message = parseJSON(event.data);
+      if (message.type === "token") rec.token(readToken(message), atMs);
+      else if (message.type === "started") rec.stream ||= message.stream;
+      else if (message.type === "done") { ws.close(1000); settle(resolve, message.reason); }
+      else if (message.type === "error") settle(reject, new Error(message.error.message));
+    };
+    // After `done` this is our own close and changes nothing (the promise is settled).
+    ws.onclose = (event) => settle(reject, new Broken(`WebSocket closed (${event.code})`));
+  }));
+}
+
+// --- NDJSON over fetch() (PROTOCOL.md "ndjson") ---------------------------------------------
+/** One chunked response, one JSON object per line; we split the lines ourselves. After a
+ *  broken connection: GET /ndjson?stream=ID&after=SEQ continues the same stream. */
+export function ndjson(base, params, rec, signal) {
+  rec.sent();
+  return resuming(rec, signal, async () => {
+    const url = rec.stream
+      ? `${base}/ndjson?stream=${rec.stream}&after=${rec.lastSeq}`
+      : `${base}/ndjson?${query(params)}`;
+    rec.request();
+    const response = await fetch(url, {signal, cache: "no-store", headers: {Accept: "application/x-ndjson"}});
+    await expectStatus(response);
+    rec.stream ||= response.headers.get("X-Pushlab-Stream") ?? "";
+    const lines = new LineSplitter();
+    let reason = "";
+    for await (const [bytes, atMs] of chunks(response)) {  // to the end: the done line comes last
+      rec.addBytes(bytes.length);
+      for (const line of lines.feed(bytes)) {
+        const item = parseJSON(line);
+        if (item.type === "done") reason = item.reason;
+        else if (item.type === "started") rec.stream ||= item.stream;
+        else rec.token(readToken(item), atMs);
+      }
+    }
+    if (reason) return reason;
+    throw new Broken("the response ended before the done line");
+  });
+}
+
+// --- Long and short polling (PROTOCOL.md "longpoll", "shortpoll") ----------------------------
+/** POST creates the stream; then each GET asks for every token after our cursor. A long poll
+ *  is held by the server until a token exists; a short poll answers at once and we ask again
+ *  `SHORTPOLL_INTERVAL_MS` later. A broken poll is simply asked again with the same cursor. */
+function poller(key, hold) {
+  return async function poll(base, params, rec, signal) {
+    rec.sent();
+    const init = {method: "POST", headers: JSON_BODY, body: JSON.stringify(params), signal};
+    const created = await resuming(rec, signal, () => fetchJSON(rec, `${base}/${key}`, init, 201));
+    rec.stream = created.stream;
+    let cursor = 0;  // the last seq held: each poll asks for what follows it
+    for (;;) {
+      const askedMs = nowMs();
+      const url = `${base}/${key}/${rec.stream}?after=${cursor}` + (hold ? `&wait=${LONGPOLL_WAIT_S}` : "");
+      const batch = await resuming(rec, signal, () => fetchJSON(rec, url, {signal}));
+      for (const token of batch.tokens) rec.token(readToken(token), batch.atMs);
+      cursor = batch.next;
+      if (batch.done) return batch.reason || "done";
+      if (!hold) await sleep(Math.max(0, SHORTPOLL_INTERVAL_MS - (nowMs() - askedMs)), signal);
+    }
+  };
+}
+export const longpoll = poller("longpoll", true);
+export const shortpoll = poller("shortpoll", false);
+
+// --- One-shot (PROTOCOL.md "oneshot") -------------------------------------------------------
+/** The classic request/response: one GET, the whole answer once generation has ended. If the
+ *  connection breaks before then, nothing can be resumed: the stream id would have come in
+ *  the response headers, which had not been sent yet. */
+export async function fetchAnswer(base, params, rec, signal) {
+  rec.sent();
+  try {
+    return await fetchJSON(rec, `${base}/oneshot?${query(params)}`, {signal});
+  } catch (err) {
+    if (signal.aborted || !isBroken(err)) throw err;
+    rec.broken(err.message);
+    throw new Error("connection lost before the answer came; no stream id to resume with");
+  }
+}
+
+export async function oneshot(base, params, rec, signal, answer = fetchAnswer(base, params, rec, signal)) {
+  const batch = await answer;
+  for (const token of batch.tokens) rec.token(readToken(token), batch.atMs);
+  return batch.reason || "done";
+}
+
+// --- The fake typewriter (front end only) ---------------------------------------------------
+/** NOT a streaming transport: it waits for the whole one-shot answer (its own request, or
+ *  `answer` when given one), then types it out with a timer at `rate` tokens per second. It
+ *  looks live, but its first character appears only once the entire answer exists. */
+export async function fakeTypewriter(base, params, rec, signal, answer = fetchAnswer(base, params, rec, signal)) {
+  rec.sent();
+  const batch = await answer;
+  for (const [i, token] of batch.tokens.entries()) {
+    if (i > 0) await sleep(1000 / params.rate, signal);
+    rec.token(readToken(token), nowMs());  // "received" here means typed: it all came at batch.atMs
+  }
+  return batch.reason || "done";
+}
+
+/** Registry: page key -> how to run it and how to label it. */
+export const CLIENTS = {
+  "sse": {run: sseEventSource, title: "SSE · EventSource", how: "GET /sse"},
+  "sse-fetch": {run: sseFetch, title: "SSE · fetch + parser", how: "POST /sse"},
+  "websocket": {run: websocket, title: "WebSocket", how: "GET /ws"},
+  "ndjson": {run: ndjson, title: "NDJSON · fetch", how: "GET /ndjson"},
+  "longpoll": {run: longpoll, title: "Long polling", how: `GET /longpoll/{id}?wait=${LONGPOLL_WAIT_S}`},
+  "shortpoll": {run: shortpoll, title: "Short polling", how: `GET /shortpoll/{id} /${SHORTPOLL_INTERVAL_MS} ms`},
+  "oneshot": {run: oneshot, title: "One-shot", how: "GET /oneshot"},
+  "fake": {run: fakeTypewriter, title: "Fake typewriter", how: "one-shot + a timer"},
+};
+
+/** Run one client to its end; whatever happens is recorded in `rec`, nothing is thrown. */
+export async function runClient(key, base, params, rec, signal, ...extra) {
+  try {
+    rec.finish(await CLIENTS[key].run(base, params, rec, signal, ...extra));
+  } catch (err) {
+    rec.fail(signal.aborted ? (signal.reason ?? err) : err);
+  }
+}
