@@ -10,11 +10,13 @@ network, and for each point runs a warm-up stream and then the measured fleet in
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import itertools
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
+from typing import Any, TypeVar
 
 from clients.base import ClientOptions, Target
 from clients.fleet import FleetPool, FleetSpec, run_fleet, saturated
@@ -25,6 +27,18 @@ from streams.params import GenParams
 from transports.registry import KEYS
 
 WARMUP = GenParams(tokens=5, rate=1000.0, ttft_ms=0.0)
+T = TypeVar("T")
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` to completion from synchronous code, also where an event loop is already
+    running in this thread (a Jupyter kernel): then on a fresh loop in a worker thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pushlab-run") as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +146,7 @@ def run_points(
         for net, group in itertools.groupby(points, key=lambda p: p.net):
             with proxied(direct, net) as target:
                 for point in group:
-                    records = asyncio.run(measure_records(point, target, warmup))
+                    records = run_sync(measure_records(point, target, warmup))
                     parts.append(to_tables(records, condition_keys(run_id, experiment, point)))
                     bar.update()
     return concat(parts)

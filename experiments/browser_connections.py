@@ -19,7 +19,6 @@ table `connections` (one row per stream: n_open, index, transport, ttft_ms, stal
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import math
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import TYPE_CHECKING
 from clients.browser import BrowserSession, browser_tables
 from clients.recorder import StreamRecord, stream_row
 from clients.schema import Tables, concat
-from experiments.bench import server_target
+from experiments.bench import run_sync, server_target
 from streams.params import GenParams
 
 if TYPE_CHECKING:
@@ -135,7 +134,7 @@ async def _measure(spec: Spec, url: str, run_id: str, progress: bool) -> Tables:
 def run(spec: Spec, run_id: str = "", progress: bool = False) -> Tables:
     """Every n for every transport, in one browser context, against one server."""
     with server_target(spec.server) as target:
-        return asyncio.run(_measure(spec, target.url, run_id, progress))
+        return run_sync(_measure(spec, target.url, run_id, progress))
 
 
 def stalled_summary(connections: pd.DataFrame) -> pd.DataFrame:

@@ -19,7 +19,7 @@ from clients.base import ClientOptions, Target
 from clients.http import HTTPClient
 from clients.recorder import StreamRecord, to_tables
 from clients.schema import Tables, concat
-from experiments.bench import Point, condition_keys, measure_records, server_target
+from experiments.bench import Point, condition_keys, measure_records, run_sync, server_target
 from streams.params import GenParams
 from transports.registry import KEYS
 from transports.token import loads
@@ -134,7 +134,7 @@ def run(spec: Spec, run_id: str = "", progress: bool = False) -> Tables:
             args = ("--idle-timeout-s", f"{spec.idle_timeout_s:g}", *POLICIES[policy])
             with server_target(None, args) as target:
                 for _, point in (p for p in todo if p[0] == policy):
-                    records, point_rows = asyncio.run(measure_point(policy, point, target, spec))
+                    records, point_rows = run_sync(measure_point(policy, point, target, spec))
                     parts.append(to_tables(records, condition_keys(run_id, NAME, point)))
                     rows += point_rows
                     bar.update()

@@ -17,7 +17,7 @@ from clients.base import ClientOptions, Target
 from clients.fleet import FleetSpec, run_fleet
 from clients.recorder import StreamRecord, to_tables
 from clients.schema import Tables, concat
-from experiments.bench import Point, condition_keys, server_target
+from experiments.bench import Point, condition_keys, run_sync, server_target
 from netem.nginx import Nginx, NginxSpec
 from streams.params import GenParams
 from transports.registry import KEYS
@@ -88,7 +88,7 @@ def run(spec: Spec, run_id: str = "", progress: bool = False) -> Tables:
             server_target(None, args) as server,
             Nginx(nginx_spec, server.host, server.port) as nginx,
         ):
-            records = asyncio.run(run_variant(points, nginx.target))
+            records = run_sync(run_variant(points, nginx.target))
         parts += [
             to_tables(r, condition_keys(run_id, NAME, p))
             for p, r in zip(points, records, strict=True)

@@ -8,13 +8,12 @@ cannot create namespaces or random drop, the run stops with the reason (never a 
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 
 from clients.base import ClientOptions, Target
 from clients.recorder import to_tables
 from clients.schema import Tables, concat
-from experiments.bench import Point, condition_keys, measure_records
+from experiments.bench import Point, condition_keys, measure_records, run_sync
 from experiments.serverproc import ServerProcess
 from netem.netns import LinkSpec, NetnsLink
 from streams.params import GenParams
@@ -73,7 +72,7 @@ def run(spec: Spec, run_id: str = "", progress: bool = False) -> Tables:
             for point in todo:
                 assert point.sweep is not None
                 link.set_loss(point.sweep[1])
-                records = asyncio.run(measure_records(point, target))
+                records = run_sync(measure_records(point, target))
                 parts.append(to_tables(records, condition_keys(run_id, NAME, point)))
                 bar.update()
         finally:

@@ -12,13 +12,12 @@ emitted - first token emitted): 1 means it streamed as generated, 0 means one bu
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 
 from clients.base import ClientOptions
 from clients.recorder import to_tables
 from clients.schema import Tables, concat
-from experiments.bench import Point, condition_keys, measure_records, server_target
+from experiments.bench import Point, condition_keys, measure_records, run_sync, server_target
 from netem.nginx import MODES, Nginx, server_args_for
 from streams.params import GenParams
 from transports.registry import KEYS
@@ -77,7 +76,7 @@ def run(spec: Spec, run_id: str = "", progress: bool = False) -> Tables:
                 target = nginx.start() if nginx else server
                 try:
                     for point in points(spec, mode):
-                        records = asyncio.run(measure_records(point, target))
+                        records = run_sync(measure_records(point, target))
                         parts.append(to_tables(records, condition_keys(run_id, NAME, point)))
                         bar.update()
                 finally:
