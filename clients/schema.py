@@ -67,7 +67,9 @@ STREAM_COLUMNS: dict[str, str] = {
     "payload_bytes": "int64",  # UTF-8 size of the token texts received, once each
     "segments_up": "int64",  # tcpi_segs_out, -1 when unknown
     "segments_down": "int64",  # tcpi_segs_in, -1 when unknown
-    "retransmits": "int64",  # tcpi_total_retrans over the connections, -1 when unknown
+    # tcpi_total_retrans: segments the CLIENT sent again (the server's own retransmissions
+    # of the token stream are not visible here), -1 when unknown
+    "retransmits": "int64",
     "end_reason": "string",  # done, cancelled, idle (server side), abandoned (client walked away)
     "error": "string",  # empty when the stream completed
 }

@@ -82,11 +82,14 @@ def test_loss_makes_tcp_retransmit_and_still_delivers_everything() -> None:
         tokens=30,
         rate=100.0,
     )
-    streams = loss.run(spec).streams
+    tables = loss.run(spec)
+    streams, tokens = tables.streams, tables.tokens
     clean = streams[streams["sweep_value"] == 0.0]
-    lossy = streams[streams["sweep_value"] == 25.0]
-    assert (clean["retransmits"] == 0).all()
-    assert lossy["retransmits"].sum() > 0
+    assert (clean["retransmits"] == 0).all()  # the client's own: none on a clean link
+    # TCP hides the loss but not its time: a dropped server segment waits at least the
+    # probe timeout (>= 10 ms) before it is sent again, while a clean veth delivers in ~1 ms
+    slowest = tokens.groupby("sweep_value")["latency_ms"].max()
+    assert slowest[25.0] > slowest[0.0] + 5
     assert (streams["lost"] == 0).all() and (streams["error"] == "").all()
 
 
