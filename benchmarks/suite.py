@@ -1,0 +1,263 @@
+"""The benchmarks: each measures pushlab's server against a bare reference in the same run.
+
+Every benchmark runs both servers side by side (idle while the other is measured), warms
+each one up, then repeats its trials `reps` times, alternating which side goes first, so a
+drift of the machine does not favour one side. `measure(names, profile)` returns the trials
+as plain dicts; it prints nothing (progress goes to a callback) and writes nothing.
+
+| name | issue target | what |
+|---|---|---|
+| `raw_ceiling` | context | one unpaced SSE stream: raw asyncio.Protocol vs bare aiohttp |
+| `throughput` | 2 | one unpaced stream per transport: pushlab vs bare aiohttp |
+| `idle_memory` | 5 | RSS per idle SSE / WebSocket connection, fresh server each time |
+| `longpoll` | 6 | server CPU per long-poll request, one token per response |
+| `streams1000` | 1, 3 | 1,000 streams x 20 tokens/s, SSE and WebSocket, per GC policy |
+| `streams5000` | 4 | 5,000 SSE streams x 10 tokens/s, per GC policy |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Iterable, Sequence
+
+from benchmarks.lightfleet import LightPool
+from benchmarks.procs import Server, running, wait_quiet
+from benchmarks.trials import Trial, drink_trial, fleet_trial, idle_trial, light_trial
+from clients.fleet import FleetPool, FleetSpec
+from streams.params import GenParams
+
+PUSHLAB_MAX_RATE = 100_000.0  # the highest `rate` pushlab accepts (docs/PROTOCOL.md)
+UNPACED_RATE = 1e9  # the bare servers take any rate: every token is due at once
+PAIR = ("pushlab", "bare")
+Progress = Callable[[str], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """How big each benchmark is; `FULL` is the default run, `QUICK` a smoke-sized one."""
+
+    name: str = "full"
+    reps: int = 2
+    workers: int = 2  # load-generator processes for the fleets
+    ttft_ms: float = 100.0
+    streams: int = 1000
+    stream_tokens: int = 100
+    stream_rate: float = 20.0
+    stream_stagger_ms: float = 1.0
+    scale_streams: int = 5000
+    scale_tokens: int = 50
+    scale_rate: float = 10.0
+    scale_stagger_ms: float = 0.4
+    throughput_tokens: int = 50_000
+    throughput_reps: int = 5
+    idle_connections: int = 1000
+    poll_streams: int = 200
+    poll_tokens: int = 40
+    poll_rate: float = 10.0
+    poll_stagger_ms: float = 2.5
+    gc_policies: tuple[str, ...] = ("scheduled", "auto")  # for the fleets at scale
+    default_gc: str = "auto"  # for the single-connection, memory and polling benchmarks
+    scale_client: str = "light"  # streams1000/5000: "light" readers or pushlab's "python" ones
+
+
+FULL = Profile()
+QUICK = Profile(
+    name="quick",
+    reps=1,
+    streams=100,
+    stream_tokens=30,
+    scale_streams=300,
+    scale_tokens=20,
+    scale_stagger_ms=1.0,
+    throughput_tokens=20_000,  # CPU time comes in 10 ms ticks: keep each trial >= 60 ms
+    throughput_reps=1,
+    idle_connections=100,
+    poll_streams=20,
+    poll_tokens=10,
+    poll_stagger_ms=5.0,
+    gc_policies=("scheduled",),
+)
+
+
+@dataclasses.dataclass
+class Ctx:
+    """What every benchmark runs with: the profile, the load-generator pools, where progress
+    lines go, and how long to wait for other processes to go quiet before each trial."""
+
+    profile: Profile
+    fleet: FleetPool
+    light: LightPool
+    progress: Progress = print
+    quiet_s: float = 0.0
+
+    def record(self, labels: Trial, measure: Callable[[], Trial]) -> Trial:
+        """Wait for quiet (if asked), run one trial, label it, report it."""
+        background = wait_quiet(self.quiet_s) if self.quiet_s > 0 else math.nan
+        trial = {**labels, **measure(), "background_cores_before": background}
+        self.progress(_line(trial))
+        return trial
+
+
+def _order(sides: Sequence[str], rep: int) -> list[str]:
+    return list(sides) if rep % 2 == 0 else list(reversed(sides))
+
+
+def _label(name: str, side: str, transport: str, policy: str, rep: int, pos: int) -> Trial:
+    """The keys that say which trial a row is."""
+    return {
+        "benchmark": name,
+        "side": side,
+        "transport": transport,
+        "gc": policy,
+        "rep": rep,
+        "position": pos,
+    }
+
+
+def _warm(ctx: Ctx, servers: Iterable[Server], transport: str, client: str) -> None:
+    """A few short streams per server before anything is recorded."""
+    for server in servers:
+        if client == "light":
+            query = {"tokens": 20, "rate": 200.0, "ttft_ms": 0.0}
+            ctx.light.run(server.target, transport, 20, query, 0.0)
+        else:
+            spec = FleetSpec(transport, 20, workers=ctx.fleet.workers, uvloop=True)
+            ctx.fleet.run(spec, server.target, GenParams(tokens=20, rate=200.0, ttft_ms=0.0))
+
+
+def _fleets(
+    ctx: Ctx,
+    name: str,
+    transports: Sequence[str],
+    policies: Sequence[str],
+    shape: tuple[int, GenParams, float],
+    client: str,
+) -> list[Trial]:
+    """`shape` = (clients, params, stagger_ms) for every transport and GC policy."""
+    clients, params, stagger_ms = shape
+    out = []
+    for policy in policies:
+        with running(PAIR, policy) as servers:
+            for transport in transports:
+                _warm(ctx, servers.values(), transport, client)
+                for rep in range(ctx.profile.reps):
+                    for pos, side in enumerate(_order(PAIR, rep)):
+                        server = servers[side]
+                        if client == "light":
+                            args = (ctx.light, server, transport, clients, params, stagger_ms)
+                            run = functools.partial(light_trial, *args)
+                        else:
+                            args2 = (ctx.fleet, server, transport, clients, params, stagger_ms)
+                            run = functools.partial(fleet_trial, *args2)
+                        labels = _label(name, side, transport, policy, rep, pos)
+                        out.append(ctx.record(labels, run))
+    return out
+
+
+def streams1000(ctx: Ctx) -> list[Trial]:
+    p = ctx.profile
+    params = GenParams(tokens=p.stream_tokens, rate=p.stream_rate, ttft_ms=p.ttft_ms)
+    shape = (p.streams, params, p.stream_stagger_ms)
+    transports = ("sse", "websocket")
+    return _fleets(ctx, "streams1000", transports, p.gc_policies, shape, p.scale_client)
+
+
+def streams5000(ctx: Ctx) -> list[Trial]:
+    p = ctx.profile
+    params = GenParams(tokens=p.scale_tokens, rate=p.scale_rate, ttft_ms=p.ttft_ms)
+    shape = (p.scale_streams, params, p.scale_stagger_ms)
+    return _fleets(ctx, "streams5000", ("sse",), p.gc_policies, shape, p.scale_client)
+
+
+def longpoll(ctx: Ctx) -> list[Trial]:
+    """Long polling with pushlab's own client (one token per poll: the poll rate is low)."""
+    p = ctx.profile
+    params = GenParams(tokens=p.poll_tokens, rate=p.poll_rate, ttft_ms=p.ttft_ms)
+    shape = (p.poll_streams, params, p.poll_stagger_ms)
+    return _fleets(ctx, "longpoll", ("longpoll",), (p.default_gc,), shape, "python")
+
+
+def _fastest(side: str) -> float:
+    """The rate that asks `side` for its tokens as fast as it allows."""
+    return PUSHLAB_MAX_RATE if side == "pushlab" else UNPACED_RATE
+
+
+def _drinks(ctx: Ctx, name: str, sides: Sequence[str], transports: Sequence[str]) -> list[Trial]:
+    p, out = ctx.profile, []
+    with running(sides, p.default_gc) as servers:
+        for transport in transports:
+            for side in sides:  # warm-up, not recorded
+                drink_trial(servers[side], transport, 5000, _fastest(side))
+            for rep in range(p.throughput_reps):
+                for pos, side in enumerate(_order(sides, rep)):
+                    args = (servers[side], transport, p.throughput_tokens, _fastest(side))
+                    labels = _label(name, side, transport, p.default_gc, rep, pos)
+                    out.append(ctx.record(labels, functools.partial(drink_trial, *args)))
+    return out
+
+
+def throughput(ctx: Ctx) -> list[Trial]:
+    return _drinks(ctx, "throughput", PAIR, ("sse", "websocket", "ndjson"))
+
+
+def raw_ceiling(ctx: Ctx) -> list[Trial]:
+    return _drinks(ctx, "raw_ceiling", ("raw", "bare"), ("sse",))
+
+
+def idle_memory(ctx: Ctx) -> list[Trial]:
+    p, out = ctx.profile, []
+    for transport in ("sse", "websocket"):
+        for rep in range(p.reps):
+            for pos, side in enumerate(_order(PAIR, rep)):
+                args = (side, p.default_gc, transport, p.idle_connections)
+                labels = _label("idle_memory", side, transport, p.default_gc, rep, pos)
+                out.append(ctx.record(labels, functools.partial(idle_trial, *args)))
+    return out
+
+
+BENCHMARKS: dict[str, Callable[[Ctx], list[Trial]]] = {
+    "raw_ceiling": raw_ceiling,
+    "throughput": throughput,
+    "idle_memory": idle_memory,
+    "longpoll": longpoll,
+    "streams1000": streams1000,
+    "streams5000": streams5000,
+}
+
+
+def measure(
+    names: Sequence[str], profile: Profile, progress: Progress = print, quiet_s: float = 0.0
+) -> list[Trial]:
+    """Every trial of the named benchmarks, in the order of BENCHMARKS. With `quiet_s`, each
+    trial first waits up to that long for other processes to use under 0.25 cores."""
+    unknown = sorted(set(names) - set(BENCHMARKS))
+    if unknown:
+        raise ValueError(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(BENCHMARKS)}")
+    trials: list[Trial] = []
+    with FleetPool(profile.workers) as fleet, LightPool(profile.workers) as light:
+        ctx = Ctx(profile, fleet, light, progress, quiet_s)
+        for name, bench in BENCHMARKS.items():
+            if name in names:
+                trials += bench(ctx)
+    return trials
+
+
+_SHOW = (
+    ("cpu_per_token_us", "{:.1f} us/token"),
+    ("cpu_per_request_us", "{:.0f} us/request"),
+    ("tokens_per_s", "{:,.0f} tokens/s"),
+    ("bytes_per_connection", "{:,.0f} B/conn"),
+    ("delivered_pct", "delivered {:.2f}%"),
+    ("latency_p99_ms", "p99 {:.1f} ms"),
+    ("other_cores", "other load {:.2f} cores"),
+)
+
+
+def _line(t: Trial) -> str:
+    """One progress line for a trial."""
+    head = f"{t['benchmark']:<12} {t['side']:<8} {t['transport']:<9} gc={t['gc']:<9} rep={t['rep']}"
+    skip = "cpu_per_token_us" if t["transport"] == "longpoll" else "cpu_per_request_us"
+    shown = [fmt.format(t[k]) for k, fmt in _SHOW if k in t and k != skip and t[k] == t[k]]
+    return head + "  " + ", ".join(shown)

@@ -1,0 +1,208 @@
+"""From trials to the issue's targets: medians over repetitions, spreads, ratios, verdicts.
+
+Pure functions over the trial dicts of `benchmarks.suite.measure` (or a stored JSON file).
+A target's value is pushlab's median over repetitions (the minimum for "delivered", where
+every repetition must deliver everything), its reference the bare server's, the ratio
+value / reference, and the ratio's range is over the repetitions paired by their index.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+from benchmarks.trials import Trial
+
+OTHER_LOAD_WARN_CORES = 0.25  # other processes busier than this during a trial: say so
+
+
+@dataclasses.dataclass(frozen=True)
+class Goal:
+    """What one target row checks: `on` "ratio" or "value", `op` "<=", "<" or ">="."""
+
+    target: str  # the issue's number, or "context"
+    title: str
+    benchmark: str
+    metric: str
+    unit: str
+    on: str
+    op: str
+    limit: float
+    transports: tuple[str, ...]
+    policies: tuple[str, ...] | None = None  # None: every policy measured
+    agg: str = "median"
+    side: str = "pushlab"
+    reference: str = "bare"
+
+
+S1000 = "{streams:,} streams x {stream_rate:g} tokens/s"
+S5000 = "{scale_streams:,} SSE streams x {scale_rate:g} tokens/s"
+BOTH = ("sse", "websocket")
+GOALS = (
+    Goal("1", f"server CPU per token, {S1000}", "streams1000", "cpu_per_token_us", "us/token",
+         "ratio", "<=", 1.25, BOTH),
+    Goal("2", "single-connection throughput, unpaced", "throughput", "tokens_per_s",
+         "tokens/s", "ratio", ">=", 0.6, ("sse", "websocket", "ndjson")),
+    Goal("3", f"delivered, {S1000}", "streams1000", "delivered_pct", "%",
+         "value", ">=", 100.0, BOTH, agg="min"),
+    Goal("3", f"slowest stream's duration / ideal, {S1000}", "streams1000",
+         "duration_ratio_max", "x", "value", "<=", 1.05, BOTH),
+    Goal("3", f"p99 token latency, {S1000}", "streams1000", "latency_p99_ms", "ms",
+         "value", "<=", 10.0, BOTH),
+    Goal("4", f"delivered, {S5000}", "streams5000", "delivered_pct", "%",
+         "value", ">=", 100.0, ("sse",), agg="min"),
+    Goal("4", f"p99 token latency, {S5000}", "streams5000", "latency_p99_ms", "ms",
+         "value", "<", 100.0, ("sse",)),
+    Goal("5", "idle memory per connection ({idle_connections:,} open)", "idle_memory",
+         "bytes_per_connection", "bytes", "ratio", "<=", 1.2, BOTH),
+    Goal("6", "server CPU per long-poll request", "longpoll", "cpu_per_request_us",
+         "us/request", "ratio", "<=", 1.25, ("longpoll",)),
+    Goal("context", f"p99 lateness against the schedule (client clock), {S1000}",
+         "streams1000", "lateness_p99_ms", "ms", "value", "<=", math.inf, BOTH),
+    Goal("context", f"p99 lateness against the schedule (client clock), {S5000}",
+         "streams5000", "lateness_p99_ms", "ms", "value", "<=", math.inf, ("sse",)),
+    Goal("context", f"slowest stream's duration / ideal, {S5000}", "streams5000",
+         "duration_ratio_max", "x", "value", "<=", math.inf, ("sse",)),
+    Goal("context", "raw asyncio write+drain ceiling (reference: bare aiohttp)", "raw_ceiling",
+         "tokens_per_s", "tokens/s", "ratio", ">=", 0.0, ("sse",), side="raw"),
+)  # fmt: skip
+
+
+def spread(values: Sequence[float], agg: str = "median") -> dict[str, Any]:
+    """The aggregate (`median` or `min`), min, max and count of the finite `values`."""
+    ok = [v for v in values if finite(v)]
+    if not ok:
+        return {"value": math.nan, "min": math.nan, "max": math.nan, "n": 0}
+    value = statistics.median(ok) if agg == "median" else min(ok)
+    return {"value": value, "min": min(ok), "max": max(ok), "n": len(ok)}
+
+
+def _select(trials: Sequence[Trial], **keys: Any) -> list[Trial]:
+    return [t for t in trials if all(t.get(k) == v for k, v in keys.items())]
+
+
+def finite(x: object) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x)
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if finite(a) and finite(b) and b else math.nan
+
+
+def evaluate(goal: Goal, trials: Sequence[Trial], transport: str, policy: str) -> dict[str, Any]:
+    """One target row for `transport` under GC `policy`."""
+    keys = {"benchmark": goal.benchmark, "transport": transport, "gc": policy}
+    ours = _select(trials, side=goal.side, **keys)
+    refs = _select(trials, side=goal.reference, **keys)
+    value = spread([t[goal.metric] for t in ours], goal.agg)
+    ref = spread([t[goal.metric] for t in refs], goal.agg)
+    by_rep = {t["rep"]: t[goal.metric] for t in refs}
+    paired = [_ratio(t[goal.metric], by_rep.get(t["rep"], math.nan)) for t in ours]
+    row: dict[str, Any] = {
+        "target": goal.target,
+        "title": goal.title,
+        "benchmark": goal.benchmark,
+        "transport": transport,
+        "gc": policy,
+        "metric": goal.metric,
+        "unit": goal.unit,
+        "side": goal.side,
+        "value": value,
+        "reference": ref,
+        "ratio": {**spread(paired), "value": _ratio(value["value"], ref["value"])},
+        "goal": "context" if goal.target == "context" else f"{goal.on} {goal.op} {goal.limit:g}",
+        "warnings": warnings(ours + refs),
+        "peak_cores": {
+            "value": spread([t.get("server_cores_peak_1s", math.nan) for t in ours]),
+            "reference": spread([t.get("server_cores_peak_1s", math.nan) for t in refs]),
+        },
+    }
+    return {**row, **verdict(goal, row)}
+
+
+def verdict(goal: Goal, row: dict[str, Any]) -> dict[str, Any]:
+    """`met` (None for context rows) and by how much a missed target was missed."""
+    if goal.target == "context":
+        return {"met": None, "miss": ""}
+    got = row["ratio"]["value"] if goal.on == "ratio" else row["value"]["value"]
+    if not math.isfinite(got):
+        return {"met": False, "miss": "not measured"}
+    met = {"<=": got <= goal.limit, "<": got < goal.limit, ">=": got >= goal.limit}[goal.op]
+    if met:
+        return {"met": True, "miss": ""}
+    over = got - goal.limit
+    pct = 100 * abs(over) / goal.limit if goal.limit else math.inf
+    unit = "x" if goal.on == "ratio" or goal.unit == "x" else f" {goal.unit}"
+    word = "over" if over > 0 else "under"
+    return {"met": False, "miss": f"{abs(over):.3g}{unit} {word} ({pct:.0f}%)"}
+
+
+def warnings(trials: Sequence[Trial]) -> list[str]:
+    """What makes these trials less trustworthy (a saturated load generator or machine, other
+    processes' load, no steady window) or what went wrong (lost tokens, failed streams)."""
+    out = []
+    for t in trials:
+        who = f"{t['side']} rep {t['rep']}"
+        if t.get("client_saturated"):
+            out.append(f"{who}: load generator saturated (a worker >90% CPU)")
+        if t.get("machine_saturated"):
+            out.append(f"{who}: machine saturated ({t['machine_busy_cores_total']:.2f} cores busy)")
+        if (t.get("other_cores") or 0) > OTHER_LOAD_WARN_CORES:
+            out.append(f"{who}: other processes used {t['other_cores']:.2f} cores")
+        if t.get("steady_window") is False:
+            out.append(f"{who}: no moment with every stream open; CPU over the whole trial")
+        if t.get("tokens_lost"):
+            out.append(f"{who}: {t['tokens_lost']} tokens lost")
+        if t.get("stream_errors"):
+            out.append(f"{who}: {t['stream_errors']} streams failed ({t['first_error'][:80]})")
+    return out
+
+
+def targets(trials: Sequence[Trial], profile: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every target row the trials allow, in the issue's order; titles name the sizes the
+    `profile` (a `benchmarks.suite.Profile` as a dict) measured."""
+    rows = []
+    for goal in GOALS:
+        measured = _select(trials, benchmark=goal.benchmark)
+        policies = sorted({t["gc"] for t in measured}, key=lambda p: p != "scheduled")
+        for policy in policies:
+            for transport in goal.transports:
+                if _select(measured, transport=transport, gc=policy):
+                    row = evaluate(goal, trials, transport, policy)
+                    rows.append({**row, "title": goal.title.format(**profile)})
+    return rows
+
+
+SCALE_METRICS = (
+    "cpu_per_token_us", "server_cores", "server_cores_peak_1s", "latency_p50_ms",
+    "latency_p90_ms", "latency_p99_ms", "latency_max_ms", "latency_count", "lateness_p50_ms",
+    "lateness_p99_ms", "duration_ratio_max", "bytes_down_per_token", "client_cpu_max_fraction",
+    "machine_busy_cores_total", "other_cores",
+)  # fmt: skip
+DETAIL_METRICS = {
+    "raw_ceiling": ("tokens_per_s", "cpu_per_token_us", "bytes_down_per_token"),
+    "throughput": ("tokens_per_s", "cpu_per_token_us", "server_cores", "reader_cpu_fraction",
+                   "bytes_down_per_token"),
+    "idle_memory": ("bytes_per_connection", "open_s"),
+    "longpoll": ("cpu_per_request_us", "server_cores", "latency_p50_ms", "latency_p99_ms",
+                 "latency_count", "window_requests", "bytes_down_per_token",
+                 "client_cpu_max_fraction", "other_cores"),
+    "streams1000": SCALE_METRICS,
+    "streams5000": SCALE_METRICS,
+}  # fmt: skip
+
+
+def details(trials: Sequence[Trial]) -> list[dict[str, Any]]:
+    """Per benchmark, side, transport and policy: median [min-max] (n) of its key metrics."""
+    groups = sorted({(t["benchmark"], t["transport"], t["gc"], t["side"]) for t in trials})
+    out = []
+    for bench, transport, policy, side in groups:
+        chosen = _select(trials, benchmark=bench, transport=transport, gc=policy, side=side)
+        metrics = {m: spread([t.get(m, math.nan) for t in chosen]) for m in DETAIL_METRICS[bench]}
+        out.append(
+            {"benchmark": bench, "transport": transport, "gc": policy, "side": side, **metrics}
+        )
+    return out

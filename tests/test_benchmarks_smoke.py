@@ -1,0 +1,94 @@
+"""Smoke tests of the benchmark suite (benchmarks/): it runs, stores what it should, and its
+bare references speak pushlab's wire format. Behaviour only: no timing or ratio is asserted
+here (the speed targets live in benchmarks/README.md, measured by benchmarks/run.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from clients.fleet import FleetSpec, run_fleet
+from clients.recorder import stream_row
+from streams.params import GenParams
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # benchmarks/ is not an installed package: `pytest` from anywhere
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import run, summary  # noqa: E402
+from benchmarks.lightfleet import LightPool  # noqa: E402
+from benchmarks.procs import Server, running  # noqa: E402
+from benchmarks.trials import light_delivery  # noqa: E402
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def test_quick_run_stores_a_complete_result(tmp_path: Path) -> None:
+    out, readme = tmp_path / "result.json", tmp_path / "README.md"
+    argv = ["--quick", "--only", "raw_ceiling", "--out", str(out), "--readme", str(readme)]
+    assert run.main(argv) == 0
+
+    doc = json.loads(out.read_text())
+    assert set(doc) == {"meta", "targets", "details", "trials"}
+    meta = doc["meta"]
+    assert meta["schema"] == run.SCHEMA
+    assert meta["command"] == "python benchmarks/run.py " + " ".join(argv)
+    assert meta["machine"]["cpu_count"] >= 1 and meta["python"]
+    assert meta["packages"]["aiohttp"] and len(meta["code_sha256"]) == 64
+    assert {(t["side"], t["transport"]) for t in doc["trials"]} == {("raw", "sse"), ("bare", "sse")}
+    for trial in doc["trials"]:
+        assert trial["benchmark"] == "raw_ceiling" and trial["tokens_lost"] == 0
+        for key in ("tokens_per_s", "cpu_per_token_us", "bytes_down_per_token", "wall_s"):
+            assert _positive(trial[key]), (key, trial[key])
+    (row,) = doc["targets"]
+    assert row["target"] == "context" and row["met"] is None
+    for key in ("value", "reference", "ratio"):
+        assert _positive(row[key]["value"]) and row[key]["n"] == 1
+    text = readme.read_text()
+    assert meta["command"] in text and "| # | target |" in text
+
+
+@pytest.fixture(scope="module")
+def bare() -> Iterator[Server]:
+    with running(["bare"]) as servers:
+        yield servers["bare"]
+
+
+@pytest.mark.parametrize("transport", ["sse", "websocket", "ndjson", "longpoll"])
+async def test_bare_reference_speaks_pushlabs_wire_format(bare: Server, transport: str) -> None:
+    params = GenParams(tokens=5, rate=200.0, ttft_ms=0.0)
+    records = await run_fleet(FleetSpec(transport, 2), bare.target, params)
+    for rec in records:
+        row = stream_row(rec)
+        assert (row["error"], row["tokens_received"], row["lost"]) == ("", 5, 0)
+        assert row["end_reason"] == "done" and rec.stream_id
+
+
+def test_light_readers_see_every_token(bare: Server) -> None:
+    params = GenParams(tokens=5, rate=200.0, ttft_ms=0.0)
+    query = {"tokens": 5.0, "rate": 200.0, "ttft_ms": 0.0}
+    with LightPool(2) as pool:
+        for transport in ("sse", "websocket"):
+            records, stats = pool.run(bare.target, transport, 3, query, 1.0)
+            result = light_delivery(records, params)
+            assert (result["streams"], result["tokens_lost"], result["stream_errors"]) == (3, 0, 0)
+            assert result["delivered_pct"] == 100.0 and len(stats) == 2
+
+
+def test_a_missed_ratio_target_says_by_how_much() -> None:
+    goal = summary.GOALS[0]  # ratio <= 1.25
+    trials = [
+        {"benchmark": goal.benchmark, "side": side, "transport": "sse", "gc": "auto", "rep": 0,
+         goal.metric: value}
+        for side, value in (("pushlab", 30.0), ("bare", 20.0))
+    ]  # fmt: skip
+    row = summary.evaluate(goal, trials, "sse", "auto")
+    assert row["ratio"]["value"] == 1.5 and row["met"] is False
+    assert row["miss"] == "0.25x over (20%)"
