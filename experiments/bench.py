@@ -99,6 +99,16 @@ def condition_keys(run_id: str, experiment: str, point: Point) -> dict[str, obje
     }
 
 
+def warmed_fleet(pool: FleetPool, target: Target, transport: str, n: int, ramp_s: float,
+                 uvloop: bool, options: ClientOptions) -> FleetSpec:  # fmt: skip
+    """The fleet of `n` clients ramped over `ramp_s`, after a warm-up of up to 10 of them."""
+    fleet = FleetSpec(
+        transport, n, stagger_ms=ramp_s * 1e3 / n, workers=pool.workers, uvloop=uvloop
+    )
+    pool.run(dataclasses.replace(fleet, clients=min(n, 10), stagger_ms=0), target, WARMUP, options)
+    return fleet
+
+
 def measure_in_pool(
     point: Point, target: Target, pool: FleetPool, uvloop: bool
 ) -> list[StreamRecord]:

@@ -14,11 +14,11 @@ import threading
 import time
 
 from clients.base import ClientOptions
-from clients.fleet import FleetPool, FleetSpec
+from clients.fleet import FleetPool
 from clients.recorder import StreamRecord, to_tables
 from clients.schema import Tables, concat
 from experiments import procstat
-from experiments.bench import WARMUP, Point, condition_keys
+from experiments.bench import Point, condition_keys, warmed_fleet
 from experiments.sampler import Sampler
 from experiments.serverproc import ServerProcess
 from streams.params import GenParams
@@ -53,15 +53,7 @@ def measure_point(
     target = server.start()
     result: list[list[StreamRecord]] = []
     try:
-        fleet = FleetSpec(
-            transport, n, stagger_ms=spec.ramp_s * 1e3 / n, workers=spec.workers, uvloop=spec.uvloop
-        )
-        pool.run(
-            dataclasses.replace(fleet, clients=min(n, 10), stagger_ms=0),
-            target,
-            WARMUP,
-            spec.options,
-        )
+        fleet = warmed_fleet(pool, target, transport, n, spec.ramp_s, spec.uvloop, spec.options)
         time.sleep(0.2)
         base = procstat.sample(server.pid)
         runner = threading.Thread(

@@ -15,11 +15,11 @@ import dataclasses
 import time
 
 from clients.base import ClientOptions
-from clients.fleet import FleetPool, FleetSpec, saturated
+from clients.fleet import FleetPool, saturated
 from clients.recorder import measuring, to_tables
 from clients.schema import Tables, concat
 from experiments import procstat
-from experiments.bench import WARMUP, Point, condition_keys
+from experiments.bench import Point, condition_keys, warmed_fleet
 from experiments.sampler import Sampler, read_stats
 from experiments.serverproc import ServerProcess
 from streams.params import GenParams
@@ -64,15 +64,7 @@ def measure_point(
     server = ServerProcess(args)
     target = server.start()
     try:
-        fleet = FleetSpec(
-            transport, n, stagger_ms=spec.ramp_s * 1e3 / n, workers=spec.workers, uvloop=spec.uvloop
-        )
-        pool.run(
-            dataclasses.replace(fleet, clients=min(n, 10), stagger_ms=0),
-            target,
-            WARMUP,
-            spec.options,
-        )
+        fleet = warmed_fleet(pool, target, transport, n, spec.ramp_s, spec.uvloop, spec.options)
         base = procstat.sample(server.pid)
         stats0 = read_stats(target)
         started = time.monotonic()
