@@ -78,8 +78,10 @@ def test_loss_makes_tcp_retransmit_and_still_delivers_everything() -> None:
     spec = dataclasses.replace(
         loss.quick(loss.Spec()),
         transports=("sse", "websocket"),
-        losses_pct=(0.0, 25.0),
-        tokens=30,
+        # 10% like the experiment's highest: at 25% a run of lost SYNs (retried after 1, 3,
+        # 7 s) can outlast the stream timeout, which is real but not deterministic
+        losses_pct=(0.0, 10.0),
+        tokens=40,
         rate=100.0,
     )
     tables = loss.run(spec)
@@ -89,7 +91,7 @@ def test_loss_makes_tcp_retransmit_and_still_delivers_everything() -> None:
     # TCP hides the loss but not its time: a dropped server segment waits at least the
     # probe timeout (>= 10 ms) before it is sent again, while a clean veth delivers in ~1 ms
     slowest = tokens.groupby("sweep_value")["latency_ms"].max()
-    assert slowest[25.0] > slowest[0.0] + 5
+    assert slowest[10.0] > slowest[0.0] + 5
     assert (streams["lost"] == 0).all() and (streams["error"] == "").all()
 
 
