@@ -6,15 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from experiments import facts, store
-from experiments.suite import expand
+from experiments import facts
+from experiments.suite import load_runs
 
 if TYPE_CHECKING:
     import pandas as pd
 
 
 def headline(path: Path) -> pd.DataFrame:
-    return facts.collect(store.load(d) for d in expand([path]))
+    return facts.collect(load_runs([path]))
 
 
 def compare(a: Path, b: Path) -> pd.DataFrame:

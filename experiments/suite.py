@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from clients.schema import Tables
-from streams.errors import PushlabError
+from streams.errors import ParamError, PushlabError
 
 SUITE = ("latency", "rtt", "reconnect", "cancel", "proxy", "idle-timeout", "loss", "scale",
          "idle", "relay")  # fmt: skip
@@ -81,7 +81,7 @@ def report_from(run_dirs: list[Path], out: Path | None = None) -> Path:
     """A report over runs already stored (each a run folder, or a suite folder of them)."""
     from experiments import meta, store
 
-    runs = [store.load(d) for d in expand(run_dirs)]
+    runs = load_runs(run_dirs)
     suite_dir = out or store.results_root() / meta.new_run_id("report", dt.datetime.now(dt.UTC))
     return write_report(suite_dir, runs)
 
@@ -95,6 +95,16 @@ def expand(paths: list[Path]) -> list[Path]:
         else:
             found = sorted(p.parent for p in path.glob("*/meta.json"))
             if not found:
-                raise PushlabError(f"{path}: neither a stored run nor a suite of them", param="run")
+                raise ParamError(f"{path}: neither a stored run nor a suite of them", param="run")
             out += found
     return out
+
+
+def load_runs(paths: list[Path]) -> list[Any]:
+    """The stored runs under `paths`; a folder that is not one is a ParamError (CLI: exit 2)."""
+    from experiments import store
+
+    try:
+        return [store.load(d) for d in expand(paths)]
+    except ValueError as exc:  # missing file, other schema, unreadable meta: say which
+        raise ParamError(str(exc), param="run") from None

@@ -127,3 +127,18 @@ def test_run_set_rejects_unknown_fields_and_bad_values(
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and needle in err
+
+
+@pytest.mark.parametrize("command", ["report", "compare"])
+def test_report_and_compare_reject_folders_that_are_not_runs(
+    command: str, tmp_path: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "broken"  # type: ignore[operator]
+    broken.mkdir()
+    (broken / "meta.json").write_text("{}")
+    argv = [command, str(broken)] + ([str(tmp_path / "nothing")] if command == "compare" else [])  # type: ignore[operator]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "schema_version" in err
