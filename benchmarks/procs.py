@@ -1,8 +1,8 @@
 """The servers a benchmark compares, and what the machine does while they run.
 
 Each server is a child process on 127.0.0.1, started and stopped by its own pid
-(`experiments.serverproc`). `Sampler` records, from a thread, the server's CPU time and RSS
-(`experiments.procstat`) and the whole machine's busy time (/proc/stat) every few tens of
+(`harness.children`). `Sampler` records, from a thread, the server's CPU time and RSS
+(`harness.procstat`) and the whole machine's busy time (/proc/stat) every few tens of
 milliseconds, so a trial can pick its steady window afterwards and see how much CPU other
 processes took meanwhile.
 """
@@ -18,8 +18,8 @@ import time
 from collections.abc import Iterator, Sequence
 
 from clients.base import Target
-from experiments import procstat
-from experiments.serverproc import READY_PREFIX, ROOT, ChildProcess, ServerProcess
+from harness import procstat
+from harness.children import READY_PREFIX, ROOT, ChildProcess, ServerProcess
 
 BARE_PY = ROOT / "benchmarks" / "bare.py"
 SIDES = ("pushlab", "bare", "raw")  # pushlab's server.py, bare aiohttp, raw asyncio.Protocol

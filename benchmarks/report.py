@@ -208,7 +208,7 @@ METHOD = """## How it is measured
   seq and emit time with one regular expression per socket read (20-25 us per token,
   mostly the read itself), stamp the read's time as pushlab's clients do, and check that
   every seq 1..N arrived once.
-- Server CPU comes from /proc (`experiments.procstat`), sampled every 50 ms from a thread;
+- Server CPU comes from /proc (`harness.procstat`), sampled every 50 ms from a thread;
   per token it is taken over the steady window (from the last stream's first token to the
   first stream's last token) and divided by the tokens emitted in that window (their
   `t_emit_ns`); per long-poll request, by the polls that delivered a token in it.

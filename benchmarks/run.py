@@ -33,7 +33,7 @@ if str(ROOT) not in sys.path:  # run as a script: `python benchmarks/run.py`
 
 from benchmarks import report, suite, summary  # noqa: E402
 from benchmarks.procs import wait_quiet  # noqa: E402
-from experiments.meta import machine_info, package_version  # noqa: E402
+from records.meta import machine_info, package_version  # noqa: E402
 
 SCHEMA = "pushlab-benchmarks/1"
 PACKAGES = ("aiohttp", "uvloop", "websockets", "h11", "numpy", "pandas")

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from analysis.stats import percentiles
 from benchmarks import sink
 from benchmarks.lightfleet import LightPool, LightRecord, LightWorkerStats
 from benchmarks.procs import (
@@ -36,7 +37,6 @@ from benchmarks.procs import (
 from clients.base import ClientOptions
 from clients.fleet import SATURATED_CPU_FRACTION, FleetPool, FleetSpec, WorkerStats
 from clients.recorder import StreamRecord, stream_row
-from experiments.stats import percentiles
 from streams.params import GenParams
 
 Trial = dict[str, Any]

@@ -52,7 +52,7 @@ from urllib.parse import urlsplit
 from clients.base import Target
 from clients.net import ConnStats
 from clients.recorder import StreamRecord, to_tables
-from clients.schema import Tables
+from records.schema import Tables
 from streams.params import GenParams
 from transports.token import TokenRecord, loads
 

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from clients.net import ConnStats
-from clients.schema import STREAM_COLUMNS, TOKEN_COLUMNS, Tables, conform
+from records.schema import STREAM_COLUMNS, TOKEN_COLUMNS, Tables, conform
 from transports.token import TokenRecord
 
 if TYPE_CHECKING:

@@ -26,14 +26,14 @@ from typing import TYPE_CHECKING
 
 from clients.browser import BrowserSession, browser_tables
 from clients.recorder import StreamRecord, stream_row
-from clients.schema import Tables, concat
-from experiments.bench import run_sync, server_target
+from experiments.engine import run_sync, server_target
+from records.schema import Tables, concat
 from streams.params import GenParams
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from experiments.charts import RunLike
+    from presentation.charts import RunLike
 
 NAME = "browser-connections"
 SUMMARY = "Chromium: EventSource streams beyond 6 per origin stall; WebSockets do not"
@@ -152,7 +152,7 @@ def stalled_summary(connections: pd.DataFrame) -> pd.DataFrame:
 
 def connections_chart(run_dir: RunLike) -> list[Path]:
     """`browser_connections.png`: each stream of each n, in start order: in time or stalled."""
-    from experiments.charts import _as_run, _figure, _save, colour
+    from presentation.charts import _as_run, _figure, _save, colour
 
     run = _as_run(run_dir)
     table = run.extra.get("connections")

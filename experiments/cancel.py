@@ -18,8 +18,8 @@ import time
 from clients.base import ClientOptions, Target
 from clients.http import HTTPClient
 from clients.recorder import StreamRecord, to_tables
-from clients.schema import Tables, concat
-from experiments.bench import Point, condition_keys, measure_records, run_sync, server_target
+from experiments.engine import Point, condition_keys, measure_records, run_sync, server_target
+from records.schema import Tables, concat
 from streams.params import GenParams
 from transports.registry import KEYS
 from transports.token import loads

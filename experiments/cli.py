@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from clients.base import ClientOptions, Target
-from clients.schema import Tables
 from experiments.suite import MODULES, experiment_module, save_run
+from records.schema import Tables
 from streams.errors import ParamError
 from streams.params import CORPORA, ENVELOPES, GenParams, parse_params
 from transports.registry import TRANSPORTS, parse_keys
@@ -154,7 +154,8 @@ def _server_url(text: str | None) -> str | None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from experiments import bench, meta
+    from experiments import engine as bench
+    from records import meta
 
     spec = bench.BenchSpec(
         transports=args.transport,
@@ -184,7 +185,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from experiments import meta
+    from records import meta
 
     module = experiment_module(args.experiment)
     spec = module.Spec()
@@ -243,7 +244,7 @@ EXPERIMENTS = MODULES  # name -> module path, one registry (experiments/suite.py
 
 
 def _root() -> Path:
-    from experiments import store
+    from records import store
 
     return store.results_root()
 
@@ -263,7 +264,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from experiments.compare import compare
+    from presentation.compare import compare
 
     table = compare(args.a, args.b)
     if table.empty:
@@ -298,7 +299,7 @@ def cmd_serve(argv: list[str]) -> int:
 
 
 def _print_summary(tables: Tables) -> None:
-    from experiments.report import headline
+    from presentation.markdown import headline
 
     head = headline(tables.streams, tables.tokens)
     with _pandas_wide():

@@ -16,11 +16,11 @@ import time
 from clients.base import ClientOptions
 from clients.fleet import FleetPool
 from clients.recorder import StreamRecord, to_tables
-from clients.schema import Tables, concat
-from experiments import procstat
-from experiments.bench import Point, condition_keys, warmed_fleet
-from experiments.sampler import Sampler
-from experiments.serverproc import ServerProcess
+from experiments.engine import Point, condition_keys, warmed_fleet
+from harness import procstat
+from harness.children import ServerProcess
+from harness.sampler import Sampler
+from records.schema import Tables, concat
 from streams.params import GenParams
 
 NAME = "idle"

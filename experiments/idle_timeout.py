@@ -16,9 +16,9 @@ import dataclasses
 from clients.base import ClientOptions, Target
 from clients.fleet import FleetSpec, run_fleet
 from clients.recorder import StreamRecord, to_tables
-from clients.schema import Tables, concat
-from experiments.bench import Point, condition_keys, run_sync, server_target
+from experiments.engine import Point, condition_keys, run_sync, server_target
 from netem.nginx import Nginx, NginxSpec
+from records.schema import Tables, concat
 from streams.params import GenParams
 from transports.registry import KEYS
 

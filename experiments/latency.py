@@ -11,8 +11,8 @@ import dataclasses
 import itertools
 
 from clients.base import ClientOptions
-from clients.schema import Tables
-from experiments.bench import Point, run_points
+from experiments.engine import Point, run_points
+from records.schema import Tables
 from streams.params import GenParams
 from transports.registry import KEYS
 

@@ -12,10 +12,10 @@ import dataclasses
 
 from clients.base import ClientOptions, Target
 from clients.recorder import to_tables
-from clients.schema import Tables, concat
-from experiments.bench import Point, condition_keys, measure_records, run_sync
-from experiments.serverproc import ServerProcess
+from experiments.engine import Point, condition_keys, measure_records, run_sync
+from harness.children import ServerProcess
 from netem.netns import LinkSpec, NetnsLink
+from records.schema import Tables, concat
 from streams.params import GenParams
 from transports.registry import KEYS
 

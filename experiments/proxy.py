@@ -16,9 +16,9 @@ import dataclasses
 
 from clients.base import ClientOptions
 from clients.recorder import to_tables
-from clients.schema import Tables, concat
-from experiments.bench import Point, condition_keys, measure_records, run_sync, server_target
+from experiments.engine import Point, condition_keys, measure_records, run_sync, server_target
 from netem.nginx import MODES, Nginx, server_args_for
+from records.schema import Tables, concat
 from streams.params import GenParams
 from transports.registry import KEYS
 

@@ -15,9 +15,9 @@ import json
 from collections.abc import Iterator
 
 from clients.base import ClientOptions
-from clients.schema import Tables
-from experiments.bench import Point, run_points
-from experiments.serverproc import ServerProcess
+from experiments.engine import Point, run_points
+from harness.children import ServerProcess
+from records.schema import Tables
 from streams.params import GenParams
 from transports.registry import KEYS
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 
 from clients.base import ClientOptions
-from clients.schema import Tables
-from experiments.bench import Point, run_points
+from experiments.engine import Point, run_points
+from records.schema import Tables
 from streams.params import GenParams
 from transports.registry import KEYS
 

@@ -13,7 +13,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from clients.schema import Tables
+from records.schema import Tables
 from streams.errors import ParamError, PushlabError
 
 SUITE = ("latency", "rtt", "reconnect", "cancel", "proxy", "idle-timeout", "loss", "scale",
@@ -31,13 +31,13 @@ def experiment_module(name: str) -> Any:
 def save_run(tables: Tables, experiment: str, spec: object, run_id: str, started: dt.datetime,
              out_dir: Path, charts: bool = True) -> Path:  # fmt: skip
     """Store the tables with metadata, then draw charts and the run's report from the files."""
-    from experiments import meta, store
+    from records import meta, store
 
     spec_dict = dataclasses.asdict(spec) if dataclasses.is_dataclass(spec) else dict(vars(spec))  # type: ignore[arg-type]
     store.save(tables, meta.collect_meta(experiment, spec_dict, run_id, started), out_dir)
     if charts:
-        from experiments import charts as charts_mod
-        from experiments import report
+        from presentation import charts as charts_mod
+        from presentation import markdown as report
 
         charts_mod.draw_all(out_dir)
         report.write_markdown(out_dir)
@@ -47,7 +47,7 @@ def save_run(tables: Tables, experiment: str, spec: object, run_id: str, started
 def run_suite(names: tuple[str, ...] = SUITE, *, quick: bool = True, out: Path | None = None,
               progress: bool = False) -> Path:  # fmt: skip
     """Run each experiment, store it, and write the suite report; the report.html path."""
-    from experiments import meta, store
+    from records import meta, store
 
     started = dt.datetime.now(dt.UTC)
     suite_id = meta.new_run_id("suite", started)
@@ -70,7 +70,7 @@ def run_suite(names: tuple[str, ...] = SUITE, *, quick: bool = True, out: Path |
 
 
 def write_report(suite_dir: Path, runs: list[Any], skipped: dict[str, str] | None = None) -> Path:
-    from experiments import htmlreport
+    from presentation import html as htmlreport
 
     suite_dir.mkdir(parents=True, exist_ok=True)
     html_path, _ = htmlreport.write(suite_dir, runs, skipped or {})
@@ -79,7 +79,7 @@ def write_report(suite_dir: Path, runs: list[Any], skipped: dict[str, str] | Non
 
 def report_from(run_dirs: list[Path], out: Path | None = None) -> Path:
     """A report over runs already stored (each a run folder, or a suite folder of them)."""
-    from experiments import meta, store
+    from records import meta, store
 
     runs = load_runs(run_dirs)
     suite_dir = out or store.results_root() / meta.new_run_id("report", dt.datetime.now(dt.UTC))
@@ -102,7 +102,7 @@ def expand(paths: list[Path]) -> list[Path]:
 
 def load_runs(paths: list[Path]) -> list[Any]:
     """The stored runs under `paths`; a folder that is not one is a ParamError (CLI: exit 2)."""
-    from experiments import store
+    from records import store
 
     try:
         return [store.load(d) for d in expand(paths)]

@@ -27,8 +27,9 @@ from clients.browser import (
     run_browser_fleet,
     ws_frame_bytes,
 )
-from experiments import browser_connections, store
-from experiments.serverproc import READY_PREFIX, ROOT, ChildProcess
+from experiments import browser_connections
+from harness.children import READY_PREFIX, ROOT, ChildProcess
+from records import store
 from server import make_app
 from streams.generator import texts
 from streams.params import GenParams

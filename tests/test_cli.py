@@ -9,9 +9,9 @@ import sys
 import pandas as pd
 import pytest
 
-from clients.schema import STREAM_COLUMNS, TOKEN_COLUMNS
 from experiments.cli import main
-from experiments.serverproc import running_server
+from harness.children import running_server
+from records.schema import STREAM_COLUMNS, TOKEN_COLUMNS
 from transports.registry import KEYS
 
 

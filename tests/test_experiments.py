@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from experiments import cancel, idle_timeout, loss, proxy, reconnect, rtt
-from experiments.charts_net import arrival_spread_table
 from experiments.cli import main
+from presentation.charts_net import arrival_spread_table
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from experiments.cli import main
-from experiments.serverproc import ServerProcess
+from harness.children import ServerProcess
 from netem.conditions import parse_net
 from netem.proxy import FaultProxy
 from tests.conftest import UNIT

@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 
 import netem.nginx as nginx_mod
-from experiments.serverproc import ServerProcess
+from harness.children import ServerProcess
 from netem.nginx import (
     MODES,
     NOT_INSTALLED,

@@ -8,7 +8,7 @@ import json
 import openai
 import pytest
 
-from experiments.serverproc import ServerProcess
+from harness.children import ServerProcess
 from streams.generator import texts
 from streams.params import GenParams
 from tests.conftest import UNIT

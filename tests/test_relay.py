@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from clients.fleet import FleetSpec, run_fleet
-from experiments.serverproc import SERVER_PY, ServerProcess
+from harness.children import SERVER_PY, ServerProcess
 from streams.generator import texts
 from streams.params import GenParams
 from tests.conftest import UNIT

@@ -9,9 +9,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from experiments import facts, store, suite
-from experiments.compare import compare
-from experiments.matrix import FAIR, GOOD, NA, POOR, RULES, matrix
+from analysis import facts
+from analysis.matrix import FAIR, GOOD, NA, POOR, RULES, matrix
+from experiments import suite
+from presentation.compare import compare
+from records import store
 from tests.test_browser_util import chromium_page
 
 

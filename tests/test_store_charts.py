@@ -15,8 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clients.schema import SCHEMA_VERSION, STREAM_COLUMNS, TOKEN_COLUMNS, Tables, conform
-from experiments import charts, meta, report, stats, store
+from analysis import stats
+from presentation import charts
+from presentation import markdown as report
+from records import meta, store
+from records.schema import SCHEMA_VERSION, STREAM_COLUMNS, TOKEN_COLUMNS, Tables, conform
 
 TRANSPORTS = ("sse", "websocket", "longpoll")
 RATES_HZ = (10.0, 50.0)

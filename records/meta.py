@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from clients.schema import SCHEMA_VERSION
+from records.schema import SCHEMA_VERSION
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("aiohttp", "websockets", "h11", "pandas", "pyarrow", "matplotlib", "uvloop")

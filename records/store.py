@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clients.schema import SCHEMA_VERSION, STREAM_COLUMNS, TOKEN_COLUMNS, Tables, conform
+from records.schema import SCHEMA_VERSION, STREAM_COLUMNS, TOKEN_COLUMNS, Tables, conform
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from experiments import charts, charts_net, stats, store
+from analysis import stats
+from presentation import charts, charts_net
+from records import store
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -197,7 +199,7 @@ def _charts_section(run_dir: Path) -> str:
         if (run_dir / name).is_file()
     ]
     if not present:
-        return "## Charts\n\nNo charts drawn (run `experiments.charts.draw_all`)."
+        return "## Charts\n\nNo charts drawn (run `presentation.charts.draw_all`)."
     return "## Charts\n\n" + "\n\n".join(f"### {c}\n\n![{c}]({n})" for n, c in present)
 
 

@@ -21,8 +21,8 @@ from typing import Any, TypeVar
 from clients.base import ClientOptions, Target
 from clients.fleet import FleetPool, FleetSpec, run_fleet, saturated
 from clients.recorder import StreamRecord, measuring, to_tables
-from clients.schema import Tables, concat
-from experiments.serverproc import ServerProcess, proxied
+from harness.children import ServerProcess, proxied
+from records.schema import Tables, concat
 from streams.params import GenParams
 from transports.registry import KEYS
 

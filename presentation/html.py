@@ -16,15 +16,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from experiments import facts as facts_mod
-from experiments.charts_net import CAPTIONS as NET_CAPTIONS
-from experiments.matrix import RULES, matrix
-from experiments.report import CHART_CAPTIONS
+from analysis import facts as facts_mod
+from analysis.matrix import RULES, matrix
+from presentation.charts_net import CAPTIONS as NET_CAPTIONS
+from presentation.markdown import CHART_CAPTIONS
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from experiments.store import StoredRun
+    from records.store import StoredRun
 
 CAPTIONS = {**CHART_CAPTIONS, **NET_CAPTIONS}
 STYLE = """

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from experiments import stats
-from experiments.charts import (
+from analysis import stats
+from presentation.charts import (
     LATENCY_FLOOR_MS,
     RunLike,
     _as_run,
@@ -22,7 +22,7 @@ from experiments.charts import (
 if TYPE_CHECKING:
     import pandas as pd
 
-    from experiments.store import StoredRun
+    from records.store import StoredRun
 
 CAPTIONS: dict[str, str] = {
     "idle.png": "Server memory per idle connection",

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from experiments import stats, store
+from analysis import stats
+from records import store
 
 if TYPE_CHECKING:
     import pandas as pd

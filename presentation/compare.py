@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from experiments import facts
+from analysis import facts
 from experiments.suite import load_runs
 
 if TYPE_CHECKING:

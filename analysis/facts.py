@@ -16,7 +16,7 @@ from transports.registry import KEYS
 if TYPE_CHECKING:
     import pandas as pd
 
-    from experiments.store import StoredRun
+    from records.store import StoredRun
 
 # figure -> (unit, meaning), in headline order
 FIGURES: dict[str, tuple[str, str]] = {
@@ -86,7 +86,7 @@ def _loss(run: StoredRun) -> dict[str, dict[str, float]]:
 
 
 def _proxy(run: StoredRun) -> dict[str, dict[str, float]]:
-    from experiments.charts_net import arrival_spread_table
+    from presentation.charts_net import arrival_spread_table
 
     spread = arrival_spread_table(run.tokens)
     behind = spread[spread["condition"] != "direct"]

@@ -10,7 +10,7 @@ import urllib.request
 from typing import Any
 
 from clients.base import Target
-from experiments import procstat
+from harness import procstat
 
 
 def read_stats(target: Target, timeout_s: float = 2.0) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Analysis of stored runs: statistics with counts, headline facts, the recommendation matrix."""

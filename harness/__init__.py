@@ -1,0 +1,1 @@
+"""Running things: child processes (started, awaited, stopped by pid), /proc readings, sampling."""

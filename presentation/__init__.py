@@ -1,0 +1,1 @@
+"""Presentation: charts, the Markdown and HTML reports, compare. Reads stored runs only."""
