@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system run test lint clean
+.PHONY: setup system run test test-fast lint clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,10 @@ run: setup
 
 test: setup system lint
 	$(PY) -m pytest
+
+# The fast lane: every room, without the tests marked slow (see README.md).
+test-fast: setup system lint
+	$(PY) -m pytest -m "not slow"
 
 lint: setup
 	$(VENV)/bin/ruff check .

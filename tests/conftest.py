@@ -1,36 +1,21 @@
 """Shared fixtures: a real pushlab server on 127.0.0.1 inside the test's event loop.
 
-Every timeout in the tests is a multiple of UNIT (env PUSHLAB_TEST_UNIT, default 1.0), so a
-slow machine scales them all at once.
+Fixtures only: what test modules import (UNIT, Served, the wait-until helpers) lives in
+`tests/support.py`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
 
 from clients.base import Target
 from server import make_app
+from tests.support import Served, ServeFactory
 from transports.web.common import ServerConfig
-
-UNIT = float(os.environ.get("PUSHLAB_TEST_UNIT", "1.0"))
-
-
-@dataclasses.dataclass
-class Served:
-    target: Target
-    app: web.Application
-
-    @property
-    def url(self) -> str:
-        return self.target.url
-
-
-ServeFactory = Callable[..., Awaitable[Served]]
 
 
 @pytest.fixture

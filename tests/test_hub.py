@@ -10,7 +10,7 @@ from streams.errors import StreamLimitError, StreamNotFound
 from streams.generator import texts
 from streams.hub import CANCELLED, DONE, Hub
 from streams.params import GenParams
-from tests.conftest import UNIT
+from tests.support import UNIT, wait_until_async
 from transports.token import encode_token
 
 FAST = GenParams(tokens=8, rate=1000.0, ttft_ms=0.0, seed=2)
@@ -54,12 +54,14 @@ async def test_wait_beyond_times_out_without_a_token(hub: Hub) -> None:
 async def test_cancel_stops_generation_and_wakes_readers(hub: Hub) -> None:
     stream = hub.create(GenParams(tokens=1000, rate=50.0, ttft_ms=0.0))
     waiter = asyncio.create_task(stream.wait_beyond(10_000))
-    await asyncio.sleep(0.05 * UNIT)
+    await wait_until_async(lambda: stream.last_seq >= 2, what="the stream has emitted 2 tokens")
+    next_token = stream._timer  # tokens are emitted only by this chain of loop timers
     hub.cancel(stream.id)
     async with asyncio.timeout(2 * UNIT):
         assert await waiter is True
     emitted = stream.last_seq
-    await asyncio.sleep(0.1 * UNIT)
+    # no token can ever follow, shown by the chain being cut rather than by a quiet pause
+    assert next_token is not None and next_token.cancelled() and stream._timer is None
     assert stream.state == CANCELLED and stream.last_seq == emitted < 1000
     assert hub.statistics().streams_cancelled == 1
 

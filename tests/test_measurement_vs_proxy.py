@@ -18,7 +18,7 @@ from experiments.cli import main
 from harness.children import ServerProcess
 from netem.conditions import parse_net
 from netem.proxy import FaultProxy
-from tests.conftest import UNIT
+from tests.support import UNIT
 from transports.registry import KEYS
 
 BENCH = ["--clients", "1", "--tokens", "8", "--rate", "100", "--ttft-ms", "0",
@@ -51,12 +51,13 @@ async def test_kernel_byte_counts_agree_with_the_proxy_per_stream(
     assert (streams["bytes_source"] == "kernel").all()
     # transports run one after another, one connection per stream, so the proxy's
     # connections in start order are the streams in table order
-    assert list(streams["tcp_connections"]) == [1] * len(KEYS) and len(conns) == len(KEYS)
+    assert list(streams["connections"]) == [1] * len(KEYS) and len(conns) == len(KEYS)
     for row, conn in zip(streams.itertuples(), conns, strict=True):
         assert abs(row.bytes_down - conn.bytes_down) <= 0.01 * conn.bytes_down, row.transport
         assert abs(row.bytes_up - conn.bytes_up) <= 0.01 * conn.bytes_up, row.transport
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("delay_ms", [40])
 async def test_an_injected_one_way_delay_shows_up_in_token_latency(
     server: ServerProcess, tmp_path: Path, delay_ms: int

@@ -20,7 +20,7 @@ import pytest
 
 from netem import netns
 from netem.netns import Capabilities, LinkSpec, NetnsError, NetnsLink
-from tests.conftest import UNIT
+from tests.support import UNIT, wait_until
 
 pytestmark = [
     pytest.mark.skipif(sys.platform != "linux" or os.geteuid() != 0, reason="needs Linux and root"),
@@ -150,6 +150,7 @@ def test_echo_server_in_namespace_round_trips() -> None:
             assert sock.getsockname()[0] == link.client_host
 
 
+@pytest.mark.slow
 def test_loss_is_repaired_by_tcp_and_counted() -> None:
     payload = _payload(300_000)
     with NetnsLink() as link:
@@ -239,9 +240,7 @@ def test_cleanup_stale_removes_dead_pid_namespace() -> None:
         _ip("link", "add", host_if, "type", "veth", "peer", "name", "veth0", "netns", name)
         _ip("link", "set", "dev", host_if, "alias", name)
         orphan = subprocess.Popen(["ip", "netns", "exec", name, "sleep", "600"])
-        deadline = time.monotonic() + 5 * UNIT
-        while not _ip("netns", "pids", name).split() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: _ip("netns", "pids", name).split(), what=f"a process lives in {name}")
         with NetnsLink() as alive:
             removed = netns.cleanup_stale()
             assert alive.name not in removed and alive.host_if not in removed

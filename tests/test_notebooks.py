@@ -23,11 +23,13 @@ from jupyter_client.kernelspec import KernelSpecManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
+from tests.support import UNIT
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "experiments" / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 KERNEL = "python3"
-CELL_TIMEOUT_S = 120
+CELL_TIMEOUT_S = int(120 * UNIT)
 NEEDS_ROOT = {"loss.ipynb"}  # network namespaces and nftables
 # A quantity in prose: a number with a unit. Measured values belong in code cells' output.
 QUANTITY = re.compile(r"(?<![\w.])\d+(?:\.\d+)?\s?(?:ms|s|us|µs|%|x|KiB|MiB|kB|bytes)(?!\w)")
@@ -77,6 +79,7 @@ def test_notebook_shape(path: Path) -> None:
             assert not QUANTITY.findall(prose), (path.name, QUANTITY.findall(prose), prose)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(CELL_TIMEOUT_S * 3)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

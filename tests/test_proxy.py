@@ -7,7 +7,6 @@ tolerances (scheduler slack, not the asked-for values) scale with UNIT too.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import socket
 import statistics
@@ -31,8 +30,8 @@ from netem.conditions import (
     parse_net,
 )
 from netem.proxy import FaultProxy, main
+from tests.support import UNIT, wait_until_async
 
-UNIT = float(os.environ.get("PUSHLAB_TEST_UNIT", "1.0"))
 pytestmark = pytest.mark.timeout(UNIT * 20)
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -190,9 +189,12 @@ async def test_clients_resetting_at_once_are_counted_not_raised() -> None:
                 await loop.sock_connect(sock, ("127.0.0.1", proxy.port))
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             await asyncio.sleep(0.001 * (i % 3))
+        await wait_until_async(
+            lambda: proxy.statistics().connections_total >= 20,
+            timeout_units=2,
+            what="the proxy has counted all 20 connections",
+        )
         async with asyncio.timeout(UNIT * 2):
-            while proxy.statistics().connections_total < 20:
-                await asyncio.sleep(0.005)
             await proxy.wait_idle()
         stats = proxy.statistics()
     assert (stats.connections_open, stats.resets) == (0, 20)
@@ -472,9 +474,11 @@ async def test_aclose_closes_live_connections_and_leaves_no_task() -> None:
         clients = [await connect(proxy.port) for _ in range(3)]
         for _, writer in clients:
             writer.write(b"in flight")
-        async with asyncio.timeout(UNIT * 2):
-            while proxy.statistics().bytes_up_received < 3 * len(b"in flight"):
-                await asyncio.sleep(0.005)
+        await wait_until_async(
+            lambda: proxy.statistics().bytes_up_received >= 3 * len(b"in flight"),
+            timeout_units=2,
+            what="the proxy has received what the 3 clients sent",
+        )
         assert proxy.statistics().connections_open == 3
         await proxy.aclose()
         stats = proxy.statistics()

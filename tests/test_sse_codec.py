@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import transports.sse
+from tests.support import UNIT
 from transports.sse import (
     DONE,
     Event,
@@ -544,7 +545,7 @@ def test_importing_module_loads_no_io_framework() -> None:
         f"print(sorted(m for m in sys.modules if m.split('.')[0] in {sorted(FORBIDDEN)!r}))\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60 * UNIT
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
