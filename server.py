@@ -8,7 +8,6 @@ control routes and `GET /stats`; `main()` runs it.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import gc
@@ -24,7 +23,7 @@ from aiohttp import web
 
 from streams.errors import ParamError
 from streams.hub import Hub
-from streams.upstream import DEFAULT_PROMPT, Upstream, UpstreamConfig
+from streams.upstream import DEFAULT_PROMPT, UpstreamConfig
 from transports.registry import TRANSPORTS
 from transports.token import encode_token
 from transports.web import page, poll
@@ -37,20 +36,20 @@ from transports.web.common import (
     error_middleware,
     json_response,
 )
+from transports.web.config import GC_FULL_INTERVAL_S, build_parser, config_from_args
+from transports.web.upstream import Upstream
+
+__all__ = ["build_parser", "config_from_args", "main", "make_app", "serve"]
 
 LOOP_LAG = web.AppKey("loop_lag", dict)
 LAG_INTERVAL_S = 0.1
-GC_FULL_INTERVAL_S = 30.0  # "scheduled" policy: one full collection this often, no other
 
 
 async def _hub_context(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     upstream = None
     if config.upstream:
-        upstream = Upstream(UpstreamConfig(
-            config.upstream, config.upstream_model, config.upstream_key_env,
-            config.upstream_prompt or DEFAULT_PROMPT, config.upstream_extra,
-        ))  # fmt: skip
+        upstream = Upstream(_upstream_config(config))
         await upstream.start()
     hub = Hub(
         encode_token,
@@ -166,116 +165,6 @@ def make_app(config: ServerConfig | None = None) -> web.Application:
     return app
 
 
-def build_parser() -> argparse.ArgumentParser:
-    d = ServerConfig()
-    p = argparse.ArgumentParser(
-        prog="pushlab serve", description="Serve every transport on one port."
-    )
-    p.add_argument("--host", default=d.host, help="address to listen on (default %(default)s)")
-    p.add_argument(
-        "--port", type=int, default=d.port, help="TCP port, 0 = any free one (default %(default)s)"
-    )
-    p.add_argument(
-        "--heartbeat-s",
-        type=float,
-        default=d.heartbeat_s,
-        help="seconds of silence before an SSE/NDJSON keep-alive; 0 = never (default %(default)s)",
-    )
-    p.add_argument(
-        "--retry-ms",
-        type=int,
-        default=d.retry_ms,
-        help="SSE reconnection delay sent as retry: (default %(default)s ms)",
-    )
-    p.add_argument(
-        "--retention-s",
-        type=float,
-        default=d.retention_s,
-        help="seconds a finished stream stays resumable (default %(default)s)",
-    )
-    p.add_argument(
-        "--idle-timeout-s",
-        type=float,
-        default=d.idle_timeout_s,
-        help="seconds a running stream may go unread before it is cancelled (default %(default)s)",
-    )
-    p.add_argument(
-        "--max-streams",
-        type=int,
-        default=d.max_streams,
-        help="streams held at once before new ones get 503 (default %(default)s)",
-    )
-    p.add_argument("--ws-compress", action="store_true", help="accept WebSocket permessage-deflate")
-    p.add_argument(
-        "--cancel-on-disconnect",
-        action="store_true",
-        help="stop a stream when its SSE/NDJSON/WebSocket reader disconnects "
-        "(no resume); default: keep generating until --idle-timeout-s",
-    )
-    p.add_argument(
-        "--no-accel-header",
-        action="store_true",
-        help="do not send 'X-Accel-Buffering: no' (lets nginx buffer)",
-    )
-    p.add_argument("--uvloop", action="store_true", help="run on uvloop")
-    p.add_argument(
-        "--upstream",
-        metavar="URL",
-        default="",
-        help="relay a real model: an OpenAI-compatible base URL ending in /v1 "
-        "(llama.cpp, vLLM, Ollama, a hosted API, another pushlab)",
-    )
-    p.add_argument(
-        "--upstream-key-env",
-        metavar="NAME",
-        default="",
-        help="environment variable holding the upstream's API key",
-    )
-    p.add_argument(
-        "--upstream-model",
-        default=d.upstream_model,
-        help="model name sent upstream (default %(default)s)",
-    )
-    p.add_argument(
-        "--upstream-prompt", default="", help="prompt for streams started without chat messages"
-    )
-    p.add_argument(
-        "--upstream-extra",
-        metavar="JSON",
-        default="",
-        help="extra request fields for the upstream, as a JSON object",
-    )
-    p.add_argument(
-        "--gc",
-        choices=("auto", "scheduled"),
-        default=d.gc,
-        help="garbage collector policy: CPython's own, or none but a full collection "
-        f"every {GC_FULL_INTERVAL_S:g} s (default %(default)s)",
-    )
-    return p
-
-
-def config_from_args(args: argparse.Namespace) -> ServerConfig:
-    return ServerConfig(
-        host=args.host,
-        port=args.port,
-        heartbeat_s=args.heartbeat_s,
-        retry_ms=args.retry_ms,
-        retention_s=args.retention_s,
-        idle_timeout_s=args.idle_timeout_s,
-        max_streams=args.max_streams,
-        ws_compress=args.ws_compress,
-        cancel_on_disconnect=args.cancel_on_disconnect,
-        gc=args.gc,
-        upstream=args.upstream,
-        upstream_key_env=args.upstream_key_env,
-        upstream_model=args.upstream_model,
-        upstream_prompt=args.upstream_prompt,
-        upstream_extra=args.upstream_extra,
-        accel_buffering_header=not args.no_accel_header,
-    )
-
-
 async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> None:
     """Serve until cancelled or SIGINT/SIGTERM; prints the URL once listening."""
     runner = web.AppRunner(make_app(config), handler_cancellation=True, access_log=None)
@@ -297,24 +186,29 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> Non
         await runner.cleanup()
 
 
+def _upstream_config(config: ServerConfig) -> UpstreamConfig:
+    prompt = config.upstream_prompt or DEFAULT_PROMPT
+    return UpstreamConfig(config.upstream, config.upstream_model, config.upstream_key_env,
+                          prompt, config.upstream_extra)  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.upstream:  # check the relay's settings now: a one-line error, not a traceback
+    config = config_from_args(build_parser().parse_args(argv))
+    if config.upstream:  # check the relay's settings now: a one-line error, not a traceback
         try:
-            Upstream(UpstreamConfig(args.upstream, args.upstream_model, args.upstream_key_env,
-                                    extra=args.upstream_extra))  # fmt: skip
+            Upstream(_upstream_config(config))
         except ParamError as exc:
             print(f"pushlab serve: {exc.message}", file=sys.stderr)
             return 2
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:  # thousands of connections need thousands of descriptors
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    if args.uvloop:
+    if config.uvloop:
         import uvloop
 
         uvloop.install()
     try:
-        asyncio.run(serve(config_from_args(args)))
+        asyncio.run(serve(config))
     except OSError as exc:
         print(f"pushlab serve: {exc.strerror or exc}", file=sys.stderr)
         return 1

@@ -6,11 +6,14 @@
     ├── StreamLimitError    the hub holds as many streams as allowed -> HTTP 503
     ├── ProtocolError       bytes from the peer break a wire format (client side)
     │   └── SSEError        an event stream that cannot be interpreted
-    └── TransportError      a client could not complete a stream (connect, HTTP status, close)
+    ├── TransportError      a client could not complete a stream (connect, HTTP status, close)
+    ├── EnvironmentUnavailable  this machine lacks what a run needs (nginx, network
+    │                       namespaces, Chromium): the one error the suite skips an experiment for
+    └── ChildStartError     a child process we started (server, proxy) did not become ready
 
 Server handlers turn the first three into JSON error bodies
-`{"error": {"message", "type", "param"}}`; clients record the last two in the
-`error` column of the streams table.
+`{"error": {"message", "type", "param"}}` (built by transports/errors.py); clients record
+the last two in the `error` column of the streams table.
 """
 
 from __future__ import annotations
@@ -26,10 +29,6 @@ class PushlabError(Exception):
         super().__init__(message)
         self.message = message
         self.param = param
-
-    def to_json(self) -> dict[str, dict[str, str | None]]:
-        """The wire form shared by every HTTP endpoint and WebSocket `error` message."""
-        return {"error": {"message": self.message, "type": self.type, "param": self.param}}
 
 
 class ParamError(PushlabError):
@@ -74,3 +73,23 @@ class TransportError(PushlabError):
     def __init__(self, message: str, *, param: str | None = None, retryable: bool = True) -> None:
         super().__init__(message, param=param)
         self.retryable = retryable
+
+
+class EnvironmentUnavailable(PushlabError):
+    """This machine lacks something a run needs: a binary (nginx, Chromium), a kernel feature
+    (network namespaces, nftables), or the permission to use it.
+
+    The suite skips an experiment for this error alone and says why; any other exception is a
+    bug and fails the run with its traceback (a bug filed under "this machine cannot" hides).
+    """
+
+    type = "environment_unavailable"
+
+
+class ChildStartError(PushlabError):
+    """A child process we started did not print its ready line in time, or exited first.
+
+    Not `EnvironmentUnavailable`: the machine has what the child needs, the child failed.
+    """
+
+    type = "child_start_error"

@@ -15,7 +15,10 @@ stream nobody has listened to for `idle_timeout_s` (a client that vanished), and
 finished stream `retention_s` after it finished (after which a resume gets StreamNotFound).
 
 `payload` is the token as its wire object (compact JSON), encoded once by the injected
-`encode` function so that every transport and every reader shares the same bytes.
+`encode` function so that every transport and every reader shares the same bytes. A stream
+may bring its own encoder (/v1 encodes its chunks there, once, instead of the envelope it
+would not use), or `no_payload` when its reader uses only the texts: such a stream cannot be
+read through another transport (`Hub.readable`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import NamedTuple
 
-from streams.errors import PushlabError, StreamLimitError, StreamNotFound
+from streams.errors import ParamError, PushlabError, StreamLimitError, StreamNotFound
 from streams.generator import Plan, plan
 from streams.params import GenParams
 
@@ -38,6 +41,11 @@ Encoder = Callable[[str, int, int, str, GenParams], bytes]
 Source = Callable[[GenParams, "list[dict[str, object]] | None"], AsyncIterator[str]]
 
 RUNNING, DONE, CANCELLED = "running", "done", "cancelled"
+
+
+def no_payload(stream_id: str, seq: int, t_emit_ns: int, text: str, params: GenParams) -> bytes:
+    """The encoder of a stream whose one reader needs the texts only (a whole /v1 answer)."""
+    return b""
 
 
 class Token(NamedTuple):
@@ -71,9 +79,12 @@ def _expire(fut: asyncio.Future[bool]) -> None:
 class Stream:
     """One generation's log and state; the producer appends, any number of readers follow."""
 
-    def __init__(self, stream_id: str, params: GenParams, plan_: Plan, now_s: float) -> None:
+    def __init__(
+        self, stream_id: str, params: GenParams, plan_: Plan, now_s: float, encode: Encoder
+    ) -> None:
         self.id = stream_id
         self.params = params
+        self.encode = encode
         self.plan = plan_
         self.log: list[Token] = []
         self.state = RUNNING
@@ -201,15 +212,26 @@ class Hub:
             await asyncio.gather(self._reaper, return_exceptions=True)
         self._reaper = None
 
-    def create(self, params: GenParams, messages: list[dict[str, object]] | None = None) -> Stream:
+    def create(
+        self,
+        params: GenParams,
+        messages: list[dict[str, object]] | None = None,
+        *,
+        encode: Encoder | None = None,
+    ) -> Stream:
         """Start a new stream generating `params` (or relaying the upstream source, with
-        `messages` as the prompt when given); raises StreamLimitError when full."""
+        `messages` as the prompt when given), its payloads made by `encode` (default: the
+        hub's); raises StreamLimitError when full."""
         if len(self._streams) >= self.max_streams:
             raise StreamLimitError(f"the server holds {self.max_streams} streams already")
         stream_id = secrets.token_hex(6)
         relay = self._source is not None
         stream = Stream(
-            stream_id, params, Plan((), ()) if relay else plan(params), time.monotonic()
+            stream_id,
+            params,
+            Plan((), ()) if relay else plan(params),
+            time.monotonic(),
+            encode or self._encode,
         )
         self._streams[stream_id] = stream
         self._counts["created"] += 1
@@ -230,7 +252,7 @@ class Hub:
             async for text in texts:
                 seq += 1
                 t_emit_ns = self._clock_ns()
-                payload = self._encode(stream.id, seq, t_emit_ns, text, stream.params)
+                payload = stream.encode(stream.id, seq, t_emit_ns, text, stream.params)
                 stream._append(Token(seq, t_emit_ns, text, payload))
                 self._tokens_emitted += 1
                 if seq >= stream.params.tokens:
@@ -251,6 +273,14 @@ class Hub:
                 f"no stream '{stream_id}' (unknown or expired)", param="stream"
             ) from None
 
+    def readable(self, stream_id: str) -> Stream:
+        """`get` for a reader that frames the payloads (a resume); ParamError when the stream
+        has none (a whole /v1 answer, which only /v1 reads)."""
+        stream = self.get(stream_id)
+        if stream.encode is no_payload:
+            raise ParamError(f"stream '{stream_id}' can only be read at /v1", param="stream")
+        return stream
+
     def cancel(self, stream_id: str, reason: str = "cancelled") -> Stream:
         """Stop generating `stream_id` now; readers see the end with state `cancelled`."""
         stream = self.get(stream_id)
@@ -270,7 +300,7 @@ class Hub:
 
         A chain of loop timers rather than a task per stream: one callback per token, no
         coroutine switch, and cancelling is cancelling the pending timer."""
-        plan_, params, encode = stream.plan, stream.params, self._encode
+        plan_, params, encode = stream.plan, stream.params, stream.encode
         n = len(plan_.texts)
         now = loop.time()
         while i < n and start + plan_.offsets_ns[i] / 1e9 <= now:

@@ -39,6 +39,10 @@ class GenParams:
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def duration_s(self) -> float:
+        """How long the stream takes on schedule: the first token's delay plus tokens / rate."""
+        return self.ttft_ms / 1e3 + self.tokens / self.rate
+
     def as_query(self) -> dict[str, str]:
         """The parameters as query-string values that `parse_params` reads back unchanged."""
         return {k: _format(v) for k, v in self.as_dict().items()}

@@ -21,8 +21,11 @@ from transports.token import TokenRecord, decode_token, encode_token
 
 ROOT = Path(__file__).resolve().parents[1]
 CODECS = sorted(
-    {t.codec for t in TRANSPORTS.values()} | {"transports.token", "transports.registry"}
+    {t.codec for t in TRANSPORTS.values()}
+    | {"transports.token", "transports.registry", "transports.errors"}
+    | {"transports.web.config"}  # not a codec, but the harness imports it: no aiohttp either
 )
+STREAMS = sorted(f"streams.{p.stem}" for p in (ROOT / "streams").glob("*.py"))
 
 
 @pytest.mark.parametrize("module", CODECS)
@@ -30,6 +33,19 @@ def test_codecs_import_neither_asyncio_nor_aiohttp(module: str) -> None:
     code = (
         f"import sys, {module}; "
         "bad = sorted(m for m in ('asyncio', 'aiohttp') if m in sys.modules); print(','.join(bad))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "", f"{module} pulls in {out.stdout.strip()}"
+
+
+@pytest.mark.parametrize("module", STREAMS)
+def test_streams_import_only_the_stdlib_and_streams(module: str) -> None:
+    code = (
+        f"import sys; before = set(sys.modules); import {module}; "
+        "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
+        "print(','.join(sorted(new - set(sys.stdlib_module_names) - {'streams'})))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True

@@ -11,7 +11,8 @@ import pytest
 from harness.children import ServerProcess
 from streams.generator import texts
 from streams.params import GenParams
-from tests.conftest import UNIT
+from tests.support import UNIT
+from transports.web.config import ServerConfig
 
 PROMPT = "Why do chat answers stream token by token?"
 MESSAGES = [{"role": "user", "content": PROMPT}]
@@ -24,7 +25,8 @@ def expected(tokens: int = 12, seed: int = 3, text: str = "en") -> str:
 
 @pytest.fixture(scope="module")
 def server() -> ServerProcess:
-    proc = ServerProcess(["--heartbeat-s", "0.05"])  # comment heartbeats must not trip the SDK
+    # comment heartbeats must not trip the SDK
+    proc = ServerProcess(config=ServerConfig(heartbeat_s=0.05))
     proc.start()
     yield proc  # type: ignore[misc]
     proc.stop()

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
+from pathlib import Path
 
 import aiohttp
 import pytest
 
 from clients.fleet import FleetSpec, run_fleet
 from streams.params import GenParams
-from tests.conftest import UNIT, Served
+from tests.support import UNIT, Served
 
+ROOT = Path(__file__).resolve().parents[1]
 STREAMING_GETS = ["/sse", "/ndjson", "/oneshot"]
 CREATES = [("GET", p) for p in STREAMING_GETS] + [
     ("POST", p) for p in (*STREAMING_GETS, "/longpoll", "/shortpoll")
@@ -177,3 +180,36 @@ async def test_server_keeps_serving_everyone_else_during_bad_input(served: Serve
             run_fleet(FleetSpec("sse", 3), served.target, params), abuse()
         )
     assert all(r.error == "" and len(r.texts) == 30 for r in good)
+
+
+SERVER_SIDE = [ROOT / "server.py", *sorted((ROOT / "transports").rglob("*.py")),
+               *sorted((ROOT / "streams").glob("*.py"))]  # fmt: skip
+
+
+def test_only_transports_errors_builds_an_error_body() -> None:
+    """Every JSON error body goes through transports/errors.py: no other server-side module
+    writes an `{"error": ...}` object literal."""
+    builders = []
+    for path in SERVER_SIDE:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Dict) and any(
+                isinstance(k, ast.Constant) and k.value == "error" for k in node.keys
+            ):
+                builders.append(str(path.relative_to(ROOT)))
+    assert builders == ["transports/errors.py"] * 2  # pushlab's shape and OpenAI's
+
+
+async def test_a_whole_v1_answer_cannot_be_read_through_another_transport(
+    served: Served,
+) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "tokens": 3,
+            "rate": 1000}  # fmt: skip
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{served.url}/v1/chat/completions", json=body) as resp:
+            assert resp.status == 200
+            stream = (await resp.json())["id"].removeprefix("chatcmpl-")
+        async with http.get(f"{served.url}/sse?stream={stream}") as resp:
+            assert resp.status == 400  # its hub log has no payloads to frame (texts only)
+            assert_error_shape(await resp.json(), "stream")
+        async with http.get(f"{served.url}/streams/{stream}") as resp:
+            assert resp.status == 200 and (await resp.json())["tokens_emitted"] == 3

@@ -1,6 +1,8 @@
 """OpenAI Chat Completions surface (sans-I/O): request validation and the exact bytes of
 `chat.completion` and `chat.completion.chunk`, so the official SDKs work unchanged against
-`base_url=http://HOST:PORT/v1`.
+`base_url=http://HOST:PORT/v1`. It is the one chunk codec: `encode_chunk` makes every chunk
+(/v1's, and transports/token.py's openai envelope), `decode_chunk`/`ChunkDecoder` read every
+chunk (the envelope, the /v1 client, the relay reading an upstream model).
 
     POST /v1/chat/completions   {"model", "messages", "stream", "stream_options":
                                  {"include_usage"}, "max_tokens" | "max_completion_tokens",
@@ -19,12 +21,14 @@ empty data, which the SDK would try to parse as JSON.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-from streams.errors import ParamError
+from streams.errors import ParamError, ProtocolError
 from streams.params import PARAM_NAMES, GenParams, parse_params
-from transports.token import dumps
+from transports.errors import openai_error_body
+from transports.sse import DONE, SSEParser
+from transports.token import TokenRecord, dumps, loads
 
 MODELS = ("pushlab-synthetic",)
 # OpenAI request fields accepted and ignored (they change nothing in a synthetic answer)
@@ -109,39 +113,142 @@ def parse_request(body: object) -> ChatRequest:
     return ChatRequest(model, stream, include_usage, max_tokens, params, prompt_tokens)
 
 
+CHUNK_OBJECT = "chat.completion.chunk"
+
+
+def completion_id(stream_id: str) -> str:
+    """The `id` of every chunk (and of the whole completion) of the answer `stream_id`."""
+    return f"chatcmpl-{stream_id}"
+
+
+def token_choice(text: str, first: bool) -> dict[str, Any]:
+    """One token's choice; the first delta of an answer also names the role."""
+    delta = {"role": "assistant", "content": text} if first else {"content": text}
+    return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+
+
+def finish_choice(reason: str) -> dict[str, Any]:
+    return {"index": 0, "delta": {}, "logprobs": None, "finish_reason": reason}
+
+
+def encode_chunk(chunk_id: str, created_s: int, model: str, choices: list[dict[str, Any]], *,
+                 fingerprint: bool = True, pushlab: dict[str, Any] | None = None,
+                 usage_field: bool = False,
+                 usage: dict[str, int] | None = None) -> bytes:  # fmt: skip
+    """The one `chat.completion.chunk` encoder: compact JSON, keys in this order: id, object,
+    created, model, [system_fingerprint], choices, [pushlab], [usage when `usage_field`]."""
+    chunk: dict[str, Any] = {"id": chunk_id, "object": CHUNK_OBJECT, "created": created_s,
+                             "model": model}  # fmt: skip
+    if fingerprint:
+        chunk["system_fingerprint"] = None
+    chunk["choices"] = choices
+    if pushlab is not None:
+        chunk["pushlab"] = pushlab
+    if usage_field:
+        chunk["usage"] = usage
+    return dumps(chunk)
+
+
+def envelope_chunk(stream_id: str, seq: int, t_emit_ns: int, text: str) -> bytes:
+    """Envelope "openai" of transports/token.py: a chunk without `system_fingerprint` or
+    `usage`, `created` from the emit time (its bytes predate /v1's and are kept as they were)."""
+    meta = {"stream": stream_id, "seq": seq, "t_emit_ns": t_emit_ns}
+    choices = [token_choice(text, seq == 1)]
+    created_s = t_emit_ns // 1_000_000_000
+    return encode_chunk(
+        completion_id(stream_id), created_s, MODELS[0], choices, fingerprint=False, pushlab=meta
+    )
+
+
+def event(chunk: bytes) -> bytes:
+    """A chunk as the SSE event /v1 sends: a `data:` line, no `id:` (see the docstring)."""
+    return b"data: " + chunk + b"\n\n"
+
+
 class ChunkEncoder:
-    """The bytes of one streamed answer's chunks (each a complete SSE `data:` event)."""
+    """One streamed /v1 answer's chunks. Called as the hub's encoder for the answer's stream
+    (so each token's chunk is encoded once, by the hub, and /v1 only frames it)."""
 
-    def __init__(self, request: ChatRequest, completion_id: str, created_s: int) -> None:
+    def __init__(self, request: ChatRequest, created_s: int) -> None:
         self.request = request
-        self.head = {"id": completion_id, "object": "chat.completion.chunk", "created": created_s,
-                     "model": request.model, "system_fingerprint": None}  # fmt: skip
-        self.sent = 0
+        self.created_s = created_s
 
-    def _event(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
-        chunk = {**self.head, "choices": choices, **extra}
-        if self.request.include_usage and "usage" not in extra:
-            chunk["usage"] = None
-        return b"data: " + dumps(chunk) + b"\n\n"
-
-    def token(self, text: str, stream: str, seq: int, t_emit_ns: int) -> bytes:
-        """One token's chunk; `pushlab` carries stream, seq and emit time (SDKs ignore it)."""
-        delta = {"role": "assistant", "content": text} if self.sent == 0 else {"content": text}
-        self.sent += 1
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
-        return self._event([choice], pushlab={"stream": stream, "seq": seq, "t_emit_ns": t_emit_ns})
+    def __call__(self, stream_id: str, seq: int, t_emit_ns: int, text: str,
+                 params: GenParams) -> bytes:  # fmt: skip
+        """One token's chunk (`pushlab` carries stream, seq and emit time; SDKs ignore it)."""
+        return encode_chunk(completion_id(stream_id), self.created_s, self.request.model,
+                            [token_choice(text, seq == 1)],
+                            pushlab={"stream": stream_id, "seq": seq, "t_emit_ns": t_emit_ns},
+                            usage_field=self.request.include_usage)  # fmt: skip
 
     def error(self, message: str) -> bytes:
         """A stream that cannot finish: OpenAI streams an `error` object, then nothing."""
-        body = {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
-        return b"data: " + dumps(body) + b"\n\n"
+        return event(dumps(openai_error_body(message, "server_error")))
 
-    def finish(self, reason: str) -> bytes:
+    def finish(self, stream_id: str, reason: str, completion_tokens: int) -> bytes:
         """The closing chunk, the usage chunk when asked for, and [DONE]."""
-        out = self._event([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": reason}])
-        if self.request.include_usage:
-            out += self._event([], usage=usage(self.request, self.sent))
-        return out + b"data: [DONE]\n\n"
+        head = (completion_id(stream_id), self.created_s, self.request.model)
+        include = self.request.include_usage
+        out = event(encode_chunk(*head, [finish_choice(reason)], usage_field=include))
+        if include:
+            used = usage(self.request, completion_tokens)
+            out += event(encode_chunk(*head, [], usage_field=True, usage=used))
+        return out + DONE
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Chunk:
+    """One decoded chunk: the deltas' contents, the finish reason, the token, or an error."""
+
+    contents: tuple[str, ...] = ()  # each choice's delta.content that is not null, in order
+    finish_reason: str | None = None  # the last choice's non-null finish_reason
+    token: TokenRecord | None = None  # the `pushlab` field + the first choice's content
+    error: str | None = None  # a streamed `error` object's message
+    usage: dict[str, Any] | None = None
+
+
+def decode_chunk(obj: object) -> Chunk:
+    """Read a chunk (ours or any OpenAI-compatible server's); ProtocolError if it is none."""
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"not a chat completion chunk: {str(obj)[:120]}")
+    try:
+        err = obj.get("error")
+        if err is not None:
+            return Chunk(error=str(err.get("message") if isinstance(err, dict) else err))
+        choices = obj.get("choices") or []  # [] in the usage chunk
+        contents, reason = [], None
+        for choice in choices:
+            content = (choice.get("delta") or {}).get("content")
+            if content is not None:
+                contents.append(str(content))
+            reason = choice.get("finish_reason") or reason
+        token = None
+        if "pushlab" in obj and choices:
+            meta, text = obj["pushlab"], choices[0]["delta"].get("content") or ""
+            token = TokenRecord(meta["stream"], int(meta["seq"]), int(meta["t_emit_ns"]), text)
+        return Chunk(tuple(contents), reason, token, None, obj.get("usage"))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ProtocolError(f"malformed chat completion chunk: {str(obj)[:120]}") from exc
+
+
+class ChunkDecoder:
+    """A streamed answer's bytes in, its chunks out, however the bytes are split; `done` once
+    `data: [DONE]` arrived (what follows it is ignored)."""
+
+    def __init__(self) -> None:
+        self._sse = SSEParser()
+        self.done = False
+
+    def feed(self, data: bytes) -> Iterator[Chunk]:
+        """The chunks completed by `data`, decoded one at a time as they are taken, so the
+        chunks before a malformed one are read before its ProtocolError is raised."""
+        for ev in self._sse.feed(data):
+            if self.done:
+                return
+            if ev.data == "[DONE]":
+                self.done = True
+            else:
+                yield decode_chunk(loads(ev.data))
 
 
 def usage(request: ChatRequest, completion_tokens: int) -> dict[str, int]:
@@ -165,8 +272,3 @@ def models() -> bytes:
     return dumps({"object": "list", "data": [
         {"id": m, "object": "model", "created": 0, "owned_by": "pushlab"} for m in MODELS
     ]})  # fmt: skip
-
-
-def error_body(exc: ParamError | Any, code: str | None = None) -> dict[str, Any]:
-    """OpenAI's error shape: pushlab's plus `code`."""
-    return {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": code}}

@@ -6,6 +6,7 @@ envelope "openai": an OpenAI `chat.completion.chunk` whose `choices[0].delta.con
 
 Both are compact JSON (no spaces, UTF-8, no CR/LF), encoded once per token on the server and
 framed by each transport without re-encoding. `decode_token` reads either envelope back.
+The openai envelope's bytes are made and read by the one chunk codec, transports/openai.py.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from typing import Any
 
 from streams.errors import ProtocolError
 from streams.params import GenParams
-
-MODEL_NAME = "pushlab-synthetic"
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _encode_string = json.encoder.encode_basestring
@@ -41,19 +40,10 @@ class TokenRecord:
 def encode_token(stream_id: str, seq: int, t_emit_ns: int, text: str, params: GenParams) -> bytes:
     """The token's wire object in the stream's envelope (the hub's `Encoder`)."""
     if params.envelope == "openai":
-        delta: dict[str, str] = (
-            {"role": "assistant", "content": text} if seq == 1 else {"content": text}
-        )
-        return dumps(
-            {
-                "id": f"chatcmpl-{stream_id}",
-                "object": "chat.completion.chunk",
-                "created": t_emit_ns // 1_000_000_000,
-                "model": MODEL_NAME,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}],
-                "pushlab": {"stream": stream_id, "seq": seq, "t_emit_ns": t_emit_ns},
-            }
-        )
+        # imported here: transports.openai builds on this module (dumps, TokenRecord)
+        from transports.openai import envelope_chunk
+
+        return envelope_chunk(stream_id, seq, t_emit_ns, text)
     # the hot path: byte-for-byte what dumps() gives for this dict (a test checks), with the
     # C string encoder json.dumps itself uses for ensure_ascii=False
     return b'{"stream":"%s","seq":%d,"t_emit_ns":%d,"text":%s}' % (
@@ -66,13 +56,16 @@ def encode_token(stream_id: str, seq: int, t_emit_ns: int, text: str, params: Ge
 
 def decode_token(obj: dict[str, Any]) -> TokenRecord:
     """Read a token object in either envelope; raises ProtocolError when it is neither."""
+    if "pushlab" in obj:
+        from transports.openai import decode_chunk  # here: see encode_token
+
+        token = decode_chunk(obj).token
+        if token is None:
+            raise ProtocolError(f"not a pushlab token object: {str(obj)[:120]}")
+        return token
     try:
-        if "pushlab" in obj:
-            meta = obj["pushlab"]
-            text = obj["choices"][0]["delta"].get("content") or ""
-            return TokenRecord(meta["stream"], int(meta["seq"]), int(meta["t_emit_ns"]), text)
         return TokenRecord(obj["stream"], int(obj["seq"]), int(obj["t_emit_ns"]), obj["text"])
-    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise ProtocolError(f"not a pushlab token object: {str(obj)[:120]}") from exc
 
 

@@ -1,8 +1,8 @@
-"""What every server half shares: configuration, app keys, parameters, errors, counters."""
+"""What every server half shares: configuration (declared in config.py), app keys, parameters,
+errors, counters."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from collections import defaultdict
@@ -13,30 +13,10 @@ from aiohttp import web
 from streams.errors import ParamError, PushlabError
 from streams.hub import Hub, Stream, Token
 from streams.params import GenParams, parse_number, parse_params
+from transports.errors import error_body, exception_body
+from transports.web.config import ServerConfig
 
 log = logging.getLogger("pushlab.server")
-
-
-@dataclasses.dataclass(frozen=True)
-class ServerConfig:
-    """Server-wide settings; every field has a CLI flag in `server.py`."""
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    heartbeat_s: float = 15.0  # SSE comment / NDJSON keep-alive while idle; 0 = never
-    retry_ms: int = 1000  # SSE `retry:` sent at the start of every event stream
-    retention_s: float = 60.0  # how long a finished stream stays resumable
-    idle_timeout_s: float = 30.0  # a running stream nobody listens to is cancelled after this
-    max_streams: int = 20_000
-    ws_compress: bool = False  # accept permessage-deflate when a client offers it
-    accel_buffering_header: bool = True  # send `X-Accel-Buffering: no` on streaming responses
-    cancel_on_disconnect: bool = False  # stop a stream when its streaming reader disconnects
-    gc: str = "auto"  # "auto": CPython's collector as is; "scheduled": see server._gc_context
-    upstream: str = ""  # base URL (…/v1) of an OpenAI-compatible model to relay; "": generator
-    upstream_key_env: str = ""
-    upstream_model: str = "pushlab-synthetic"
-    upstream_prompt: str = ""
-    upstream_extra: str = ""  # JSON object of extra request fields for the upstream
 
 
 HUB = web.AppKey("hub", Hub)
@@ -84,7 +64,7 @@ def open_stream(
         unknown = sorted(set(values) - RESUME_PARAMS - extra)
         if unknown:
             raise ParamError(f"unknown parameter '{unknown[0]}' with 'stream'", param=unknown[0])
-        stream = hub.get(str(values["stream"]))
+        stream = hub.readable(str(values["stream"]))
         return stream, checked_after(values, stream)
     params: GenParams = parse_params(values, allowed_extra=extra)
     return hub.create(params), 0
@@ -100,7 +80,7 @@ def json_response(obj: object, status: int = 200) -> web.Response:
 
 
 def error_response(exc: PushlabError) -> web.Response:
-    return json_response(exc.to_json(), status=exc.status)
+    return json_response(exception_body(exc), status=exc.status)
 
 
 _HTTP_TYPES = {404: "not_found_error", 405: "method_not_allowed", 413: "request_too_large"}
@@ -118,13 +98,7 @@ async def error_middleware(
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        body = {
-            "error": {
-                "message": exc.reason,
-                "type": _HTTP_TYPES.get(exc.status, "http_error"),
-                "param": None,
-            }
-        }
+        body = error_body(exc.reason, _HTTP_TYPES.get(exc.status, "http_error"))
         resp = json_response(body, status=exc.status)
         if exc.status == 405 and "Allow" in exc.headers:
             resp.headers["Allow"] = exc.headers["Allow"]
@@ -133,14 +107,8 @@ async def error_middleware(
         raise
     except Exception as exc:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        body = {
-            "error": {
-                "message": f"internal error: {type(exc).__name__}",
-                "type": "server_error",
-                "param": None,
-            }
-        }
-        return json_response(body, status=500)
+        return json_response(error_body(f"internal error: {type(exc).__name__}", "server_error"),
+                             status=500)  # fmt: skip
 
 
 def streaming_headers(config: ServerConfig, content_type: str, stream: Stream) -> dict[str, str]:

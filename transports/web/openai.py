@@ -2,6 +2,11 @@
 
 Bytes from transports/openai.py. Errors here use OpenAI's shape (with `code`). A /v1 stream
 cannot be resumed (it carries no event ids), so a client that disconnects cancels it.
+
+The hub encodes each token once with the encoder the stream is created with: a streamed
+answer's is its `ChunkEncoder`, so the payload *is* the chunk and this handler only frames it;
+a whole answer's is `no_payload`, since only the texts are joined. (Before, the hub encoded
+the openai envelope for every /v1 token and this handler threw it away.)
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ from contextlib import aclosing
 from aiohttp import web
 
 from streams.errors import ParamError, PushlabError
-from streams.hub import Stream
+from streams.hub import Stream, no_payload
 from transports import openai as codec
+from transports.errors import exception_body
 from transports.web.common import CONFIG, COUNTERS, HUB, follow
 
 KEY = "openai"
@@ -26,7 +32,8 @@ def _json(body: bytes, status: int = 200) -> web.Response:
 
 
 def _error(exc: PushlabError) -> web.Response:
-    return _json(json.dumps(codec.error_body(exc)).encode(), status=exc.status)
+    # json.dumps' own spacing and ASCII escapes: these bytes are what /v1 has always sent
+    return _json(json.dumps(exception_body(exc, openai=True)).encode(), status=exc.status)
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -40,32 +47,35 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         chat = codec.parse_request(body)
         tokens = min(chat.params.tokens, chat.max_tokens or chat.params.tokens)
         reason = "length" if tokens < chat.params.tokens else "stop"
+        created_s = int(time.time())
+        encoder = codec.ChunkEncoder(chat, created_s)
         stream = request.app[HUB].create(
-            dataclasses.replace(chat.params, tokens=tokens), messages=body["messages"]
+            dataclasses.replace(chat.params, tokens=tokens),
+            messages=body["messages"],
+            encode=encoder if chat.stream else no_payload,
         )
     except PushlabError as exc:
         counters["errors"] += 1
         return _error(exc)
-    completion_id, created_s = f"chatcmpl-{stream.id}", int(time.time())
     if not chat.stream:
-        return await _whole(request, chat, stream, completion_id, created_s, reason)
-    return await _streamed(request, chat, stream, completion_id, created_s, reason, counters)
+        return await _whole(chat, stream, created_s, reason)
+    return await _streamed(request, encoder, stream, reason, counters)
 
 
-async def _whole(request: web.Request, chat: codec.ChatRequest, stream: Stream,
-                 completion_id: str, created_s: int, reason: str) -> web.Response:  # fmt: skip
+async def _whole(chat: codec.ChatRequest, stream: Stream, created_s: int,
+                 reason: str) -> web.Response:  # fmt: skip
     with stream.listening():
         while not stream.done:
             await stream.wait_beyond(stream.last_seq)
     if stream.reason != "done":
         return _error(PushlabError(f"generation ended early: {stream.reason}"))
     text = "".join(t.text for t in stream.log)
+    completion_id = codec.completion_id(stream.id)
     return _json(codec.completion(chat, completion_id, created_s, text, stream.last_seq, reason))
 
 
-async def _streamed(request: web.Request, chat: codec.ChatRequest, stream: Stream,
-                    completion_id: str, created_s: int, reason: str,
-                    counters: dict[str, int]) -> web.StreamResponse:  # fmt: skip
+async def _streamed(request: web.Request, encoder: codec.ChunkEncoder, stream: Stream,
+                    reason: str, counters: dict[str, int]) -> web.StreamResponse:  # fmt: skip
     config = request.app[CONFIG]
     headers = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
                "X-Pushlab-Stream": stream.id}  # fmt: skip
@@ -73,15 +83,17 @@ async def _streamed(request: web.Request, chat: codec.ChatRequest, stream: Strea
         headers["X-Accel-Buffering"] = "no"
     resp = web.StreamResponse(headers=headers)
     await resp.prepare(request)
-    encoder = codec.ChunkEncoder(chat, completion_id, created_s)
     counters["open"] += 1
     try:
         async with aclosing(follow(stream, 0, config.heartbeat_s)) as batches:
             async for batch in batches:
-                data = b"".join(encoder.token(t.text, stream.id, t.seq, t.t_emit_ns) for t in batch)
+                data = b"".join(codec.event(t.payload) for t in batch)  # encoded by the hub
                 await resp.write(data or b": keep-alive\n\n")  # a comment: no id, no data
                 counters["tokens_sent"] += len(batch)
-        end = encoder.finish(reason) if stream.reason == "done" else encoder.error(stream.reason)
+        if stream.reason == "done":
+            end = encoder.finish(stream.id, reason, stream.last_seq)
+        else:
+            end = encoder.error(stream.reason)
         await resp.write(end)
         await resp.write_eof()
     except ConnectionError:

@@ -1,8 +1,10 @@
-"""The demo page: `GET /`, `GET /static/{name}`, and `POST /debug/cut` for its "Cut" button.
+"""The demo page: `GET /`, `GET /static/{name}`, `GET /transports`, and `POST /debug/cut` for
+its "Cut" button.
 
 The page (transports/web/static/) is plain HTML, CSS and ES modules: no build step, nothing
 from a CDN. Each transport's browser client is a short function in `static/clients.js`, meant
-to be read beside docs/PROTOCOL.md.
+to be read beside docs/PROTOCOL.md. Which panes exist, in what order, with which label and
+colour, comes from the registry (`GET /transports`): the page knows no list of transports.
 
 `POST /debug/cut` resets every TCP connection the server holds from the caller's IP address
 (except the one carrying the cut request): what a dropped Wi-Fi link or a NAT box forgetting
@@ -22,6 +24,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from transports import registry
+from transports.errors import error_body
 from transports.web.common import json_response
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -43,14 +47,7 @@ def static_files() -> dict[str, Path]:
 
 
 def _not_found(name: str) -> web.Response:
-    body = {
-        "error": {
-            "message": f"no static file {name!r}",
-            "type": "not_found_error",
-            "param": "name",
-        }
-    }
-    return json_response(body, status=404)
+    return json_response(error_body(f"no static file {name!r}", "not_found_error", "name"), 404)
 
 
 def _file_response(name: str) -> web.Response:
@@ -71,6 +68,11 @@ async def index(request: web.Request) -> web.Response:
 async def static(request: web.Request) -> web.Response:
     """GET /static/{name}: one file of the static folder, with its content type."""
     return _file_response(request.match_info["name"])
+
+
+async def transports(request: web.Request) -> web.Response:
+    """GET /transports: every registered transport's capabilities, in display order."""
+    return json_response([t.capabilities() for t in registry.ordered()])
 
 
 def _peer_host(transport: asyncio.BaseTransport | None) -> str | None:
@@ -96,14 +98,8 @@ async def cut(request: web.Request) -> web.Response:
     """
     manager = getattr(request.protocol, "_manager", None)
     if manager is None or not hasattr(manager, "connections"):
-        body = {
-            "error": {
-                "message": "this aiohttp does not expose its open connections",
-                "type": "server_error",
-                "param": None,
-            }
-        }
-        return json_response(body, status=501)
+        message = "this aiohttp does not expose its open connections"
+        return json_response(error_body(message, "server_error"), status=501)
     peer = _peer_host(request.transport)
     victims = [
         handler.transport
@@ -123,4 +119,5 @@ def add_routes(app: web.Application) -> None:
         return
     app.router.add_get("/", index, name=INDEX_ROUTE)
     app.router.add_get("/static/{name}", static)
+    app.router.add_get("/transports", transports)
     app.router.add_post("/debug/cut", cut)

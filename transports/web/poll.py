@@ -47,7 +47,7 @@ def make_handlers(key: str, hold: bool) -> tuple[web.RouteDef, ...]:
         if unknown or ("wait" in values and not hold):
             bad = unknown[0] if unknown else "wait"
             raise ParamError(f"unknown parameter '{bad}' for {key}", param=bad)
-        stream = request.app[HUB].get(request.match_info["stream"])
+        stream = request.app[HUB].readable(request.match_info["stream"])
         after = checked_after(values, stream)
         wait_s = parse_number(values, "wait", DEFAULT_WAIT_S, 0, MAX_WAIT_S) if hold else 0.0
         stream.touch()

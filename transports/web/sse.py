@@ -44,7 +44,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     last_event_id = request.headers.get("Last-Event-ID")
     if last_event_id:
         stream_id, after = parse_last_event_id(last_event_id)
-        stream = request.app[HUB].get(stream_id)
+        stream = request.app[HUB].readable(stream_id)
         if after > stream.params.tokens:
             raise ParamError(
                 f"Last-Event-ID seq {after} is beyond the stream's end", param="Last-Event-ID"

@@ -14,6 +14,7 @@ from aiohttp import WSMsgType, web
 from streams.errors import ParamError, PushlabError
 from streams.hub import Stream
 from transports import websocket as codec
+from transports.errors import exception_body
 from transports.web.common import CONFIG, COUNTERS, HUB, follow, reader_gone
 
 KEY = "websocket"
@@ -74,7 +75,7 @@ def open_for(request: web.Request, command: codec.Start | codec.Resume) -> tuple
     hub = request.app[HUB]
     if isinstance(command, codec.Start):
         return hub.create(command.params), 0
-    stream = hub.get(command.stream)
+    stream = hub.readable(command.stream)
     if command.after > stream.params.tokens:
         raise ParamError(f"'after' {command.after} is beyond the stream's end", param="after")
     return stream, command.after
@@ -82,7 +83,7 @@ def open_for(request: web.Request, command: codec.Start | codec.Resume) -> tuple
 
 async def fail(ws: web.WebSocketResponse, exc: PushlabError, code: int) -> None:
     """Tell the client what was wrong, then close cleanly (RFC 6455 section 7.1.2)."""
-    await ws.send_frame(codec.encode_error(exc.to_json()), WSMsgType.TEXT)
+    await ws.send_frame(codec.encode_error(exception_body(exc)), WSMsgType.TEXT)
     await ws.close(code=code, message=exc.message[:120].encode())
 
 

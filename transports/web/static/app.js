@@ -1,6 +1,6 @@
 // The demo page: one seeded answer, streamed at once by every client in clients.js, side by side.
 
-import {CLIENTS, fetchAnswer, runClient} from "./clients.js";
+import {CLIENTS, fetchAnswer, fetchTransports, runClient} from "./clients.js";
 import {Tally} from "./record.js";
 import {nowMs} from "./wire.js";
 
@@ -21,11 +21,16 @@ function describe(params) {
     `seed ${params.seed} · ${params.text} · ${params.tokens} tokens at ${params.rate}/s after ${params.ttft_ms} ms`;
 }
 
-function buildPane(key) {
-  const {title, how} = CLIENTS[key];
+/** A pane for the client `key`; `transport` (a registry entry) gives its label and colour. */
+function buildPane(key, transport = null) {
+  const {title, variant, how} = CLIENTS[key];
   const el = $("#pane-template").content.firstElementChild.cloneNode(true);
   el.dataset.key = key;
-  $("h2", el).textContent = title;
+  $("h2", el).textContent = transport ? [transport.label, variant].filter(Boolean).join(" · ") : title;
+  if (transport) {
+    el.dataset.transport = transport.key;
+    $("h2", el).style.color = transport.colour;  // the colour the charts give it
+  }
   $("code", el).textContent = how;
   $("code", el).title = how;
   $("#panes").append(el);
@@ -112,23 +117,25 @@ async function start() {
   $("#cut").disabled = false;
   const base = location.origin, signal = run.stop.signal;
   for (const [key, pane] of panes) pane.rec = new Tally(params.tokens, () => redrawSoon(key));
-  // The fake typewriter types the one-shot pane's answer instead of fetching its own: a
-  // seventh HTTP request at once would wait for one of Chrome's six connections per origin.
-  const answer = fetchAnswer(base, params, panes.get("oneshot").rec, signal);
-  answer.catch(() => {});  // each of the two panes reports the failure itself
+  // The fake typewriter types the one-shot pane's answer instead of fetching its own: one
+  // more HTTP request at once would wait for one of Chrome's six connections per origin.
+  const sharing = [...panes.keys()].filter((key) => CLIENTS[key].sharesAnswer);
+  const answer = sharing.length ? fetchAnswer(base, params, panes.get(sharing[0]).rec, signal) : null;
+  answer?.catch(() => {});  // each pane that shares it reports the failure itself
   const finished = [...panes].map(([key, pane]) => {
     redrawSoon(key);
-    const extra = key === "oneshot" || key === "fake" ? [answer] : [];
+    const extra = CLIENTS[key].sharesAnswer ? [answer] : [];
     return runClient(key, base, params, pane.rec, signal, ...extra);
   });
   await Promise.all(finished);
   if (current !== run) return;
   $("#cut").disabled = true;
   if (run.cuts.length) {
-    // One-shot and fake share one request, so 7 answers were asked for. More streams mean a
-    // request was sent again: by a client that restarted, or by Chrome itself, which silently
-    // re-sends a request whose reused keep-alive connection was reset before any response.
-    const extra = (await streamsCreated()) - createdBefore - (panes.size - 1);
+    // The panes sharing one answer asked for it once. More streams mean a request was sent
+    // again: by a client that restarted, or by Chrome itself, which silently re-sends a
+    // request whose reused keep-alive connection was reset before any response.
+    const asked = panes.size - Math.max(sharing.length - 1, 0);
+    const extra = (await streamsCreated()) - createdBefore - asked;
     if (!Number.isNaN(extra)) $("#banner").textContent += extra > 0
       ? ` Afterwards: the server had generated ${plural(extra, "extra answer")} (server-wide /stats): a request cut before its response was sent again.`
       : " Afterwards: the server generated no answer twice (server-wide /stats).";
@@ -152,7 +159,14 @@ async function cut() {
     `from ${result.peer}. Which panes recover by themselves?`;
 }
 
-for (const key of Object.keys(CLIENTS)) buildPane(key);
+/** Panes: the registry's browser clients in its display order, then the page's own extras. */
+for (const transport of await fetchTransports(location.origin)) {
+  for (const key of transport.browser_clients) {
+    if (key in CLIENTS) buildPane(key, transport);
+    else console.error(`the registry names a browser client ${key} that static/clients.js lacks`);
+  }
+}
+for (const [key, client] of Object.entries(CLIENTS)) if (client.pageOnly) buildPane(key);
 describe(readParams());
 $("#start").addEventListener("click", start);
 $("#cut").addEventListener("click", cut);

@@ -261,17 +261,30 @@ export async function fakeTypewriter(base, params, rec, signal, answer = fetchAn
   return batch.reason || "done";
 }
 
-/** Registry: page key -> how to run it and how to label it. */
+/** The page's client functions, by name. Which of them get a pane, in what order, under which
+ *  transport's label and colour, is the server's registry (GET /transports, each transport's
+ *  `browser_clients`); here each name says only how to run it: `variant` follows the
+ *  transport's label in the pane title, `how` is the request it makes. `pageOnly` clients are
+ *  no transport (they get a pane after the registry's); `sharesAnswer` clients take one
+ *  shared one-shot answer as their extra argument. */
 export const CLIENTS = {
-  "sse": {run: sseEventSource, title: "SSE · EventSource", how: "GET /sse"},
-  "sse-fetch": {run: sseFetch, title: "SSE · fetch + parser", how: "POST /sse"},
-  "websocket": {run: websocket, title: "WebSocket", how: "GET /ws"},
-  "ndjson": {run: ndjson, title: "NDJSON · fetch", how: "GET /ndjson"},
-  "longpoll": {run: longpoll, title: "Long polling", how: `GET /longpoll/{id}?wait=${LONGPOLL_WAIT_S}`},
-  "shortpoll": {run: shortpoll, title: "Short polling", how: `GET /shortpoll/{id} /${SHORTPOLL_INTERVAL_MS} ms`},
-  "oneshot": {run: oneshot, title: "One-shot", how: "GET /oneshot"},
-  "fake": {run: fakeTypewriter, title: "Fake typewriter", how: "one-shot + a timer"},
+  "sse": {run: sseEventSource, variant: "EventSource", how: "GET /sse"},
+  "sse-fetch": {run: sseFetch, variant: "fetch + parser", how: "POST /sse"},
+  "websocket": {run: websocket, how: "GET /ws"},
+  "ndjson": {run: ndjson, variant: "fetch", how: "GET /ndjson"},
+  "longpoll": {run: longpoll, how: `GET /longpoll/{id}?wait=${LONGPOLL_WAIT_S}`},
+  "shortpoll": {run: shortpoll, how: `GET /shortpoll/{id} /${SHORTPOLL_INTERVAL_MS} ms`},
+  "oneshot": {run: oneshot, how: "GET /oneshot", sharesAnswer: true},
+  "fake": {run: fakeTypewriter, title: "Fake typewriter", how: "one-shot + a timer", pageOnly: true, sharesAnswer: true},
 };
+
+/** The transports the server has (GET /transports): [{key, label, colour, browser_clients, …}]
+ *  in display order. */
+export async function fetchTransports(base) {
+  const response = await fetch(`${base}/transports`, {cache: "no-store"});
+  await expectStatus(response);
+  return response.json();
+}
 
 /** Run one client to its end; whatever happens is recorded in `rec`, nothing is thrown. */
 export async function runClient(key, base, params, rec, signal, ...extra) {

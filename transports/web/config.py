@@ -1,0 +1,154 @@
+"""The server's configuration, declared once: `ServerConfig` fields carry their flag's help,
+choices and bounds, and the command line is generated from them both ways (stdlib only, so
+the harness can build a server's argv without importing aiohttp).
+
+    ServerConfig --to_argv()--> ["--gc", "scheduled", ...] --parse_config()--> ServerConfig
+
+A field's flag is `--<name with dashes>` unless its metadata names another (`--no-accel-header`
+clears `accel_buffering_header`). A bool flag is a switch away from the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+GC_FULL_INTERVAL_S = 30.0  # "scheduled" policy: one full collection this often, no other
+
+
+def _opt(default: Any, help: str, **meta: Any) -> Any:
+    """A config field: its default and its flag's help (`%(default)s` allowed), plus any of
+    `flag`, `metavar`, `choices`, `min`, `max`."""
+    return dataclasses.field(default=default, metadata={"help": help, **meta})
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    """Server-wide settings, in the order `--help` lists their flags."""
+
+    host: str = _opt("127.0.0.1", "address to listen on (default %(default)s)")
+    port: int = _opt(8000, "TCP port, 0 = any free one (default %(default)s)", min=0, max=65535)
+    heartbeat_s: float = _opt(
+        15.0,
+        "seconds of silence before an SSE/NDJSON keep-alive; 0 = never (default %(default)s)",
+        min=0,
+    )
+    retry_ms: int = _opt(1000, "SSE reconnection delay sent as retry: (default %(default)s ms)",
+                         min=0)  # fmt: skip
+    retention_s: float = _opt(
+        60.0, "seconds a finished stream stays resumable (default %(default)s)", min=0
+    )
+    idle_timeout_s: float = _opt(
+        30.0,
+        "seconds a running stream may go unread before it is cancelled (default %(default)s)",
+        min=0,
+    )
+    max_streams: int = _opt(
+        20_000, "streams held at once before new ones get 503 (default %(default)s)", min=1
+    )
+    ws_compress: bool = _opt(False, "accept WebSocket permessage-deflate")
+    cancel_on_disconnect: bool = _opt(
+        False,
+        "stop a stream when its SSE/NDJSON/WebSocket reader disconnects "
+        "(no resume); default: keep generating until --idle-timeout-s",
+    )
+    accel_buffering_header: bool = _opt(
+        True, "do not send 'X-Accel-Buffering: no' (lets nginx buffer)", flag="--no-accel-header"
+    )
+    uvloop: bool = _opt(False, "run on uvloop")
+    upstream: str = _opt(
+        "",
+        "relay a real model: an OpenAI-compatible base URL ending in /v1 "
+        "(llama.cpp, vLLM, Ollama, a hosted API, another pushlab)",
+        metavar="URL",
+    )
+    upstream_key_env: str = _opt(
+        "", "environment variable holding the upstream's API key", metavar="NAME"
+    )
+    upstream_model: str = _opt(
+        "pushlab-synthetic", "model name sent upstream (default %(default)s)"
+    )
+    upstream_prompt: str = _opt("", "prompt for streams started without chat messages")
+    upstream_extra: str = _opt(
+        "", "extra request fields for the upstream, as a JSON object", metavar="JSON"
+    )
+    gc: str = _opt(
+        "auto",
+        "garbage collector policy: CPython's own, or none but a full collection "
+        f"every {GC_FULL_INTERVAL_S:g} s (default %(default)s)",
+        choices=("auto", "scheduled"),
+    )
+
+    def to_argv(self) -> list[str]:
+        """The flags that give this config when parsed (only those that differ from the
+        defaults, so an argv stays readable)."""
+        argv: list[str] = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value == f.default:
+                continue
+            flag = _flag(f)
+            argv += [flag] if isinstance(value, bool) else [flag, str(value)]
+        return argv
+
+
+def _flag(f: dataclasses.Field[Any]) -> str:
+    return str(f.metadata.get("flag", "--" + f.name.replace("_", "-")))
+
+
+def _bounded(kind: type, low: float | None, high: float | None) -> Any:
+    """An argparse `type` converting to `kind` and checking the bounds (argparse turns the
+    ValueError into its usage error)."""
+
+    def convert(text: str) -> Any:
+        value = kind(text)
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = f"between {low:g} and {high:g}" if high is not None else f">= {low:g}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text!r}")
+        return value
+
+    convert.__name__ = kind.__name__  # argparse names the type in "invalid int value"
+    return convert
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per ServerConfig field, its dest the field's name."""
+    for f in dataclasses.fields(ServerConfig):
+        meta, flag = f.metadata, _flag(f)
+        if isinstance(f.default, bool):
+            action = "store_false" if f.default else "store_true"
+            parser.add_argument(flag, dest=f.name, action=action, help=meta["help"])
+            continue
+        kwargs: dict[str, Any] = {"dest": f.name, "default": f.default, "help": meta["help"]}
+        if "metavar" in meta:
+            kwargs["metavar"] = meta["metavar"]
+        if "choices" in meta:
+            kwargs["choices"] = meta["choices"]
+        if not isinstance(f.default, str):
+            kwargs["type"] = _bounded(type(f.default), meta.get("min"), meta.get("max"))
+        parser.add_argument(flag, **kwargs)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error message and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """`pushlab serve` / `python server.py`: every ServerConfig field as a flag."""
+    parser = _Parser(prog="pushlab serve", description="Serve every transport on one port.")
+    add_flags(parser)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    return ServerConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServerConfig)})
+
+
+def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
+    """The config `argv` gives; exits 2 with one line on a bad flag or value."""
+    return config_from_args(build_parser().parse_args(argv))
