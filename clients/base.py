@@ -1,9 +1,11 @@
-"""What every client shares: the target, options, and the reconnect loop.
+"""What every client shares: the target, options, the resume point and the reconnect loop.
 
 A client's `attempt()` follows its stream over one connection (or one run of polls) and
 returns the end reason when the stream ended, or raises TransportError when the
 connection broke. `run()` retries retryable failures with exponential backoff plus jitter,
-resuming after the last seq received, and records the outcome in the `StreamRecord`.
+resuming from the client's `ResumePoint`, and records the outcome in the `StreamRecord`.
+The stack below is injected: an HTTP layer factory (default `HTTP11`) over a connector
+(default TCP), and the sleep the backoff waits with, so tests can script all three.
 """
 
 from __future__ import annotations
@@ -11,38 +13,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
+from collections.abc import Awaitable, Callable
 from typing import ClassVar
-from urllib.parse import urlsplit
 
-from clients.http import HTTPClient, Response
+from clients.http import HTTP11, HTTPLayer, HTTPLayerFactory, Response
+from clients.net import Connector, Target, tcp_connector
 from clients.recorder import StreamRecord
 from streams.errors import PushlabError, TransportError
 from streams.params import GenParams
 from transports.token import TokenRecord, loads
 
-
-@dataclasses.dataclass(frozen=True)
-class Target:
-    """Where the server (or a proxy in front of it) listens."""
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-
-    @classmethod
-    def parse(cls, url: str) -> Target:
-        parts = urlsplit(url if "://" in url else f"http://{url}")
-        if parts.scheme not in ("http", "ws") or not parts.hostname:
-            raise ValueError(f"server URL must look like http://HOST:PORT, got {url!r}")
-        try:
-            port = parts.port or 80
-        except ValueError:
-            raise ValueError(f"bad port in server URL {url!r}") from None
-        return cls(parts.hostname, port)
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+__all__ = ["Client", "ClientOptions", "ResumePoint", "Target", "expect", "request_for"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +52,28 @@ def parts(params: GenParams, part_tokens: int) -> list[GenParams]:
     ]
 
 
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclasses.dataclass(slots=True)
+class ResumePoint:
+    """Where the client's next request continues its stream; moved only by `update`.
+
+    The client holds it (the `StreamRecord` only records what arrived). `after` is in the
+    stream's own seqs, not the answer's: the highest seq held, or the poll cursor."""
+
+    stream_id: str = ""  # empty: no stream yet, the next request starts one
+    after: int = 0  # the next request asks for what follows this seq
+    event_id: str = ""  # SSE: the last event ID the parser committed (sent as Last-Event-ID)
+
+    def update(self, stream_id: str = "", after: int = 0, event_id: str = "") -> None:
+        """Move forward only: the first stream id sticks, `after` never goes back, and an
+        empty event id keeps the previous one (as EventSource keeps its last event ID)."""
+        self.stream_id = self.stream_id or stream_id
+        self.after = max(self.after, after)
+        self.event_id = event_id or self.event_id
+
+
 class Abandoned(Exception):
     """Raised inside a client when it has read `abandon_after` tokens (not an error)."""
 
@@ -83,14 +86,23 @@ class Client:
 
     part_offset = 0  # seqs of the current part start after this many tokens
 
-    def __init__(self, options: ClientOptions | None = None) -> None:
+    def __init__(
+        self,
+        options: ClientOptions | None = None,
+        *,
+        http: HTTPLayerFactory = HTTP11,
+        connector: Connector = tcp_connector,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
         self.options = options or ClientOptions()
         self._rng = random.Random(self.options.seed)
+        self._http, self._connector, self._sleep = http, connector, sleep
+        self.resume = ResumePoint()
 
     async def run(self, target: Target, params: GenParams, rec: StreamRecord) -> None:
         """Follow one answer to its end (reconnecting as allowed, and in parts of
         `part_tokens` when set); never raises PushlabError."""
-        http = HTTPClient(target.host, target.port, accept_gzip=self.options.accept_gzip)
+        http = self._http(target, self._connector, accept_gzip=self.options.accept_gzip)
         try:
             for part in parts(params, self.options.part_tokens):
                 self.part_offset = part.offset
@@ -110,7 +122,7 @@ class Client:
             rec.http_requests = http.requests
             rec.stream_id = rec.part_streams[0] if rec.part_streams else rec.stream_id
 
-    async def _follow(self, http: HTTPClient, params: GenParams, rec: StreamRecord) -> str:
+    async def _follow(self, http: HTTPLayer, params: GenParams, rec: StreamRecord) -> str:
         """One stream to its end, retrying retryable failures with backoff."""
         failures = 0
         while True:
@@ -124,28 +136,36 @@ class Client:
                 if not exc.retryable or failures > self.options.max_reconnects:
                     raise
                 rec.reconnects += 1
-                await asyncio.sleep(self._backoff_s(failures))
+                await self._sleep(self._backoff_s(failures))
 
     def new_part(self) -> None:
-        """Forget per-stream state (resume ids, cursors) before a follow-up request."""
+        """Forget the resume point before a follow-up request: it is a new stream."""
+        self.resume = ResumePoint()
+
+    def stream_known(self, rec: StreamRecord, stream_id: str) -> None:
+        """A response named the stream (before any token): resume it, and record it."""
+        self.resume.update(stream_id)
+        rec.stream_id = rec.stream_id or stream_id
 
     def deliver(
         self, rec: StreamRecord, tok: TokenRecord, t_ns: int, t_perf: int, request: int
     ) -> None:
         """Record one token (its seq counted over the whole answer when it arrives in parts);
-        raise Abandoned once `abandon_after` tokens are held."""
+        raise Abandoned once `abandon_after` tokens are held. Every token moves the resume
+        point here, so no client can forget to."""
+        self.resume.update(tok.stream, tok.seq)
         if self.part_offset:
             tok = dataclasses.replace(tok, seq=tok.seq + self.part_offset)
         rec.token(tok, t_ns, t_perf, request)
         if self.options.abandon_after and len(rec.texts) >= self.options.abandon_after:
             raise Abandoned
 
-    async def abandon(self, http: HTTPClient, rec: StreamRecord) -> None:
+    async def abandon(self, http: HTTPLayer, rec: StreamRecord) -> None:
         """Walk away: close the connection, or also cancel with `DELETE /streams/{id}`."""
         rec.abandoned()
         await http.close_conn()
-        if self.options.abandon == "cancel" and rec.stream_id:
-            resp = await http.request("DELETE", f"/streams/{rec.stream_id}")
+        if self.options.abandon == "cancel" and self.resume.stream_id:
+            resp = await http.request("DELETE", f"/streams/{self.resume.stream_id}")
             await expect(http, resp, 200, "application/json")
             await http.read_body()
 
@@ -153,12 +173,12 @@ class Client:
         base = min(self.options.backoff_max_ms, self.options.backoff_ms * 2 ** (failures - 1))
         return base * (0.5 + self._rng.random() / 2) / 1e3  # "equal jitter"
 
-    async def attempt(self, http: HTTPClient, params: GenParams, rec: StreamRecord) -> str:
+    async def attempt(self, http: HTTPLayer, params: GenParams, rec: StreamRecord) -> str:
         raise NotImplementedError
 
 
 async def expect(
-    http: HTTPClient, resp: Response, status: int = 200, content_type: str = ""
+    http: HTTPLayer, resp: Response, status: int = 200, content_type: str = ""
 ) -> None:
     """Raise TransportError (with the server's error message) for an unexpected status or
     content type; a 4xx or a wrong content type is not worth retrying."""
@@ -171,7 +191,7 @@ async def expect(
         )
 
 
-async def error_message(http: HTTPClient, resp: Response) -> str:
+async def error_message(http: HTTPLayer, resp: Response) -> str:
     """The server's JSON error message for a non-2xx response, else the body's start."""
     body = await http.read_body()
     try:

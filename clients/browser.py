@@ -28,10 +28,10 @@ per request, and checked against a counting TCP proxy (equal to the byte for HTT
   reports, each with its RFC 6455 section 5.2 header (2 bytes, +2 or +8 for long payloads,
   +4 for the client's mask). CDP reports no control frames: the close handshake (8 bytes
   up, 4 down) and pings are missing, so WebSocket counts run a few bytes short.
-- Never counted: TCP/IP headers, TLS records (none over http://), retransmissions; segments
+- Never counted: TCP/IP headers, TLS records (none over http://), retransmissions; packets
   and retransmits are -1. A request that got no response (a refused reconnect) has no stream
   id and is not attributed to any stream.
-- `tcp_connections`: distinct Chrome socket ids (`response.connectionId`) among a stream's
+- `connections`: distinct Chrome socket ids (`response.connectionId`) among a stream's
   HTTP requests, plus one per WebSocket; a keep-alive socket that served several streams'
   polls counts once for each.
 - `app_bytes_*`: the bodies (`dataReceived.dataLength`, request bodies) and WebSocket message
@@ -44,6 +44,7 @@ import asyncio
 import base64
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -53,7 +54,9 @@ from clients.base import Target
 from clients.net import ConnStats
 from clients.recorder import StreamRecord, to_tables
 from records.schema import Tables
+from streams.errors import EnvironmentUnavailable
 from streams.params import GenParams
+from transports import registry
 from transports.token import TokenRecord, loads
 
 if TYPE_CHECKING:
@@ -70,12 +73,32 @@ CHROMIUM_ARGS = (
     "--disable-component-update",
     "--disable-sync",
 )
-# the page's clients (static/clients.js) that are transports; "fake" (the fake typewriter) is not
-BROWSER_KEYS = ("sse", "sse-fetch", "websocket", "longpoll", "shortpoll", "ndjson", "oneshot")
 CLIENT_NAME = "chromium"
 BYTES_SOURCE = "browser-cdp"
 SETTLE_S = 2.0  # at most this long for the last CDP events after the page's clients ended
 HTTP_CONNECTIONS_PER_ORIGIN = 6  # Chrome's HTTP/1.1 socket limit per origin
+
+
+def browser_keys() -> tuple[str, ...]:
+    """The page's clients (static/clients.js) that are transports, in display order: each
+    registry entry's `browser_clients` ("fake", the fake typewriter, is none of them)."""
+    return tuple(name for t in registry.ordered() for name in t.browser_clients)
+
+
+def first_streaming_clients() -> tuple[str, ...]:
+    """The page's first client of an HTTP streaming transport and of an upgraded one: the
+    first counts against Chrome's HTTP/1.1 connections per origin, the second does not."""
+    picks: list[str] = []
+    for connection in ("http", "upgraded"):
+        picks += [
+            t.browser_clients[0]
+            for t in registry.ordered()
+            if t.connection == connection
+            and t.browser_clients
+            and t.incremental
+            and t.requests_per_answer == "one"
+        ][:1]
+    return tuple(picks)
 
 
 def _header_bytes(headers: Mapping[str, str]) -> int:
@@ -131,6 +154,11 @@ class RequestBytes:
         return self.app_down + self.payload_down
 
 
+def _polls(key: str) -> bool:
+    """A polling transport's polls are `GET /{key}/{stream}` (docs/PROTOCOL.md)."""
+    return registry.get(key).requests_per_answer == "many"
+
+
 class CdpLedger:
     """Sans-I/O: CDP Network events in (`feed`), per-request byte counts out (`by_stream`)."""
 
@@ -156,7 +184,8 @@ class CdpLedger:
         req.path = url.path + (f"?{url.query}" if url.query else "")
         req.body_up = len(request.get("postData", "").encode())
         parts = url.path.strip("/").split("/")
-        if len(parts) == 2 and parts[0] in ("longpoll", "shortpoll"):
+        polled = parts[0] in registry.TRANSPORTS and _polls(parts[0])
+        if len(parts) == 2 and polled:
             req.stream = req.stream or parts[1]  # a poll names its stream in the path
 
     def _on_requestWillBeSentExtraInfo(self, req: RequestBytes, p: Mapping[str, Any]) -> None:
@@ -251,10 +280,11 @@ def conn_stats(requests: Sequence[RequestBytes]) -> list[ConnStats]:
             bytes_down=sum(r.bytes_down for r in group),
             app_bytes_up=sum(r.app_bytes_up for r in group),
             app_bytes_down=sum(r.app_bytes_down for r in group),
-            segments_up=-1,
-            segments_down=-1,
+            packets_up=-1,
+            packets_down=-1,
             retransmits=-1,
             source=BYTES_SOURCE,
+            stack="tcp",  # the page's http:// and ws:// connections
         )
         for i, group in enumerate(groups.values())
     ]
@@ -303,7 +333,7 @@ def browser_tables(records: Sequence[StreamRecord], keys: dict[str, object]) -> 
 
 def expected_s(params: GenParams, clients: int = 1) -> float:
     """How long the streams should take, counting queued waves of EventSource-like clients."""
-    one = params.ttft_ms / 1e3 + params.tokens / params.rate
+    one = params.duration_s()
     return one * math.ceil(clients / HTTP_CONNECTIONS_PER_ORIGIN)
 
 
@@ -327,6 +357,10 @@ class BrowserSession:
     async def __aenter__(self) -> BrowserSession:
         from playwright.async_api import async_playwright
 
+        if not os.access(CHROMIUM, os.X_OK):
+            raise EnvironmentUnavailable(
+                f"Chromium is not installed at {CHROMIUM}: run `make system` (Debian's chromium)"
+            )
         self._pw = await async_playwright().start()
         try:
             self._browser = await self._pw.chromium.launch(
@@ -383,8 +417,8 @@ class BrowserSession:
 
         `cut_after_tokens` > 0: once a client holds that many tokens, the page asks the
         server to reset its connections (`POST /debug/cut`); `self.last_cut` is the answer."""
-        if key not in BROWSER_KEYS:
-            raise ValueError(f"unknown browser client {key!r}; choose from {BROWSER_KEYS}")
+        if key not in browser_keys():
+            raise ValueError(f"unknown browser client {key!r}; choose from {browser_keys()}")
         assert self.page is not None, "use the session in `async with`"
         timeout_s = timeout_s or expected_s(params, clients) + 10.0
         self.ledger = ledger = CdpLedger()
@@ -445,6 +479,6 @@ async def run_browser_fleet(
     headless: bool = True,
 ) -> list[StreamRecord]:
     """Open Chromium on the target's demo page and run `clients` copies of the page's
-    `transport` client at once in it (keys: BROWSER_KEYS); one record each."""
+    `transport` client at once in it (keys: `browser_keys()`); one record each."""
     async with BrowserSession(target, headless=headless) as session:
         return await session.run(transport, params, clients)

@@ -1,6 +1,10 @@
-"""Minimal HTTP/1.1 client over `Conn`, on h11 (sans-I/O): we see and count every byte.
+"""The HTTP layer the clients speak through, and its HTTP/1.1 implementation on h11.
 
-One `HTTPClient` follows one stream: it opens connections as needed, keeps them alive
+`HTTPLayer` is what a client calls (request, body iteration, read_body, open_raw for a
+WebSocket upgrade, close_conn, aclose, and the request and connection counts); an
+`HTTPLayerFactory` builds one for a target over a `Connector`. `HTTP11` is the first layer:
+h11 (sans-I/O) over whatever `Connection` the connector hands out, so we see and count
+every byte. One layer follows one stream: it opens connections as needed, keeps them alive
 between requests (polling), and reopens when the server or the network closes one.
 h11's errors are translated here into TransportError.
 """
@@ -10,10 +14,11 @@ from __future__ import annotations
 import dataclasses
 import zlib
 from collections.abc import AsyncIterator
+from typing import Protocol
 
 import h11
 
-from clients.net import Conn, ConnStats
+from clients.net import Connection, Connector, ConnStats, Target, tcp_connector
 from streams.errors import TransportError
 
 
@@ -23,28 +28,81 @@ class Response:
     headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
 
 
-class HTTPClient:
-    """Requests to one host:port, over as few connections as the server allows."""
+class HTTPLayer(Protocol):
+    """Requests to one target, as the clients use them, whatever the HTTP version."""
 
-    def __init__(self, host: str, port: int, *, accept_gzip: bool = False) -> None:
-        self.host, self.port = host, port
+    target: Target
+    requests: int  # requests sent, WebSocket upgrades included
+
+    @property
+    def conn(self) -> Connection | None:
+        """The connection the current response arrives on (its clocks stamp each chunk)."""
+
+    @property
+    def connections(self) -> int:
+        """How many connections this layer has opened."""
+
+    async def request(
+        self,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+    ) -> Response:
+        """Send one request and read its status and headers."""
+
+    def body(self) -> AsyncIterator[bytes]:
+        """The response body as it arrives (framing and content coding removed)."""
+
+    async def read_body(self) -> bytes:
+        """The whole response body."""
+
+    async def open_raw(self) -> Connection:
+        """A fresh connection for a protocol of its own (WebSocket), counted here."""
+
+    async def close_conn(self) -> None:
+        """Close the current connection (counting its bytes first)."""
+
+    async def aclose(self) -> list[ConnStats]:
+        """Close everything; the counts of every connection this layer used."""
+
+
+HTTPClient = HTTPLayer  # the name clients annotated with before the layer was pluggable
+
+
+class HTTPLayerFactory(Protocol):
+    """Builds the HTTP layer a client runs one stream over (`HTTP11` is one)."""
+
+    def __call__(
+        self, target: Target, connector: Connector = ..., *, accept_gzip: bool = ...
+    ) -> HTTPLayer: ...
+
+
+class HTTP11:
+    """HTTP/1.1 to one target, over as few connections as the server allows."""
+
+    def __init__(
+        self, target: Target, connector: Connector = tcp_connector, *, accept_gzip: bool = False
+    ) -> None:
+        self.target = target
+        self.connector = connector
         self.accept_gzip = accept_gzip
         self._gunzip: zlib._Decompress | None = None  # set per response with gzip encoding
         self.requests = 0
         self.closed_stats: list[ConnStats] = []
-        self._conn: Conn | None = None
+        self._conn: Connection | None = None
         self._h11: h11.Connection | None = None
         self._connections = 0
 
     @property
-    def conn(self) -> Conn | None:
+    def conn(self) -> Connection | None:
         return self._conn
 
     @property
     def connections(self) -> int:
         return self._connections
 
-    async def _ensure_conn(self) -> tuple[Conn, h11.Connection]:
+    async def _ensure_conn(self) -> tuple[Connection, h11.Connection]:
         h = self._h11
         if self._conn is not None and h is not None and h.our_state is h.their_state is h11.DONE:
             h.start_next_cycle()  # keep-alive: the next request on this connection
@@ -53,23 +111,20 @@ class HTTPClient:
         self._h11 = h11.Connection(h11.CLIENT)
         return conn, self._h11
 
-    async def open_raw(self) -> Conn:
+    async def open_raw(self) -> Connection:
         """A fresh connection for a protocol of its own (WebSocket), still counted here."""
         conn = await self._connect()
         self.requests += 1  # the upgrade request
         return conn
 
-    async def _connect(self) -> Conn:
+    async def _connect(self) -> Connection:
         """Close the current connection (counting it) and open the next one."""
         await self.close_conn()
-        try:
-            self._conn = await Conn.open(self.host, self.port, index=self._connections)
-        except OSError as exc:
-            raise TransportError(
-                f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}"
-            ) from exc
+        conn = await self.connector(self.target)
+        conn.index = self._connections
+        self._conn = conn
         self._connections += 1
-        return self._conn
+        return conn
 
     async def request(
         self,
@@ -80,7 +135,7 @@ class HTTPClient:
     ) -> Response:
         """Send one request and read its status line and headers."""
         conn, h = await self._ensure_conn()
-        hdrs = [("Host", f"{self.host}:{self.port}"), *(headers or [])]
+        hdrs = [("Host", self.target.authority), *(headers or [])]
         if self.accept_gzip:
             hdrs.append(("Accept-Encoding", "gzip"))
         if body:

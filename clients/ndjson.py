@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from clients.base import Client, expect, request_for
-from clients.http import HTTPClient
+from clients.http import HTTPLayer
 from clients.recorder import StreamRecord
 from streams.errors import TransportError
 from streams.params import GenParams
@@ -15,10 +15,10 @@ from transports.websocket import Done, Started
 class NDJSONClient(Client):
     key = "ndjson"
 
-    async def attempt(self, http: HTTPClient, params: GenParams, rec: StreamRecord) -> str:
-        if rec.stream_id:  # resume: the same stream, after the last seq we hold
-            after = rec.last_seq - self.part_offset
-            target, body = f"/ndjson?stream={rec.stream_id}&after={after}", b""
+    async def attempt(self, http: HTTPLayer, params: GenParams, rec: StreamRecord) -> str:
+        if self.resume.stream_id:  # resume: the same stream, after the last seq we hold
+            resume = self.resume
+            target, body = f"/ndjson?stream={resume.stream_id}&after={resume.after}", b""
             method = "GET"
         else:
             method = self.options.method
@@ -37,7 +37,7 @@ class NDJSONClient(Client):
                 if isinstance(item, TokenRecord):
                     self.deliver(rec, item, t_ns, t_perf, request_index)
                 elif isinstance(item, Started):
-                    rec.stream_id = rec.stream_id or item.stream
+                    self.stream_known(rec, item.stream)
                 elif isinstance(item, Done):
                     return item.reason
         raise TransportError("response ended before the done line")

@@ -1,12 +1,16 @@
-"""One TCP connection a client owns, with its bytes counted by the kernel and by us.
+"""The connections a client owns, with their bytes counted by the kernel and by us.
 
-`Conn` is the small network-stream interface every client speaks through (read, write,
-aclose). Before the socket closes it reads Linux's `struct tcp_info` (TCP_INFO):
-`tcpi_bytes_acked` (offset 120) is what we sent and the peer acknowledged, and
-`tcpi_bytes_received` (offset 128) what we received, each the TCP payload of the whole
-connection (HTTP headers, chunk framing, WebSocket frames: everything). The application's
-own byte count is kept beside it as the cross-check and as the fallback where TCP_INFO is
-missing. Every read stamps both clocks before anything parses the bytes.
+`Connection` is the small network-stream interface every HTTP layer speaks through (read,
+write, aclose -> `ConnStats`), and a `Connector` opens one to a `Target`: the HTTP layer is
+handed a connector rather than a host and port, so TCP today and TLS or QUIC later (or the
+in-memory fakes of `clients/fake.py`) plug in without touching it.
+
+`Conn` is the TCP implementation. Before the socket closes it reads Linux's
+`struct tcp_info` (TCP_INFO): `tcpi_bytes_acked` (offset 120) is what we sent and the peer
+acknowledged, and `tcpi_bytes_received` (offset 128) what we received, each the TCP payload
+of the whole connection (HTTP headers, chunk framing, WebSocket frames: everything). The
+application's own byte count is kept beside it as the cross-check and as the fallback where
+TCP_INFO is missing. Every read stamps both clocks before anything parses the bytes.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ import dataclasses
 import socket
 import struct
 import time
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+from urllib.parse import urlsplit
 
 from streams.errors import TransportError
 
@@ -37,6 +44,35 @@ _TCPI_SIZE = 144
 
 # include/net/tcp_states.h: states in which the peer's FIN has been received
 _FIN_RECEIVED_STATES = frozenset({8, 9, 11, 6})  # CLOSE_WAIT, LAST_ACK, CLOSING, TIME_WAIT
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Where the server (or a proxy in front of it) listens."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    @classmethod
+    def parse(cls, url: str) -> Target:
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        if parts.scheme not in ("http", "ws") or not parts.hostname:
+            raise ValueError(f"server URL must look like http://HOST:PORT, got {url!r}")
+        try:
+            port = parts.port or 80
+        except ValueError:
+            raise ValueError(f"bad port in server URL {url!r}") from None
+        return cls(parts.hostname, port)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def authority(self) -> str:
+        """`host:port` as the Host header and a WebSocket URI write it."""
+        return self.url.removeprefix("http://")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -69,24 +105,62 @@ def read_tcp_info(sock: socket.socket) -> TcpInfo | None:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ConnStats:
-    """What one connection carried; `bytes_*` are the kernel's when `source` is "kernel"."""
+    """What one connection carried; `bytes_*` are the kernel's when `source` is "kernel".
+
+    `packets_*` are the stack's units (TCP segments, QUIC packets), -1 when unknown; `stack`
+    names the stack that carried the bytes: "tcp" today, "tls" or "quic" later."""
 
     index: int
     bytes_up: int
     bytes_down: int
     app_bytes_up: int
     app_bytes_down: int
-    segments_up: int
-    segments_down: int
+    packets_up: int
+    packets_down: int
     retransmits: int
     source: str
+    stack: str
+
+
+class Connection(Protocol):
+    """One client connection: bytes in and out, timestamped reads, and its counts at close.
+
+    `read` returns b"" at EOF; both raise TransportError (retryable) when the connection
+    breaks; `aclose` is idempotent and returns the same `ConnStats` every time. The HTTP
+    layer numbers its connections by setting `index` before the first read."""
+
+    index: int
+    last_recv_ns: int  # time.time_ns() of the latest read
+    last_recv_perf_ns: int  # time.perf_counter_ns() of the latest read
+
+    async def read(self, size: int = ...) -> bytes: ...
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def aclose(self) -> ConnStats: ...
+
+
+Connector = Callable[[Target], Awaitable[Connection]]
+"""Opens a connection to a target; failing to connect is a (retryable) TransportError."""
+
+
+async def tcp_connector(target: Target) -> Connection:
+    """The default `Connector`: a TCP connection (`Conn`), errors translated here."""
+    try:
+        return await Conn.open(target.host, target.port)
+    except OSError as exc:
+        raise TransportError(
+            f"cannot connect to {target.host}:{target.port}: {exc.strerror or exc}"
+        ) from exc
 
 
 class Conn:
     """A client-side TCP connection: write, read (timestamped), aclose (-> ConnStats)."""
 
+    stack = "tcp"
+
     def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int = 0
     ) -> None:
         self._reader, self._writer = reader, writer
         self.index = index
@@ -161,6 +235,7 @@ class Conn:
                 -1,
                 -1,
                 "app",
+                self.stack,
             )
         # The kernel counts sequence space: our SYN is in bytes_acked once the handshake is
         # done (tcp_snd_una_update), and the peer's FIN is in bytes_received once it arrived
@@ -177,4 +252,5 @@ class Conn:
             info.segs_in,
             info.total_retrans,
             "kernel",
+            self.stack,
         )

@@ -8,7 +8,7 @@ having no cursor shows up as duplicated bytes, not duplicated tokens.
 from __future__ import annotations
 
 from clients.base import Client, expect, request_for
-from clients.http import HTTPClient
+from clients.http import HTTPLayer
 from clients.recorder import StreamRecord
 from streams.params import GenParams
 from transports.oneshot import decode_batch
@@ -17,22 +17,23 @@ from transports.oneshot import decode_batch
 class OneShotClient(Client):
     key = "oneshot"
 
-    async def attempt(self, http: HTTPClient, params: GenParams, rec: StreamRecord) -> str:
-        if rec.stream_id:
-            method, (target, body) = "GET", (f"/oneshot?stream={rec.stream_id}&after=0", b"")
+    async def attempt(self, http: HTTPLayer, params: GenParams, rec: StreamRecord) -> str:
+        stream_id = self.resume.stream_id
+        if stream_id:  # no cursor: the whole answer again
+            method, (target, body) = "GET", (f"/oneshot?stream={stream_id}&after=0", b"")
         else:
             method = self.options.method
             target, body = request_for("/oneshot", params, method)
         rec.request_sent()
         resp = await http.request(method, target, [], body)
-        rec.stream_id = rec.stream_id or resp.headers.get("x-pushlab-stream", "")
+        self.stream_known(rec, resp.headers.get("x-pushlab-stream", ""))
         await expect(http, resp, 200, "application/json")
         data = await http.read_body()
         conn = http.conn
         assert conn is not None
         batch = decode_batch(data)
-        seen = set(rec.texts)
+        held = self.resume.after
         for tok in batch.tokens:
-            if tok.seq + self.part_offset not in seen:  # a re-request repeats the answer
+            if tok.seq > held:  # a re-request repeats the answer: keep what is new
                 self.deliver(rec, tok, conn.last_recv_ns, conn.last_recv_perf_ns, http.requests - 1)
         return batch.reason or "done"

@@ -9,13 +9,12 @@ seqs the record counts as duplicates (the honest cost of a stream without a curs
 from __future__ import annotations
 
 from clients.base import Client, expect
-from clients.http import HTTPClient
+from clients.http import HTTPLayer
 from clients.recorder import StreamRecord
-from streams.errors import ProtocolError, TransportError
+from streams.errors import TransportError
 from streams.params import GenParams
-from transports.openai import MODELS
-from transports.sse import SSEParser
-from transports.token import TokenRecord, dumps, loads
+from transports.openai import MODELS, ChunkDecoder
+from transports.token import dumps
 
 PROMPT = "Explain how a chat answer can be streamed to a browser."
 
@@ -30,7 +29,7 @@ def request_body(params: GenParams, model: str = MODELS[0]) -> bytes:
 class OpenAIClient(Client):
     key = "openai"
 
-    async def attempt(self, http: HTTPClient, params: GenParams, rec: StreamRecord) -> str:
+    async def attempt(self, http: HTTPLayer, params: GenParams, rec: StreamRecord) -> str:
         rec.request_sent()
         headers = [("Accept", "text/event-stream"), ("Authorization", "Bearer unused")]
         resp = await http.request("POST", "/v1/chat/completions", headers, request_body(params))
@@ -38,31 +37,16 @@ class OpenAIClient(Client):
         conn = http.conn
         assert conn is not None
         request_index = http.requests - 1
-        parser, reason = SSEParser(), ""
-        async for chunk in http.body():
+        decoder, reason = ChunkDecoder(), ""
+        async for data in http.body():
             t_ns, t_perf = conn.last_recv_ns, conn.last_recv_perf_ns
-            for event in parser.feed(chunk):
-                if event.data == "[DONE]":
-                    return reason or "done"
-                obj = loads(event.data)
-                if "error" in obj:
-                    raise TransportError(
-                        f"server error: {obj['error'].get('message')}", retryable=False
-                    )
-                choices = obj.get("choices") or []  # [] is the usage chunk
-                for choice in choices:
-                    if choice.get("finish_reason"):
-                        reason = (
-                            "done" if choice["finish_reason"] == "stop" else choice["finish_reason"]
-                        )
-                    content = (choice.get("delta") or {}).get("content")
-                    if content is not None and "pushlab" in obj:
-                        meta = obj["pushlab"]
-                        try:
-                            tok = TokenRecord(
-                                meta["stream"], int(meta["seq"]), int(meta["t_emit_ns"]), content
-                            )
-                        except (KeyError, TypeError, ValueError) as exc:
-                            raise ProtocolError("malformed pushlab field in a chunk") from exc
-                        self.deliver(rec, tok, t_ns, t_perf, request_index)
+            for chunk in decoder.feed(data):  # the one chunk codec: transports/openai.py
+                if chunk.error is not None:
+                    raise TransportError(f"server error: {chunk.error}", retryable=False)
+                if chunk.finish_reason:
+                    reason = "done" if chunk.finish_reason == "stop" else chunk.finish_reason
+                if chunk.token is not None and chunk.contents:
+                    self.deliver(rec, chunk.token, t_ns, t_perf, request_index)
+            if decoder.done:
+                return reason or "done"
         raise TransportError("stream ended before [DONE]")

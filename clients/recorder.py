@@ -77,7 +77,8 @@ class StreamRecord:
 
     @property
     def last_seq(self) -> int:
-        """The highest seq received (what a resume continues after)."""
+        """The highest seq received over the whole answer (the client's `ResumePoint`, not
+        this, says where a resume continues)."""
         return max(self.seq) if self.seq else 0
 
     def text(self) -> str:
@@ -160,6 +161,7 @@ def stream_row(rec: StreamRecord) -> dict[str, object]:
         else None
     )
     conns = rec.conns
+    packets_known = bool(conns) and conns[0].packets_up >= 0
     return {
         "stream_id": rec.stream_id,
         "envelope": rec.envelope,
@@ -182,7 +184,9 @@ def stream_row(rec: StreamRecord) -> dict[str, object]:
         if rec.continuation_gaps_ms
         else float("nan"),
         "http_requests": rec.http_requests,
-        "tcp_connections": len(conns),
+        "connections": len(conns),
+        # one stack for all the stream's connections, else "mixed" ("" when it had none)
+        "stack": conns[0].stack if len({c.stack for c in conns}) == 1 else "mixed" if conns else "",
         "bytes_up": sum(c.bytes_up for c in conns),
         "bytes_down": sum(c.bytes_down for c in conns),
         "app_bytes_up": sum(c.app_bytes_up for c in conns),
@@ -190,12 +194,8 @@ def stream_row(rec: StreamRecord) -> dict[str, object]:
         # one source for all the stream's connections (kernel, browser-cdp), else the app's count
         "bytes_source": conns[0].source if conns and len({c.source for c in conns}) == 1 else "app",
         "payload_bytes": sum(text_bytes.values()),
-        "segments_up": sum(c.segments_up for c in conns)
-        if conns and conns[0].segments_up >= 0
-        else -1,
-        "segments_down": sum(c.segments_down for c in conns)
-        if conns and conns[0].segments_down >= 0
-        else -1,
+        "packets_up": sum(c.packets_up for c in conns) if packets_known else -1,
+        "packets_down": sum(c.packets_down for c in conns) if packets_known else -1,
         "retransmits": sum(c.retransmits for c in conns)
         if conns and conns[0].retransmits >= 0
         else -1,

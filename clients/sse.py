@@ -2,13 +2,14 @@
 
 Connects with `Accept: text/event-stream`; on a broken connection it reconnects after the
 server's `retry:` delay (or its own backoff, whichever is longer) sending `Last-Event-ID`
-as the parser committed it; a 204 or a wrong content type ends it for good.
+as the parser committed it (kept in the client's resume point); a 204 or a wrong content
+type ends it for good.
 """
 
 from __future__ import annotations
 
 from clients.base import Client, expect, request_for
-from clients.http import HTTPClient
+from clients.http import HTTPLayer
 from clients.recorder import StreamRecord
 from streams.errors import TransportError
 from streams.params import GenParams
@@ -21,19 +22,15 @@ class SSEClient(Client):
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.last_event_id = ""
-        self.retry_ms: int | None = None
-
-    def new_part(self) -> None:
-        self.last_event_id = ""  # the follow-up is a new stream: nothing to resume
+        self.retry_ms: int | None = None  # the server's reconnection time, once it sent one
 
     def _backoff_s(self, failures: int) -> float:
         return max(super()._backoff_s(failures), (self.retry_ms or 0) / 1e3)
 
-    async def attempt(self, http: HTTPClient, params: GenParams, rec: StreamRecord) -> str:
+    async def attempt(self, http: HTTPLayer, params: GenParams, rec: StreamRecord) -> str:
         headers = [("Accept", "text/event-stream"), ("Cache-Control", "no-cache")]
-        if self.last_event_id:
-            headers.append(("Last-Event-ID", self.last_event_id))
+        if self.resume.event_id:
+            headers.append(("Last-Event-ID", self.resume.event_id))
         target, body = request_for("/sse", params, self.options.method)
         rec.request_sent()
         resp = await http.request(self.options.method, target, headers, body)
@@ -56,6 +53,6 @@ class SSEClient(Client):
                     elif event.type == "cancelled":
                         rec.end_reason = str(loads(event.data).get("reason", "cancelled"))
         finally:
-            self.last_event_id = parser.last_event_id or self.last_event_id
+            self.resume.update(event_id=parser.last_event_id)
             self.retry_ms = parser.retry_ms if parser.retry_ms is not None else self.retry_ms
         raise TransportError("event stream ended before [DONE]")

@@ -1,7 +1,8 @@
-"""WebSocket client on the `websockets` sans-I/O protocol, over a counted `Conn`.
+"""WebSocket client on the `websockets` sans-I/O protocol, over a counted `Connection`.
 
-Sends `start`; on a broken connection reconnects and sends `resume` with the last seq
-received; `cancel_after` (tokens) sends `cancel` mid-stream.
+Sends `start`; on a broken connection reconnects and sends `resume` with the client's
+resume point (the stream and the last seq received); `cancel_after` (tokens) sends
+`cancel` mid-stream.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from websockets.http11 import Response as WSResponse
 from websockets.uri import parse_uri
 
 from clients.base import Client
-from clients.http import HTTPClient
-from clients.net import Conn
+from clients.http import HTTPLayer
+from clients.net import Connection
 from clients.recorder import StreamRecord
 from streams.errors import ProtocolError, TransportError
 from streams.params import GenParams
@@ -24,9 +25,9 @@ from transports.token import TokenRecord
 
 class WebSocketClient(Client):
     key = "websocket"
-    _open: tuple[ClientProtocol, Conn] | None = None
+    _open: tuple[ClientProtocol, Connection] | None = None
 
-    async def abandon(self, http: HTTPClient, rec: StreamRecord) -> None:
+    async def abandon(self, http: HTTPLayer, rec: StreamRecord) -> None:
         """`cancel` is a message on the open connection, then a normal close (RFC 6455 7.1.2)."""
         rec.abandoned()
         if self.options.abandon == "cancel" and self._open is not None:
@@ -36,11 +37,11 @@ class WebSocketClient(Client):
             await _flush(proto, conn)
         await http.close_conn()
 
-    async def attempt(self, http: HTTPClient, params: GenParams, rec: StreamRecord) -> str:
+    async def attempt(self, http: HTTPLayer, params: GenParams, rec: StreamRecord) -> str:
         conn = await http.open_raw()
         extensions = [ClientPerMessageDeflateFactory()] if self.options.ws_compress else None
         proto = ClientProtocol(
-            parse_uri(f"ws://{http.host}:{http.port}/ws"), extensions=extensions, max_size=2**20
+            parse_uri(f"ws://{http.target.authority}/ws"), extensions=extensions, max_size=2**20
         )
         proto.send_request(proto.connect())
         self._open = (proto, conn)
@@ -62,9 +63,10 @@ class WebSocketClient(Client):
                             f"WebSocket handshake failed: {proto.handshake_exc}", retryable=False
                         )
                     opened = True
+                    resume = self.resume
                     first = (
-                        codec.encode_resume(rec.stream_id, rec.last_seq - self.part_offset)
-                        if rec.stream_id
+                        codec.encode_resume(resume.stream_id, resume.after)
+                        if resume.stream_id
                         else codec.encode_start(params)
                     )
                     proto.send_text(first.encode())
@@ -87,7 +89,7 @@ class WebSocketClient(Client):
         if isinstance(msg, TokenRecord):
             self.deliver(rec, msg, t_ns, t_perf, request_index)
         elif isinstance(msg, codec.Started):
-            rec.stream_id = rec.stream_id or msg.stream
+            self.stream_known(rec, msg.stream)
         elif isinstance(msg, codec.Done):
             return msg.reason
         elif isinstance(msg, codec.Error):
@@ -95,7 +97,7 @@ class WebSocketClient(Client):
         return None
 
 
-async def _flush(proto: ClientProtocol, conn: Conn) -> None:
+async def _flush(proto: ClientProtocol, conn: Connection) -> None:
     for chunk in proto.data_to_send():
         if chunk:
             await conn.write(chunk)

@@ -13,8 +13,17 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pandas is heavy; the clients' hot path never needs it
     import pandas as pd
 
-SCHEMA_VERSION = 3  # 2: sweep, sweep_value, gap_max_ms, recovery_max_ms, end_reason;
-# 3: retransmits, continuations, continuation_gap_max_ms
+SCHEMA_VERSION = 4  # 2: sweep, sweep_value, gap_max_ms, recovery_max_ms, end_reason;
+# 3: retransmits, continuations, continuation_gap_max_ms;
+# 4: columns that do not assume TCP: tcp_connections -> connections, segments_up/down ->
+#    packets_up/down, new `stack` (records/store.py reads older runs through RENAMED_IN_4)
+
+# streams columns renamed in version 4, old name -> new; runs stored before it were all TCP
+RENAMED_IN_4: dict[str, str] = {
+    "tcp_connections": "connections",
+    "segments_up": "packets_up",
+    "segments_down": "packets_down",
+}
 
 # Columns shared by both tables: who measured what, under which condition.
 KEY_COLUMNS: dict[str, str] = {
@@ -58,15 +67,16 @@ STREAM_COLUMNS: dict[str, str] = {
     "continuations": "int64",  # follow-up requests for the rest of the answer (part_tokens)
     "continuation_gap_max_ms": "float64",  # longest: a part's last token -> the next's first
     "http_requests": "int64",  # HTTP requests sent, WebSocket upgrade included
-    "tcp_connections": "int64",
-    "bytes_up": "int64",  # TCP payload bytes sent, all connections (kernel count when available)
-    "bytes_down": "int64",  # TCP payload bytes received, all connections
+    "connections": "int64",  # connections opened (TCP today; QUIC connections later)
+    "stack": "string",  # what carried them: "tcp" ("tls", "quic" later; "mixed"; "": none)
+    "bytes_up": "int64",  # payload bytes sent, all connections (kernel count when available)
+    "bytes_down": "int64",  # payload bytes received, all connections
     "app_bytes_up": "int64",  # the same counted by the application, as a cross-check
     "app_bytes_down": "int64",
-    "bytes_source": "string",  # "kernel" (TCP_INFO) or "app" (fallback)
+    "bytes_source": "string",  # "kernel" (TCP_INFO), "browser-cdp", or "app" (fallback)
     "payload_bytes": "int64",  # UTF-8 size of the token texts received, once each
-    "segments_up": "int64",  # tcpi_segs_out, -1 when unknown
-    "segments_down": "int64",  # tcpi_segs_in, -1 when unknown
+    "packets_up": "int64",  # the stack's units sent: TCP tcpi_segs_out; -1 when unknown
+    "packets_down": "int64",  # received: TCP tcpi_segs_in; -1 when unknown
     # tcpi_total_retrans: segments the CLIENT sent again (the server's own retransmissions
     # of the token stream are not visible here), -1 when unknown
     "retransmits": "int64",

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 import pytest
 
-from tests.conftest import UNIT, Served
+from tests.support import UNIT, Served, wait_until_async
+from transports import registry
 from transports.sse import SSEParser
 
 QUERY = "tokens=10&rate=1000&ttft_ms=0&seed=5"
@@ -18,48 +20,102 @@ async def finished_stream(http: aiohttp.ClientSession, served: Served) -> str:
     """A stream id whose 10 tokens have all been generated."""
     async with http.post(f"{served.url}/longpoll?{QUERY}") as resp:
         stream = (await resp.json())["stream"]
-    async with asyncio.timeout(5 * UNIT):
-        while True:
-            async with http.get(f"{served.url}/streams/{stream}") as resp:
-                if (await resp.json())["state"] == "done":
-                    return str(stream)
-            await asyncio.sleep(0.01)
+
+    async def done() -> bool:
+        async with http.get(f"{served.url}/streams/{stream}") as resp:
+            return bool((await resp.json())["state"] == "done")
+
+    await wait_until_async(done, what=f"stream {stream} is done")
+    return str(stream)
 
 
 def seqs_of_ndjson(body: bytes) -> list[int]:
     return [obj["seq"] for obj in map(json.loads, body.splitlines()) if "type" not in obj]
 
 
+Resume = Callable[[aiohttp.ClientSession, str, str, int], Awaitable[list[int]]]
+
+
+async def resume_sse(http: aiohttp.ClientSession, url: str, stream: str, after: int) -> list[int]:
+    """The Last-Event-ID an EventSource sends after a cut."""
+    async with http.get(f"{url}/sse", headers={"Last-Event-ID": f"{stream}:{after}"}) as resp:
+        if resp.status == 204:  # nothing left: EventSource must stop reconnecting
+            return []
+        events = SSEParser().feed(await resp.read())
+        return [json.loads(e.data)["seq"] for e in events if e.data != "[DONE]"]
+
+
+async def resume_ndjson(
+    http: aiohttp.ClientSession, url: str, stream: str, after: int
+) -> list[int]:
+    async with http.get(f"{url}/ndjson?stream={stream}&after={after}") as resp:
+        return seqs_of_ndjson(await resp.read())
+
+
+def resume_poll(key: str) -> Resume:
+    """A polling transport polls `GET /{key}/{stream}?after=` (docs/PROTOCOL.md)."""
+
+    async def resume(http: aiohttp.ClientSession, url: str, stream: str, after: int) -> list[int]:
+        async with http.get(f"{url}/{key}/{stream}?after={after}") as resp:
+            batch = await resp.json()
+            assert batch["done"]
+            return [t["seq"] for t in batch["tokens"]]
+
+    return resume
+
+
+async def resume_oneshot(
+    http: aiohttp.ClientSession, url: str, stream: str, after: int
+) -> list[int]:
+    async with http.get(f"{url}/oneshot?stream={stream}&after={after}") as resp:
+        return [t["seq"] for t in (await resp.json())["tokens"]]
+
+
+async def resume_websocket(
+    http: aiohttp.ClientSession, url: str, stream: str, after: int
+) -> list[int]:
+    async with http.ws_connect(f"{url}/ws") as ws:
+        await ws.send_json({"type": "resume", "stream": stream, "after": after})
+        got = []
+        async with asyncio.timeout(5 * UNIT):
+            while (msg := await ws.receive_json())["type"] != "done":
+                if msg["type"] == "token":
+                    got.append(msg["seq"])
+        return got
+
+
+# Each resumable transport's own wire surface for "resume after seq": the code is per
+# transport by nature; which transports must have one is the registry's to say.
+RESUMABLE = registry.keys_where(lambda t: t.resumable)
+RESUME: dict[str, Resume] = {
+    "sse": resume_sse,
+    "websocket": resume_websocket,
+    "ndjson": resume_ndjson,
+    "oneshot": resume_oneshot,
+    **{k: resume_poll(k) for k in registry.keys_where(lambda t: t.requests_per_answer == "many")},
+}
+
+
+def test_every_resumable_transport_has_its_wire_resume_checked() -> None:
+    assert set(RESUME) == set(registry.keys_where(lambda t: t.resumable))
+
+
 @pytest.mark.parametrize("after", [0, 4, 10])
-async def test_every_transport_resumes_after_the_given_seq(served: Served, after: int) -> None:
-    expected = list(range(after + 1, 11))
+@pytest.mark.parametrize("key", RESUMABLE)
+async def test_every_resumable_transport_resumes_after_the_given_seq(
+    served: Served, key: str, after: int
+) -> None:
     async with aiohttp.ClientSession() as http:
         stream = await finished_stream(http, served)
-        # SSE: the Last-Event-ID an EventSource sends after a cut
-        async with http.get(
-            f"{served.url}/sse", headers={"Last-Event-ID": f"{stream}:{after}"}
-        ) as resp:
-            if after == 10:
-                assert resp.status == 204  # nothing left: EventSource must stop reconnecting
-            else:
-                events = SSEParser().feed(await resp.read())
-                assert [json.loads(e.data)["seq"] for e in events if e.data != "[DONE]"] == expected
-        async with http.get(f"{served.url}/ndjson?stream={stream}&after={after}") as resp:
-            assert seqs_of_ndjson(await resp.read()) == expected
-        for key in ("longpoll", "shortpoll"):
-            async with http.get(f"{served.url}/{key}/{stream}?after={after}") as resp:
-                batch = await resp.json()
-                assert [t["seq"] for t in batch["tokens"]] == expected and batch["done"]
-        async with http.get(f"{served.url}/oneshot?stream={stream}&after={after}") as resp:
-            assert [t["seq"] for t in (await resp.json())["tokens"]] == expected
-        async with http.ws_connect(f"{served.url}/ws") as ws:
-            await ws.send_json({"type": "resume", "stream": stream, "after": after})
-            got = []
-            async with asyncio.timeout(5 * UNIT):
-                while (msg := await ws.receive_json())["type"] != "done":
-                    if msg["type"] == "token":
-                        got.append(msg["seq"])
-            assert got == expected
+        assert await RESUME[key](http, served.url, stream, after) == list(range(after + 1, 11))
+
+
+async def test_sse_answers_a_resume_after_the_end_with_204(served: Served) -> None:
+    async with aiohttp.ClientSession() as http:
+        stream = await finished_stream(http, served)
+        headers = {"Last-Event-ID": f"{stream}:10"}
+        async with http.get(f"{served.url}/sse", headers=headers) as resp:
+            assert resp.status == 204  # nothing left: EventSource must stop reconnecting
 
 
 async def test_sse_opening_block_commits_the_stream_id_before_any_token(served: Served) -> None:
