@@ -8,8 +8,10 @@ included verbatim under the missed targets.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
+
+from presentation.markdown import markdown_rows
+from transports import registry
 
 FORMATS = {
     "tokens/s": "{:,.0f}",
@@ -20,7 +22,12 @@ FORMATS = {
     "ms": "{:.2f}",
     "x": "{:.3f}",
 }
-TRANSPORT = {"sse": "SSE", "websocket": "WebSocket", "ndjson": "NDJSON", "longpoll": "long poll"}
+
+
+def _label(key: str) -> str:
+    """A transport's label from the registry; other sides ("raw", "bare") as they are."""
+    transport = registry.TRANSPORTS.get(key)
+    return transport.label if transport is not None else key
 
 
 def fmt(value: float, unit: str = "") -> str:
@@ -48,7 +55,7 @@ def target_cells(row: dict[str, Any]) -> list[str]:
     return [
         row["target"],
         row["title"],
-        TRANSPORT.get(row["transport"], row["transport"]),
+        _label(row["transport"]),
         row["gc"],
         f"{_spread(row['value'], unit)} {unit}",
         f"{_spread(row['reference'], unit)} {unit}",
@@ -71,12 +78,6 @@ HEADERS = [
     "verdict",
     "n",
 ]
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
-    return "\n".join(lines)
 
 
 def text_table(doc: dict[str, Any]) -> str:
@@ -118,14 +119,14 @@ def _details(doc: dict[str, Any]) -> list[str]:
         rows = [d for d in doc["details"] if d["benchmark"] == bench]
         metrics = [k for k in rows[0] if k not in ("benchmark", "transport", "gc", "side")]
         body = [
-            [TRANSPORT.get(d["transport"], d["transport"]), d["gc"], d["side"]]
+            [_label(d["transport"]), d["gc"], d["side"]]
             + [_spread(d[m], "") + ("" if d[m]["n"] < 2 else f" (n={d[m]['n']})") for m in metrics]
             for d in rows
         ]
         out += [
             f"### `{bench}`",
             "",
-            markdown_table(["transport", "GC", "side", *metrics], body),
+            markdown_rows(["transport", "GC", "side", *metrics], body),
             "",
         ]
     return out
@@ -145,7 +146,7 @@ def _limits(doc: dict[str, Any], analysis: str) -> list[str]:
                 f"; server process at its busiest second: pushlab {_spread(peak['value'], 'x')}"
                 f" cores, bare {_spread(peak['reference'], 'x')} cores"
             )
-        transport = TRANSPORT.get(r["transport"], r["transport"])
+        transport = _label(r["transport"])
         out.append(
             f"- Target {r['target']} ({r['title']}, {transport}, GC {r['gc']}): {facts}; "
             f"missed by {r['miss']}."
@@ -177,7 +178,7 @@ def readme(doc: dict[str, Any], analysis: str = "", result_path: str = "") -> st
         "both on uvloop. Median over repetitions [min–max]; the ratio's range is over repetitions "
         "paired by index; `n` = repetitions per side.",
         "",
-        markdown_table(HEADERS, rows),
+        markdown_rows(HEADERS, rows),
         "",
         "## What limits the missed targets",
         "",
@@ -201,7 +202,7 @@ METHOD = """## How it is measured
 - Load generators run in two worker processes on uvloop with their garbage collector off,
   client i starting at i x stagger; a worker above 90% CPU, or a machine above 95% busy, is
   flagged. `longpoll` uses pushlab's own long-poll client (`clients.fleet.FleetPool`).
-  `streams1000` and `streams5000` use the light readers of `benchmarks/lightfleet.py` by
+  `streams1000` and `streams5000` use the same pool's light readers (`clients/light.py`) by
   default (`--client python` switches to pushlab's clients): pushlab's Python clients were
   measured at 66-89 us of CPU per token (300 streams x 20 tokens/s), so 20,000-50,000
   tokens/s would need more cores than this machine has; the light readers find each token's

@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:  # run as a script: `python benchmarks/run.py`
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import report, suite, summary  # noqa: E402
-from benchmarks.procs import wait_quiet  # noqa: E402
+from harness.procstat import wait_quiet  # noqa: E402
 from records.meta import machine_info, package_version  # noqa: E402
 
 SCHEMA = "pushlab-benchmarks/1"

@@ -4,20 +4,21 @@
 in the bytes afterwards (single-connection throughput: the server, not the reader, must be
 the bottleneck). `IdleConnections` opens N streams that send nothing yet and holds them
 (idle memory). Both speak the wire format of docs/PROTOCOL.md, so they work the same against
-pushlab, the bare aiohttp reference and the raw asyncio one.
+pushlab, the bare aiohttp reference and the raw asyncio one; the bytes they send come from
+the codecs (`clients.light.request_bytes`, `start_message`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
-import struct
 import time
 from typing import cast
-from urllib.parse import urlencode
 
 from clients.base import Target
+from clients.light import request_bytes, start_message
+from streams.params import GenParams
+from transports import registry
 
 # What one token looks like in each transport's bytes (token objects carry "t_emit_ns").
 TOKEN_MARK = {
@@ -27,8 +28,6 @@ TOKEN_MARK = {
 }
 OPENED_MARK = {"sse": b"retry:", "ndjson": b'"type":"started"', "websocket": b'"type":"started"'}
 DONE_MARK = b'"type":"done"'  # the end of a WebSocket stream (SSE and NDJSON: the server closes)
-PATH = {"sse": "/sse", "ndjson": "/ndjson", "websocket": "/ws"}
-Params = dict[str, float]  # generation parameters by name (tokens, rate, ttft_ms)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,42 +38,6 @@ class Drink:
     bytes_down: int
     wall_s: float
     reader_cpu_s: float
-
-
-def _fmt(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
-
-
-def request_bytes(target: Target, transport: str, params: Params, close: bool) -> bytes:
-    """The HTTP/1.1 request that opens a stream (a WebSocket upgrade for `websocket`)."""
-    query = (
-        "" if transport == "websocket" else "?" + urlencode({k: _fmt(v) for k, v in params.items()})
-    )
-    head = f"GET {PATH[transport]}{query}"
-    lines = [f"{head} HTTP/1.1", f"Host: {target.host}:{target.port}"]
-    if transport == "websocket":
-        lines += [
-            "Upgrade: websocket",
-            "Connection: Upgrade",
-            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",  # RFC 6455 section 1.3's example
-            "Sec-WebSocket-Version: 13",
-        ]
-    elif close:
-        lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
-
-
-def ws_text_frame(payload: bytes) -> bytes:
-    """A client text frame (RFC 6455 section 5.2), masked with the all-zero key (5.3)."""
-    size = len(payload)
-    length = bytes([0x80 | size]) if size < 126 else struct.pack("!BH", 0x80 | 126, size)
-    return b"\x81" + length + b"\x00\x00\x00\x00" + payload
-
-
-def start_message(params: Params) -> bytes:
-    """The WebSocket `start` message carrying the generation parameters."""
-    values = {k: int(v) if float(v).is_integer() else v for k, v in params.items()}
-    return ws_text_frame(json.dumps({"type": "start", **values}).encode())
 
 
 class _Reader(asyncio.Protocol):
@@ -127,20 +90,20 @@ class _Reader(asyncio.Protocol):
         return b"".join(self.chunks)
 
 
-async def _open(target: Target, transport: str, params: Params, close: bool) -> _Reader:
+async def _open(target: Target, transport: str, params: GenParams, close: bool) -> _Reader:
     loop = asyncio.get_running_loop()
-    ws = transport == "websocket"
+    ws = registry.get(transport).connection == "upgraded"  # a WebSocket: send `start`
     end = DONE_MARK if ws else None
     _, reader = await loop.create_connection(
         lambda: _Reader(OPENED_MARK[transport], end, start_message(params) if ws else b""),
         target.host,
         target.port,
     )
-    reader.transport.write(request_bytes(target, transport, params, close))
+    reader.transport.write(request_bytes(target, transport, params, close=close))
     return reader
 
 
-async def drink(target: Target, transport: str, params: Params) -> Drink:
+async def drink(target: Target, transport: str, params: GenParams) -> Drink:
     """Read one stream to its end (`transport` is sse, ndjson or websocket)."""
     cpu0, t0 = time.thread_time(), time.perf_counter()
     reader = await _open(target, transport, params, close=True)
@@ -158,7 +121,7 @@ class IdleConnections:
         self.readers: list[_Reader] = []
 
     async def open(
-        self, target: Target, transport: str, params: Params, n: int, batch: int = 100
+        self, target: Target, transport: str, params: GenParams, n: int, batch: int = 100
     ) -> None:
         """Open `n` streams, `batch` at a time, each until the server has answered it."""
         for first in range(0, n, batch):

@@ -22,10 +22,10 @@ import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
 
-from benchmarks.lightfleet import LightPool
-from benchmarks.procs import Server, running, wait_quiet
-from benchmarks.trials import Trial, drink_trial, fleet_trial, idle_trial, light_trial
+from benchmarks.procs import Server, running
+from benchmarks.trials import Trial, drink_trial, fleet_trial, idle_trial
 from clients.fleet import FleetPool, FleetSpec
+from harness.procstat import wait_quiet
 from streams.params import GenParams
 
 PUSHLAB_MAX_RATE = 100_000.0  # the highest `rate` pushlab accepts (docs/PROTOCOL.md)
@@ -83,12 +83,11 @@ QUICK = Profile(
 
 @dataclasses.dataclass
 class Ctx:
-    """What every benchmark runs with: the profile, the load-generator pools, where progress
+    """What every benchmark runs with: the profile, the load-generator pool, where progress
     lines go, and how long to wait for other processes to go quiet before each trial."""
 
     profile: Profile
     fleet: FleetPool
-    light: LightPool
     progress: Progress = print
     quiet_s: float = 0.0
 
@@ -118,13 +117,13 @@ def _label(name: str, side: str, transport: str, policy: str, rep: int, pos: int
 
 def _warm(ctx: Ctx, servers: Iterable[Server], transport: str, client: str) -> None:
     """A few short streams per server before anything is recorded."""
+    spec = FleetSpec(transport, 20, workers=ctx.fleet.workers, uvloop=True)
+    params = GenParams(tokens=20, rate=200.0, ttft_ms=0.0)
     for server in servers:
         if client == "light":
-            query = {"tokens": 20, "rate": 200.0, "ttft_ms": 0.0}
-            ctx.light.run(server.target, transport, 20, query, 0.0)
+            ctx.fleet.run_light(spec, server.target, params)
         else:
-            spec = FleetSpec(transport, 20, workers=ctx.fleet.workers, uvloop=True)
-            ctx.fleet.run(spec, server.target, GenParams(tokens=20, rate=200.0, ttft_ms=0.0))
+            ctx.fleet.run(spec, server.target, params)
 
 
 def _fleets(
@@ -144,13 +143,8 @@ def _fleets(
                 _warm(ctx, servers.values(), transport, client)
                 for rep in range(ctx.profile.reps):
                     for pos, side in enumerate(_order(PAIR, rep)):
-                        server = servers[side]
-                        if client == "light":
-                            args = (ctx.light, server, transport, clients, params, stagger_ms)
-                            run = functools.partial(light_trial, *args)
-                        else:
-                            args2 = (ctx.fleet, server, transport, clients, params, stagger_ms)
-                            run = functools.partial(fleet_trial, *args2)
+                        args = (ctx.fleet, servers[side], transport, clients, params, stagger_ms)
+                        run = functools.partial(fleet_trial, *args, client)
                         labels = _label(name, side, transport, policy, rep, pos)
                         out.append(ctx.record(labels, run))
     return out
@@ -236,8 +230,8 @@ def measure(
     if unknown:
         raise ValueError(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(BENCHMARKS)}")
     trials: list[Trial] = []
-    with FleetPool(profile.workers) as fleet, LightPool(profile.workers) as light:
-        ctx = Ctx(profile, fleet, light, progress, quiet_s)
+    with FleetPool(profile.workers) as fleet:
+        ctx = Ctx(profile, fleet, progress, quiet_s)
         for name, bench in BENCHMARKS.items():
             if name in names:
                 trials += bench(ctx)

@@ -1,8 +1,9 @@
 """One measured trial against one running server, returned as a flat dict of numbers.
 
-`fleet_trial`: N of pushlab's own clients (the fleet's worker processes, each with its
-garbage collector off) against a server; server CPU per token or per request over the
-steady window (every stream started, none finished), delivery, per-token latency.
+`fleet_trial`: N clients (pushlab's own, or the light reader of `clients.light`) in the
+fleet's worker processes, each with its garbage collector off, against a server; server CPU
+per token or per request over the steady window (every stream started, none finished),
+delivery, per-token latency.
 `drink_trial`: one unpaced stream read by the minimal sink; tokens/s and CPU per token.
 `idle_trial`: a fresh server, N streams opened that send nothing; RSS growth per connection.
 Nothing here prints or writes files.
@@ -11,11 +12,9 @@ Nothing here prints or writes files.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
 import time
-import urllib.request
 from array import array
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -24,23 +23,19 @@ import numpy as np
 
 from analysis.stats import percentiles
 from benchmarks import sink
-from benchmarks.lightfleet import LightPool, LightRecord, LightWorkerStats
-from benchmarks.procs import (
-    Sample,
-    Sampler,
-    Server,
-    foreign_cpu,
-    foreign_delta_s,
-    running,
-    take_sample,
-)
+from benchmarks.procs import Server, running
 from clients.base import ClientOptions
 from clients.fleet import SATURATED_CPU_FRACTION, FleetPool, FleetSpec, WorkerStats
+from clients.light import LightRecord
 from clients.recorder import StreamRecord, stream_row
+from harness import procstat
+from harness.procstat import foreign_cpu, foreign_delta_s
+from harness.sampler import Sample, Sampler, read_stats, take
 from streams.params import GenParams
 
 Trial = dict[str, Any]
 MACHINE_SATURATED = 0.95  # busy cores / cores at or above which the machine was the limit
+SAMPLE_INTERVAL_S = 0.05  # the server's /proc, often enough to find a steady window
 
 
 class TokenArrays(Protocol):
@@ -59,40 +54,24 @@ def fleet_trial(
     clients: int,
     params: GenParams,
     stagger_ms: float,
+    client: str = "python",
 ) -> Trial:
-    """`clients` of pushlab's own clients of `transport`, spread over the pool's workers."""
+    """`clients` streams of `transport` spread over the pool's workers, read by pushlab's own
+    clients (`client="python"`) or by the light reader (`"light"`, `clients.light`)."""
     spec = FleetSpec(transport, clients, stagger_ms=stagger_ms, workers=pool.workers, uvloop=True)
+    light: list[LightRecord] = []
+    full: list[StreamRecord] = []
     foreign0 = foreign_cpu()
-    with Sampler(server.pid) as sampler:
-        records, stats = pool.run(spec, server.target, params, ClientOptions())
+    with Sampler(None, server.pid, SAMPLE_INTERVAL_S) as sampler:
+        if client == "light":
+            light, stats = pool.run_light(spec, server.target, params)
+        else:
+            full, stats = pool.run(spec, server.target, params, ClientOptions())
     foreign_s = foreign_delta_s(foreign0, foreign_cpu())
+    records: Sequence[StreamRecord] | Sequence[LightRecord] = light if client == "light" else full
     return {
-        "client": "python",
-        **delivery(records, params),
-        **latency(records),
-        **lateness(records, params),
-        **steady_cpu(records, sampler),
-        **load(stats, sampler.samples, foreign_s),
-    }
-
-
-def light_trial(
-    pool: LightPool,
-    server: Server,
-    transport: str,
-    clients: int,
-    params: GenParams,
-    stagger_ms: float,
-) -> Trial:
-    """`clients` streams read by the light load generator (`benchmarks.lightfleet`)."""
-    query = {"tokens": params.tokens, "rate": params.rate, "ttft_ms": params.ttft_ms}
-    foreign0 = foreign_cpu()
-    with Sampler(server.pid) as sampler:
-        records, stats = pool.run(server.target, transport, clients, query, stagger_ms)
-    foreign_s = foreign_delta_s(foreign0, foreign_cpu())
-    return {
-        "client": "light",
-        **light_delivery(records, params),
+        "client": client,
+        **(light_delivery(light, params) if client == "light" else delivery(full, params)),
         **latency(records),
         **lateness(records, params),
         **steady_cpu(records, sampler),
@@ -245,9 +224,7 @@ def peak_cores(samples: Sequence[Sample], span_s: float = 1.0) -> float:
     return best
 
 
-def load(
-    stats: Sequence[WorkerStats | LightWorkerStats], samples: Sequence[Sample], foreign_s: float
-) -> Trial:
+def load(stats: Sequence[WorkerStats], samples: Sequence[Sample], foreign_s: float) -> Trial:
     """The load generator's CPU, how busy the machine was, and what other processes took."""
     first, last = samples[0], samples[-1]
     wall_s = (last.t_ns - first.t_ns) / 1e9
@@ -271,10 +248,10 @@ def drink_trial(server: Server, transport: str, tokens: int, rate: float) -> Tri
     """One stream of `tokens` at `rate` read by the sink (`uvloop` in this process)."""
     import uvloop
 
-    params = {"tokens": tokens, "rate": rate, "ttft_ms": 0}
-    foreign0, a = foreign_cpu(), take_sample(server.pid)
+    params = GenParams(tokens=tokens, rate=rate, ttft_ms=0)
+    foreign0, a = foreign_cpu(), take(server.pid)
     drunk = uvloop.run(sink.drink(server.target, transport, params))
-    b, foreign_s = take_sample(server.pid), foreign_delta_s(foreign0, foreign_cpu())
+    b, foreign_s = take(server.pid), foreign_delta_s(foreign0, foreign_cpu())
     wall_s, cpu_s = drunk.wall_s, b.cpu_s - a.cpu_s
     machine_s = (b.t_ns - a.t_ns) / 1e9
     return {
@@ -296,14 +273,14 @@ def idle_trial(side: str, gc_policy: str, transport: str, n: int, warmup: int = 
     """RSS growth per connection of a fresh server holding `n` streams that send nothing."""
     import uvloop
 
-    params: sink.Params = {"tokens": 20, "rate": 20, "ttft_ms": 60_000}  # first token: in a minute
+    params = GenParams(tokens=20, rate=20, ttft_ms=60_000)  # first token: in a minute
     with running([side], gc_policy) as servers:
         server = servers[side]
         return uvloop.run(_hold_idle(server, transport, params, n, warmup))
 
 
 async def _hold_idle(
-    server: Server, transport: str, params: sink.Params, n: int, warmup: int
+    server: Server, transport: str, params: GenParams, n: int, warmup: int
 ) -> Trial:
     warm = sink.IdleConnections()  # the code paths and first allocations, then a baseline
     await warm.open(server.target, transport, params, warmup)
@@ -331,7 +308,7 @@ async def _settled_rss(pid: int) -> int:
     await asyncio.sleep(0.3)
     values = []
     for _ in range(3):
-        values.append(take_sample(pid).rss_bytes)
+        values.append(procstat.sample(pid).rss_bytes)
         await asyncio.sleep(0.2)
     return sorted(values)[1]
 
@@ -340,7 +317,5 @@ def _reported_open(server: Server, transport: str) -> int:
     """What pushlab's GET /stats says is open for `transport` (-1 for the bare servers)."""
     if server.side != "pushlab":
         return -1
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1, direct
-    with opener.open(f"{server.target.url}/stats", timeout=10) as resp:
-        stats = json.loads(resp.read())
+    stats = read_stats(server.target, timeout_s=10)
     return int(stats["transports"].get(transport, {}).get("open", 0))

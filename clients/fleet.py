@@ -1,10 +1,15 @@
 """Run N clients of one transport at once: in this process (`run_fleet`) or spread over
-worker processes so the measuring side can use every core (`run_fleet_procs`).
+worker processes so the measuring side can use every core (`FleetPool`).
 
 Workers start their clients together at a shared wall-clock instant, with client i (over
-the whole fleet) started at i * stagger_ms; each reports its own CPU time, so the fleet can
-say when the measuring side itself was saturated and the numbers describe the harness, not
-the transport.
+the whole fleet) started at i * stagger_ms; client i runs in worker i mod workers, so every
+worker takes its share of a ramp at once. Each worker reports its own CPU time, so the fleet
+can say when the measuring side itself was saturated and the numbers describe the harness,
+not the transport.
+
+Two readers: pushlab's full clients (`FleetPool.run`, every transport, every column of the
+record) and the light reader (`FleetPool.run_light`, `clients.light`: SSE and WebSocket at a
+fraction of the CPU per token, for thousands of streams on two cores).
 """
 
 from __future__ import annotations
@@ -12,17 +17,22 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import functools
 import gc
 import multiprocessing
 import resource
 import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 from clients.base import ClientOptions, Target
+from clients.light import LightRecord, read_stream
 from clients.recorder import StreamRecord
 from streams.params import GenParams
 from transports.registry import get
 
 SATURATED_CPU_FRACTION = 0.9  # a worker busier than this is the bottleneck
+R = TypeVar("R")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +41,7 @@ class FleetSpec:
     clients: int = 1
     stagger_ms: float = 0.0  # start client i at i * stagger_ms
     timeout_s: float | None = None  # whole fleet; default: from the generation schedule
-    workers: int = 1  # processes for run_fleet_procs
+    workers: int = 1  # worker processes (FleetPool's)
     uvloop: bool = False  # run each worker's event loop on uvloop
 
 
@@ -48,10 +58,6 @@ class WorkerStats:
         return self.cpu_s / self.wall_s if self.wall_s > 0 else 0.0
 
 
-def expected_duration_s(params: GenParams) -> float:
-    return params.ttft_ms / 1e3 + params.tokens / params.rate
-
-
 def raise_fd_limit() -> int:
     """Lift this process's open-file limit to its hard limit (thousands of sockets)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -60,57 +66,103 @@ def raise_fd_limit() -> int:
     return hard
 
 
+def fleet_timeout_s(spec: FleetSpec, params: GenParams, indices: range, slack: float) -> float:
+    """`spec.timeout_s`, or `slack` times a stream's scheduled duration after the last start."""
+    last_start_s = (max(indices, default=-1) + 1) * spec.stagger_ms / 1e3
+    return spec.timeout_s or slack * params.duration_s() + last_start_s + 10
+
+
+async def _staggered(
+    spec: FleetSpec,
+    indices: range,
+    start_at_s: float | None,
+    timeout_s: float,
+    run_one: Callable[[int], Awaitable[None]],
+    on_timeout: Callable[[int], None],
+) -> None:
+    """Client i of `indices` starts at `start_at_s` (a `time.time()` instant shared by the
+    workers; default now) + i * stagger_ms and runs `run_one(i)` for at most `timeout_s`."""
+    loop = asyncio.get_running_loop()
+    start = loop.time() + max(0.0, (start_at_s or time.time()) - time.time())
+
+    async def one(i: int) -> None:
+        delay = start + i * spec.stagger_ms / 1e3 - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await run_one(i)
+        except TimeoutError:
+            on_timeout(i)
+
+    async with asyncio.TaskGroup() as tg:
+        for i in indices:
+            tg.create_task(one(i))
+
+
 async def run_fleet(
     spec: FleetSpec,
     target: Target,
     params: GenParams,
     options: ClientOptions | None = None,
     *,
-    first_index: int = 0,
+    indices: range | None = None,
     start_at_s: float | None = None,
 ) -> list[StreamRecord]:
     """Every client's record; a client that has not finished by the timeout is recorded as such.
 
-    `first_index` offsets the stagger (client i of the whole fleet starts at i * stagger_ms
-    after `start_at_s`, a `time.time()` instant shared by the workers; default: now)."""
+    `indices` are the clients' places in the whole fleet (default: all of `spec.clients`):
+    they set each client's start (i * stagger_ms) and seed."""
+    indices = range(spec.clients) if indices is None else indices
     cls = get(spec.transport).client_class()
-    records = [
-        StreamRecord(spec.transport, cls.name, params.tokens, params.envelope)
-        for _ in range(spec.clients)
-    ]
-    stagger_s = spec.stagger_ms / 1e3
-    total = first_index + spec.clients
-    timeout_s = spec.timeout_s or 2 * expected_duration_s(params) + total * stagger_s + 10
-    loop = asyncio.get_running_loop()
-    start = loop.time() + max(0.0, (start_at_s or time.time()) - time.time())
+    records = {i: StreamRecord(spec.transport, cls.name, params.tokens, params.envelope)
+               for i in indices}  # fmt: skip
+    timeout_s = fleet_timeout_s(spec, params, indices, slack=2)
 
-    async def one(i: int, rec: StreamRecord) -> None:
-        delay = start + (first_index + i) * stagger_s - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        client = cls(dataclasses.replace(options or ClientOptions(), seed=first_index + i))
-        try:
-            async with asyncio.timeout(timeout_s):
-                await client.run(target, params, rec)
-        except TimeoutError:
-            rec.failed(TimeoutError(f"stream not finished after {timeout_s:.1f} s"))
+    async def run_one(i: int) -> None:
+        client = cls(dataclasses.replace(options or ClientOptions(), seed=i))
+        await client.run(target, params, records[i])
 
-    async with asyncio.TaskGroup() as tg:
-        for i, rec in enumerate(records):
-            tg.create_task(one(i, rec))
-    return records
+    def on_timeout(i: int) -> None:
+        records[i].failed(TimeoutError(f"stream not finished after {timeout_s:.1f} s"))
+
+    await _staggered(spec, indices, start_at_s, timeout_s, run_one, on_timeout)
+    return list(records.values())
+
+
+async def run_light_fleet(
+    spec: FleetSpec,
+    target: Target,
+    params: GenParams,
+    *,
+    indices: range | None = None,
+    start_at_s: float | None = None,
+) -> list[LightRecord]:
+    """`run_fleet` with the light reader (`clients.light`; `spec.transport` sse or websocket)."""
+    indices = range(spec.clients) if indices is None else indices
+    records = {i: LightRecord(params.tokens) for i in indices}
+    # the light fleets run the server at its limit (5,000 streams): streams may stretch further
+    timeout_s = fleet_timeout_s(spec, params, indices, slack=3)
+
+    async def run_one(i: int) -> None:
+        await read_stream(target, spec.transport, params, records[i])
+
+    def on_timeout(i: int) -> None:
+        records[i].error = f"not finished after {timeout_s:.0f} s"
+
+    await _staggered(spec, indices, start_at_s, timeout_s, run_one, on_timeout)
+    return list(records.values())
 
 
 def _worker(
     worker: int,
     spec: FleetSpec,
-    target: Target,
-    params: GenParams,
-    options: ClientOptions | None,
-    first_index: int,
+    fleet: Callable[..., Awaitable[list[R]]],
+    indices: range,
     start_at_s: float,
-) -> tuple[list[StreamRecord], WorkerStats]:
-    """One worker process's share, measured with the collector off."""
+) -> tuple[list[R], WorkerStats]:
+    """One worker process's share, `fleet(indices=, start_at_s=)`, with the collector off
+    (the measuring client's collector stays out of the measurement)."""
     raise_fd_limit()
     if spec.uvloop:
         import uvloop
@@ -120,23 +172,20 @@ def _worker(
     gc.disable()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu0, wall0 = usage.ru_utime + usage.ru_stime, time.monotonic()
-    records = asyncio.run(
-        run_fleet(spec, target, params, options, first_index=first_index, start_at_s=start_at_s)
-    )
+
+    async def main() -> list[R]:  # asyncio.run takes a coroutine, `fleet` returns an awaitable
+        return await fleet(indices=indices, start_at_s=start_at_s)
+
+    records = asyncio.run(main())
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    stats = WorkerStats(
-        worker,
-        spec.clients,
-        usage.ru_utime + usage.ru_stime - cpu0,
-        time.monotonic() - wall0,
-        spec.uvloop,
-    )
+    cpu_s = usage.ru_utime + usage.ru_stime - cpu0
+    stats = WorkerStats(worker, len(indices), cpu_s, time.monotonic() - wall0, spec.uvloop)
     gc.enable()
     return records, stats
 
 
 class FleetPool:
-    """Worker processes kept for a whole experiment."""
+    """Worker processes kept for a whole experiment or benchmark run."""
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
@@ -151,27 +200,32 @@ class FleetPool:
         params: GenParams,
         options: ClientOptions | None = None,
     ) -> tuple[list[StreamRecord], list[WorkerStats]]:
-        """Split `spec.clients` over the workers, start them together, merge their records."""
-        shares = [
-            spec.clients // self.workers + (1 if w < spec.clients % self.workers else 0)
-            for w in range(self.workers)
-        ]
+        """pushlab's clients: `spec.clients` over the workers, started together, records in
+        client order."""
+        return self._dispatch(spec, functools.partial(run_fleet, spec, target, params, options))
+
+    def run_light(
+        self, spec: FleetSpec, target: Target, params: GenParams
+    ) -> tuple[list[LightRecord], list[WorkerStats]]:
+        """`run` with the light reader (`clients.light`): sse or websocket, at scale."""
+        return self._dispatch(spec, functools.partial(run_light_fleet, spec, target, params))
+
+    def _dispatch(
+        self, spec: FleetSpec, fleet: Callable[..., Awaitable[list[R]]]
+    ) -> tuple[list[R], list[WorkerStats]]:
+        """Client i goes to worker i mod workers; every worker starts at one instant."""
         start_at_s = time.time() + 0.5  # time for every worker to be ready
-        futures, first = [], 0
-        for w, share in enumerate(shares):
-            if share:
-                sub = dataclasses.replace(spec, clients=share)
-                futures.append(
-                    self._pool.submit(_worker, w, sub, target, params, options, first, start_at_s)
-                )
-                first += share
-        records: list[StreamRecord] = []
-        stats: list[WorkerStats] = []
-        for future in futures:
-            recs, stat = future.result()
-            records += recs
-            stats.append(stat)
-        return records, stats
+        shares = [range(w, spec.clients, self.workers) for w in range(self.workers)]
+        futures = [
+            self._pool.submit(_worker, w, spec, fleet, share, start_at_s)
+            for w, share in enumerate(shares)
+            if share
+        ]
+        results = [future.result() for future in futures]
+        by_index: dict[int, R] = {}
+        for share, (recs, _) in zip([s for s in shares if s], results, strict=True):
+            by_index.update(zip(share, recs, strict=True))
+        return [by_index[i] for i in range(spec.clients)], [stats for _, stats in results]
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -183,6 +237,6 @@ class FleetPool:
         self.close()
 
 
-def saturated(stats: list[WorkerStats]) -> list[WorkerStats]:
+def saturated(stats: Sequence[WorkerStats]) -> list[WorkerStats]:
     """The workers that were busier than SATURATED_CPU_FRACTION of their wall time."""
     return [s for s in stats if s.cpu_fraction > SATURATED_CPU_FRACTION]

@@ -9,19 +9,50 @@ from __future__ import annotations
 
 import contextlib
 import os
+import selectors
+import shlex
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from clients.base import Target
+from streams.errors import ChildStartError
+from transports.web.config import ServerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_PY = ROOT / "server.py"
 READY_PREFIX = "pushlab serving on "
+STOP_GRACE_S = 5.0  # after SIGTERM, before SIGKILL
+
+
+def stop_process(
+    proc: subprocess.Popen[Any],
+    grace_s: float = STOP_GRACE_S,
+    signals: Sequence[int] = (signal.SIGTERM,),
+) -> None:
+    """Stop a child we started, by its own pid: each of `signals` in turn, `grace_s` apart,
+    then SIGKILL; returns once it has been reaped. A child that already exited is reaped."""
+    for sig in signals:
+        if proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=grace_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def _tail(data: bytes, chars: int = 200) -> str:
+    return data.decode(errors="replace").strip()[-chars:]
 
 
 class ChildProcess:
@@ -39,47 +70,76 @@ class ChildProcess:
         self.prefix = prefix or []  # e.g. ["ip", "netns", "exec", NAME]: exec'd, so the pid is ours
         self.ready_prefix = ready_prefix
         self.start_timeout_s = start_timeout_s
-        self.proc: subprocess.Popen[str] | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.target = Target()
+        self._stdout = b""  # read past the ready line, returned by stop()
         # stderr goes to a file: a pipe nobody reads could fill up and block the child
         self._log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in stop())
 
     def start(self) -> Target:
+        """Start the child and wait for its ready line; ChildStartError (the child stopped)
+        if it exits first or prints none within `start_timeout_s`, even if it prints nothing."""
         self.proc = subprocess.Popen(
             [*self.prefix, sys.executable, *self.argv],
             stdout=subprocess.PIPE,
             stderr=self._log,
-            text=True,
             cwd=ROOT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + self.start_timeout_s
-        line = ""
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if line.startswith(self.ready_prefix):
-                self.target = Target.parse(line[len(self.ready_prefix) :].strip())
-                return self.target
-            if not line and self.proc.poll() is not None:
-                break
-        err = self.log()
+        line, why = self._ready_line()
+        if line is not None:
+            self.target = Target.parse(line[len(self.ready_prefix) :].strip())
+            return self.target
+        err = self.log().strip()[-500:]
         self.stop()
-        raise RuntimeError(f"{self.argv[0]} did not start: {line.strip() or err.strip()[-500:]}")
+        name = shlex.join(self.argv)[:200]
+        raise ChildStartError(f"{name} did not start ({why}); stderr: {err or '(empty)'}")
+
+    def _ready_line(self) -> tuple[str | None, str]:
+        """(the ready line, "") or (None, why not), reading stdout only while the deadline
+        allows: a blocking readline() would wait forever for a child that prints nothing."""
+        assert self.proc is not None and self.proc.stdout is not None
+        fd, deadline = self.proc.stdout.fileno(), time.monotonic() + self.start_timeout_s
+        buf = seen = b""  # the line being read; the tail of all it printed (for the error)
+        with selectors.DefaultSelector() as sel:
+            sel.register(fd, selectors.EVENT_READ)
+            while (left := deadline - time.monotonic()) > 0:
+                if not sel.select(left):
+                    continue
+                chunk = os.read(fd, 65536)
+                if not chunk:  # EOF: the child exited, or closed its stdout
+                    return None, f"{self._exit_status()}; stdout: {_tail(seen)!r}"
+                buf, seen = buf + chunk, (seen + chunk)[-4096:]
+                while b"\n" in buf:
+                    raw, buf = buf.split(b"\n", 1)
+                    line = raw.decode(errors="replace")
+                    if line.startswith(self.ready_prefix):
+                        self._stdout = buf
+                        return line, ""
+        return None, f"no ready line within {self.start_timeout_s:g} s; stdout: {_tail(seen)!r}"
+
+    def _exit_status(self) -> str:
+        assert self.proc is not None
+        try:  # its stdout closes as it exits: the exit status follows within moments
+            return f"exited with {self.proc.wait(timeout=1.0)}"
+        except subprocess.TimeoutExpired:
+            return "closed its stdout"
 
     def stop(self) -> str:
-        """SIGTERM, then SIGKILL after 5 s, to the child we started; returns its stdout rest."""
-        rest = ""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                rest, _ = self.proc.communicate(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                rest, _ = self.proc.communicate(timeout=5)
+        """SIGTERM, then SIGKILL after STOP_GRACE_S, to the child we started (by its pid);
+        returns what it printed after its ready line."""
+        rest = self._stdout
+        if self.proc is not None:
+            stop_process(self.proc)
+            if self.proc.stdout is not None and not self.proc.stdout.closed:
+                # non-blocking: a grandchild that inherited the pipe could keep it open
+                os.set_blocking(self.proc.stdout.fileno(), False)
+                rest += self.proc.stdout.read() or b""
+                self.proc.stdout.close()
+        self._stdout = b""
         if not self._log.closed:
             self._log.close()
-        return rest or ""
+        return rest.decode(errors="replace")
 
     def log(self) -> str:
         """What the child wrote to stderr so far."""
@@ -94,17 +154,20 @@ class ChildProcess:
 
 
 class ServerProcess(ChildProcess):
-    """`python server.py` on 127.0.0.1 (or `host`), any free port."""
+    """`python server.py` on 127.0.0.1 (or `host`), any free port, configured by `config`
+    (its host and port are replaced by those) and then `args`."""
 
     def __init__(
         self,
         args: list[str] | None = None,
         *,
+        config: ServerConfig | None = None,
         host: str = "127.0.0.1",
         prefix: list[str] | None = None,
         start_timeout_s: float = 20.0,
     ) -> None:
-        argv = [str(SERVER_PY), "--host", host, "--port", "0", *(args or [])]
+        settings = config.to_argv() if config is not None else []
+        argv = [str(SERVER_PY), *settings, "--host", host, "--port", "0", *(args or [])]
         super().__init__(argv, READY_PREFIX, start_timeout_s=start_timeout_s, prefix=prefix)
 
 

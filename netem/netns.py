@@ -51,7 +51,9 @@ from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, NamedTuple
 
-from streams.errors import PushlabError
+from harness import procstat
+from harness.children import stop_process
+from streams.errors import EnvironmentUnavailable, PushlabError
 
 
 def _tool(name: str) -> str:
@@ -82,6 +84,10 @@ _ns_numbers = itertools.count()
 
 class NetnsError(PushlabError, RuntimeError):
     """A namespace, link or condition could not be created, changed or read here."""
+
+
+class NetnsUnavailable(NetnsError, EnvironmentUnavailable):
+    """This machine cannot make the condition at all (no namespaces, veth, tbf or nftables)."""
 
 
 def _one_line(text: str) -> str:
@@ -231,7 +237,7 @@ def _require(caps: Capabilities, spec: LinkSpec) -> None:
     for capability, condition in needs:
         if not getattr(caps, capability):
             reason = caps.reasons.get(capability, "unknown")
-            raise NetnsError(f"cannot create {condition} on this machine: {reason}")
+            raise NetnsUnavailable(f"cannot create {condition} on this machine: {reason}")
 
 
 def _root_198_18_octets() -> set[int]:
@@ -354,7 +360,7 @@ class NetnsLink:
         self._closed = True
         with self._undo:
             for proc in self._procs:
-                _stop(proc)
+                stop_process(proc, _STOP_TIMEOUT_S)
 
     def __enter__(self) -> NetnsLink:
         return self
@@ -371,17 +377,6 @@ class NetnsLink:
         return f"NetnsLink({self.name!r}, {self.server_host}, {self.spec})"
 
 
-def _stop(proc: subprocess.Popen[Any]) -> None:
-    """SIGTERM `proc` by its pid, SIGKILL if it has not exited within _STOP_TIMEOUT_S."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(_STOP_TIMEOUT_S)
-
-
 def _delete_namespace(name: str) -> None:
     """Kill by pid whatever still runs in `name` (it would keep the veth alive), then delete."""
     for pid in _run([_IP, "netns", "pids", name]).split():
@@ -390,19 +385,9 @@ def _delete_namespace(name: str) -> None:
     _run([_IP, "netns", "del", name])
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _is_stale(name: str) -> bool:
     match = _NS_RE.match(name)
-    return match is not None and not _pid_alive(int(match[1]))
+    return match is not None and not procstat.alive(int(match[1]))
 
 
 def cleanup_stale() -> list[str]:

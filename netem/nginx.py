@@ -59,6 +59,10 @@ from types import TracebackType
 from typing import Self
 
 from clients.base import Target
+from harness.children import stop_process
+from harness.procstat import alive as pid_alive
+from harness.procstat import children as child_pids
+from streams.errors import EnvironmentUnavailable
 
 NOT_INSTALLED = "nginx is not installed: run `make system` (installs Debian's nginx)"
 GZIP_TYPES = ("text/event-stream", "application/x-ndjson", "application/json")
@@ -291,7 +295,7 @@ class Nginx:
         """Check the config with `nginx -t`, start nginx, return once its port accepts."""
         binary = nginx_binary()
         if binary is None:
-            raise RuntimeError(NOT_INSTALLED)
+            raise EnvironmentUnavailable(NOT_INSTALLED)
         self.prefix = Path(tempfile.mkdtemp(prefix="pushlab-nginx-", dir=self.workdir))
         # nginx run by root switches its workers to an unprivileged user: they must be able to
         # enter the prefix to reach the temp dirs (which the master chowns to them)
@@ -380,13 +384,7 @@ class Nginx:
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
             workers = child_pids(proc.pid)
-            for sig in (signal.SIGQUIT, signal.SIGTERM, signal.SIGKILL):
-                proc.send_signal(sig)
-                try:
-                    proc.wait(timeout=_STOP_TIMEOUT_S)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
+            stop_process(proc, _STOP_TIMEOUT_S, (signal.SIGQUIT, signal.SIGTERM))
             # a master that had to be SIGKILLed could not stop its workers: they are ours too
             for pid in filter(pid_alive, workers):
                 with contextlib.suppress(ProcessLookupError):
@@ -422,31 +420,6 @@ class Nginx:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-def _state_and_ppid(pid: int) -> tuple[str, int] | None:
-    """From /proc/<pid>/stat ("pid (comm) state ppid ...", comm may hold spaces)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return None
-    return fields[0], int(fields[1])
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether `pid` names a process that has not exited (a zombie has)."""
-    info = _state_and_ppid(pid)
-    return info is not None and info[0] != "Z"
-
-
-def child_pids(pid: int) -> list[int]:
-    """Live children of `pid` (zombies count as gone)."""
-    children: list[int] = []
-    for entry in Path("/proc").iterdir():
-        info = _state_and_ppid(int(entry.name)) if entry.name.isdigit() else None
-        if info is not None and info[1] == pid and info[0] != "Z":
-            children.append(int(entry.name))
-    return children
 
 
 def _read_pid(path: Path) -> int | None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from clients.fleet import FleetSpec, run_fleet
+from clients.fleet import FleetPool, FleetSpec, run_fleet
 from clients.recorder import stream_row
 from streams.params import GenParams
 
@@ -21,7 +21,6 @@ if str(ROOT) not in sys.path:  # benchmarks/ is not an installed package: `pytes
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import run, summary  # noqa: E402
-from benchmarks.lightfleet import LightPool  # noqa: E402
 from benchmarks.procs import Server, running  # noqa: E402
 from benchmarks.trials import light_delivery  # noqa: E402
 
@@ -73,10 +72,10 @@ async def test_bare_reference_speaks_pushlabs_wire_format(bare: Server, transpor
 
 def test_light_readers_see_every_token(bare: Server) -> None:
     params = GenParams(tokens=5, rate=200.0, ttft_ms=0.0)
-    query = {"tokens": 5.0, "rate": 200.0, "ttft_ms": 0.0}
-    with LightPool(2) as pool:
+    with FleetPool(2) as pool:
         for transport in ("sse", "websocket"):
-            records, stats = pool.run(bare.target, transport, 3, query, 1.0)
+            spec = FleetSpec(transport, 3, stagger_ms=1.0, workers=2, uvloop=True)
+            records, stats = pool.run_light(spec, bare.target, params)
             result = light_delivery(records, params)
             assert (result["streams"], result["tokens_lost"], result["stream_errors"]) == (3, 0, 0)
             assert result["delivered_pct"] == 100.0 and len(stats) == 2

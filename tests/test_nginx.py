@@ -33,7 +33,8 @@ from netem.nginx import (
     render_config,
     server_args_for,
 )
-from tests.conftest import UNIT
+from streams.errors import EnvironmentUnavailable
+from tests.support import UNIT, wait_until_async
 
 pytestmark = pytest.mark.timeout(UNIT * 30)
 
@@ -168,7 +169,8 @@ def test_nginx_accepts_the_config(spec: NginxSpec, tmp_path: Path) -> None:
 
 def test_missing_nginx_is_an_error_not_a_skip(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(nginx_mod, "nginx_binary", lambda: None)
-    with pytest.raises(RuntimeError, match="nginx is not installed: run `make system`"):
+    # the one error the suite skips an experiment for (and reports); the tests never skip
+    with pytest.raises(EnvironmentUnavailable, match="nginx is not installed: run `make system`"):
         Nginx(NginxSpec(), "127.0.0.1", 9).start()
 
 
@@ -183,6 +185,7 @@ def test_a_rejected_config_raises_with_nginxs_message(
     assert list(tmp_path.iterdir()) == []  # its prefix is gone
 
 
+@pytest.mark.slow
 def test_a_taken_port_is_an_error_and_leaves_nothing(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -209,7 +212,12 @@ async def test_requests_go_through_nginx(servers: dict[str, ServerProcess]) -> N
             async with session.get(f"{proxy.target.url}/no-such-route") as resp:
                 assert resp.status == 404  # the server's 404, passed on...
                 assert resp.headers["X-Pushlab-Proxy"] == "nginx"  # ...marked: `always`
-        await asyncio.sleep(0.05 * UNIT)  # nginx logs a request once it is finished
+        # nginx writes a request's log line once it has finished it, just after the client
+        # has the answer: wait for both lines rather than guess how long that takes
+        await wait_until_async(
+            lambda: "GET /healthz" in (log := proxy.access_log()) and "GET /no-such-route" in log,
+            what="nginx has logged both requests",
+        )
         log = proxy.access_log()
     assert 'request="GET /healthz HTTP/1.1" status=200' in log
     assert 'request="GET /no-such-route HTTP/1.1" status=404' in log
@@ -365,7 +373,11 @@ async def test_read_timeout_cuts_a_silent_stream(servers: dict[str, ServerProces
                     async for line in resp.content:
                         lines.append(line)
         cut_after_s = time.monotonic() - t0
-        await asyncio.sleep(0.05 * UNIT)
+        # the access line is written last (the error line when the timer fires, then the
+        # request is finalized and logged), so it is the one to wait for
+        await wait_until_async(
+            lambda: "GET /sse" in proxy.access_log(), what="nginx has logged the cut request"
+        )
         access, errors = proxy.access_log(), proxy.error_log()
     assert 0.9 <= cut_after_s <= 1.0 + UNIT
     assert lines[0] == b"retry: 1000\n"
@@ -393,6 +405,7 @@ async def test_read_timeout_before_headers_is_a_504(servers: dict[str, ServerPro
             assert 0.9 <= time.monotonic() - t0 <= 1.0 + UNIT
 
 
+@pytest.mark.slow
 async def test_heartbeats_keep_a_stream_alive_past_the_read_timeout(
     servers: dict[str, ServerProcess],
 ) -> None:
@@ -410,6 +423,7 @@ async def test_heartbeats_keep_a_stream_alive_past_the_read_timeout(
 # -- stopping --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_stop_leaves_no_process_and_no_files(servers: dict[str, ServerProcess]) -> None:
     """stop() with a stream still open: SIGQUIT lets the worker finish its requests, and
     worker_shutdown_timeout bounds that, so the stop takes about SHUTDOWN_TIMEOUT_S."""
