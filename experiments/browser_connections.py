@@ -21,22 +21,25 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clients.browser import BrowserSession, browser_tables
+from analysis.derived import stalled_summary
+from clients.browser import BrowserSession, browser_tables, first_streaming_clients
 from clients.recorder import StreamRecord, stream_row
+from experiments.descriptor import Experiment
 from experiments.engine import run_sync, server_target
+from experiments.spec import RunSpec
+from presentation import charts_net
 from records.schema import Tables, concat
 from streams.params import GenParams
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from presentation.charts import RunLike
+    from records.store import StoredRun
+
 
 NAME = "browser-connections"
-SUMMARY = "Chromium: EventSource streams beyond 6 per origin stall; WebSockets do not"
 CONNECTION_COLUMNS = (
     "run_id",
     "n_open",
@@ -50,13 +53,13 @@ CONNECTION_COLUMNS = (
 
 
 @dataclasses.dataclass(frozen=True)
-class Spec:
+class Spec(RunSpec):
     ns: tuple[int, ...] = tuple(range(1, 11))  # streams opened at once
-    transports: tuple[str, ...] = ("sse", "websocket")  # the page's client keys
+    # the page's client keys: one HTTP streaming client, one on an upgraded connection
+    transports: tuple[str, ...] = dataclasses.field(default_factory=first_streaming_clients)
     tokens: int = 12
     rate: float = 10.0  # tokens/s: each stream lasts ttft + tokens/rate, about 1.3 s
     ttft_ms: float = 100.0
-    seed: int = 1
     text: str = "en"
     server: str | None = None  # URL of a running server with the page; None: start one
     headless: bool = True
@@ -137,77 +140,21 @@ def run(spec: Spec, run_id: str = "", progress: bool = False) -> Tables:
         return run_sync(_measure(spec, target.url, run_id, progress))
 
 
-def stalled_summary(connections: pd.DataFrame) -> pd.DataFrame:
-    """Per transport and n: streams opened, stalled, and the slowest first token."""
-    return (
-        connections.groupby(["transport", "n_open"], sort=True)
-        .agg(
-            streams=("index", "size"),
-            stalled=("stalled", "sum"),
-            ttft_max_ms=("ttft_ms", "max"),
-        )
-        .reset_index()
-    )
-
-
-def connections_chart(run_dir: RunLike) -> list[Path]:
-    """`browser_connections.png`: each stream of each n, in start order: in time or stalled."""
-    from presentation.charts import _as_run, _figure, _save, colour
-
-    run = _as_run(run_dir)
+def tables(run: StoredRun) -> list[tuple[str, pd.DataFrame]]:
     table = run.extra.get("connections")
-    if table is None or table.empty:
+    if table is None:
         return []
-    transports = sorted(table["transport"].unique())
-    fig, axes = _figure(len(transports), width_in=5.4, height_in=4.4)
-    for ax, transport in zip(axes, transports, strict=True):
-        rows = table[table["transport"] == transport]
-        ok, stalled = rows[~rows["stalled"]], rows[rows["stalled"]]
-        deadline = float(rows["deadline_ms"].iloc[0])
-        ax.scatter(
-            ok["n_open"],
-            ok["index"] + 1,
-            s=55,
-            color="#2ca02c",
-            label=f"first token in time (max {ok['ttft_ms'].max():.0f} ms)" if len(ok) else None,
-        )
-        ax.scatter(
-            stalled["n_open"],
-            stalled["index"] + 1,
-            marker="X",
-            s=80,
-            color="#d62728",
-            label=f"stalled: no first token within {deadline:g} ms" if len(stalled) else None,
-        )
-        for _, row in stalled.iterrows():
-            text = "never" if row["ttft_ms"] != row["ttft_ms"] else f"{row['ttft_ms'] / 1e3:.1f} s"
-            ax.annotate(
-                text,
-                (row["n_open"], row["index"] + 1),
-                xytext=(7, -3),
-                textcoords="offset points",
-                fontsize=6.5,
-                color="#d62728",
-            )
-        ax.axhline(6.5, color="0.4", linestyle=":", linewidth=1)
-        ax.annotate(
-            "Chrome: 6 HTTP/1.1 connections per origin",
-            (0.01, 6.6),
-            xycoords=("axes fraction", "data"),
-            fontsize=7,
-            color="0.35",
-        )
-        top = int(rows["n_open"].max())
-        ax.set_xticks(sorted(rows["n_open"].unique()))
-        ax.set_xlim(rows["n_open"].min() - 0.6, top + 0.9)
-        ax.set_ylim(0.3, top + 1.6)
-        ax.set(
-            title=transport,
-            xlabel="streams opened at once in one tab",
-            ylabel="stream (in start order)",
-        )
-        ax.title.set_color(colour(transport.removeprefix("browser-")))
-        ax.grid(True, alpha=0.25)
-        ax.legend(fontsize=7, loc="upper left")
-    fig.suptitle("Which streams got their first token in time (one Chromium tab, one origin)")
-    return [_save(fig, run.path / "browser_connections.png")]
+    return [("Streams that stalled, per number opened at once", stalled_summary(table))]
+
+
+EXPERIMENT = Experiment(
+    NAME,
+    "Chromium: EventSource streams beyond 6 per origin stall; WebSockets do not",
+    Spec,
+    quick,
+    run,
+    charts=(charts_net.connections_chart,),
+    captions={"browser_connections.png": "Which streams got their first token in time"},
+    tables=tables,
+    in_suite=False,
+)

@@ -14,24 +14,33 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from typing import TYPE_CHECKING
 
+from analysis.derived import cancel_summary
+from analysis.readings import extremes
 from clients.base import ClientOptions, Target
-from clients.http import HTTPClient
+from clients.http import HTTP11
 from clients.recorder import StreamRecord, to_tables
+from experiments.descriptor import Experiment
 from experiments.engine import Point, condition_keys, measure_records, run_sync, server_target
+from experiments.spec import RunSpec
+from presentation import charts_net
 from records.schema import Tables, concat
 from streams.params import GenParams
-from transports.registry import KEYS
+from transports.registry import get
 from transports.token import loads
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from records.store import StoredRun
+
 NAME = "cancel"
-SUMMARY = "client abandons mid-stream: server time-to-stop and tokens generated for nobody"
 POLICIES = {"keep": (), "cancel-on-disconnect": ("--cancel-on-disconnect",)}
 
 
 @dataclasses.dataclass(frozen=True)
-class Spec:
-    transports: tuple[str, ...] = KEYS
+class Spec(RunSpec):
     hows: tuple[str, ...] = ("close", "cancel")
     policies: tuple[str, ...] = ("keep", "cancel-on-disconnect")
     tokens: int = 200
@@ -40,7 +49,6 @@ class Spec:
     abandon_after: int = 10
     idle_timeout_s: float = 2.0  # the server's: how long an unread stream keeps generating
     clients: int = 2
-    seed: int = 1
 
 
 def quick(spec: Spec) -> Spec:
@@ -72,7 +80,7 @@ def points(spec: Spec) -> list[tuple[str, Point]]:
 
 async def server_outcome(target: Target, rec: StreamRecord, wait_s: float) -> dict[str, object]:
     """Poll `GET /streams/{id}` until the stream stopped (at most `wait_s`); its final state."""
-    http = HTTPClient(target.host, target.port)
+    http = HTTP11(target)
     deadline = time.monotonic() + wait_s
     try:
         while True:
@@ -141,3 +149,55 @@ def run(spec: Spec, run_id: str = "", progress: bool = False) -> Tables:
     tables = concat(parts)
     cancel = pd.DataFrame(rows).assign(run_id=run_id, idle_timeout_s=spec.idle_timeout_s)
     return dataclasses.replace(tables, extra={"cancel": cancel})
+
+
+def facts(run: StoredRun) -> dict[str, dict[str, float]]:
+    table = run.extra.get("cancel")
+    if table is None:
+        return {}
+    keep = table[table["policy"] == "keep"]
+    out: dict[str, dict[str, float]] = {}
+    for transport, rows in keep.groupby("transport"):
+        explicit, left = rows[rows["how"] == "cancel"], rows[rows["how"] == "close"]
+        out[str(transport)] = {
+            "cancel_wasted": float(explicit["wasted_tokens"].median()),
+            # a message on the open connection, or a DELETE: the registry says which
+            "cancel_extra_requests": float(get(str(transport)).cancel_requests),
+            "leave_wasted": float(left["wasted_tokens"].median()),
+        }
+    return out
+
+
+def reading(run: StoredRun, f: pd.DataFrame) -> str:
+    stops = f[f["cancel_wasted"] <= 2].index.tolist()
+    _, _, hi, hi_v = extremes(f["leave_wasted"])
+    return (
+        f"An explicit cancel stopped generation within 2 tokens on: "
+        f"{', '.join(stops) or 'none'}. Just leaving let the server generate up to "
+        f"{hi_v:.0f} tokens for nobody ({hi})."
+    )
+
+
+def tables(run: StoredRun) -> list[tuple[str, pd.DataFrame]]:
+    if "cancel" not in run.extra:
+        return []
+    return [("Cancel summary (medians per stream)", cancel_summary(run.extra["cancel"]))]
+
+
+EXPERIMENT = Experiment(
+    NAME,
+    "client abandons mid-stream: server time-to-stop and tokens generated for nobody",
+    Spec,
+    quick,
+    run,
+    figures={
+        "cancel_wasted": ("tokens", "tokens generated after an explicit cancel (median)"),
+        "cancel_extra_requests": ("", "extra HTTP requests an explicit cancel needs"),
+        "leave_wasted": ("tokens", "tokens generated after the client just left (median)"),
+    },
+    facts=facts,
+    charts=(charts_net.cancel,),
+    captions={"cancel.png": "Generation after the client walked away"},
+    tables=tables,
+    reading=reading,
+)

@@ -15,26 +15,14 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from clients.base import ClientOptions, Target
-from experiments.suite import MODULES, experiment_module, save_run
+from clients.base import ClientOptions
+from experiments import spec as run_spec
+from experiments.catalog import EXPERIMENTS, SUITE
+from experiments.suite import save_run
 from records.schema import Tables
 from streams.errors import ParamError
 from streams.params import CORPORA, ENVELOPES, GenParams, parse_params
-from transports.registry import TRANSPORTS, parse_keys
-
-NET_HELP = (
-    "network conditions via a fault proxy between clients and server, e.g. "
-    "'delay=50ms,jitter=5ms,bandwidth=1mbit,cut_after=4kB' (up./down. prefix for one direction)"
-)
-
-
-def _net(text: str | None) -> str | None:
-    """Validate a --net string now (one-line error), keep it as text for the proxy process."""
-    if text:
-        from netem.conditions import parse_net
-
-        parse_net(text)  # NetSpecError is a ParamError: exit 2 with its message
-    return text
+from transports.registry import TRANSPORTS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -81,6 +69,7 @@ def _add_client_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--server",
         metavar="URL",
+        type=run_spec.argtype("server"),
         help="measure a server already running there (or a proxy in front of it); "
         "default: start one on 127.0.0.1",
     )
@@ -109,7 +98,13 @@ def _add_client_flags(p: argparse.ArgumentParser) -> None:
         help="reconnects a client tries before giving up (default %(default)s)",
     )
     g.add_argument("--ws-compress", action="store_true", help="WebSocket: offer permessage-deflate")
-    g.add_argument("--net", metavar="SPEC", default="", help=NET_HELP)
+    g.add_argument(
+        "--net",
+        metavar="SPEC",
+        type=run_spec.argtype("net"),
+        default="",
+        help=run_spec.help_of("net") + " (up./down. prefix for one direction)",
+    )
 
 
 def _params(args: argparse.Namespace) -> GenParams:
@@ -137,22 +132,6 @@ def _options(args: argparse.Namespace) -> ClientOptions:
     )
 
 
-def _transports(text: str) -> tuple[str, ...]:
-    try:
-        return tuple(parse_keys(text))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _server_url(text: str | None) -> str | None:
-    if text is not None:
-        try:
-            Target.parse(text)
-        except ValueError as exc:
-            raise ParamError(str(exc), param="server") from None
-    return text
-
-
 def cmd_bench(args: argparse.Namespace) -> int:
     from experiments import engine as bench
     from records import meta
@@ -161,7 +140,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         transports=args.transport,
         clients=args.clients,
         params=_params(args),
-        server=_server_url(args.server),
+        server=args.server,
+        net=args.net,
         options=_options(args),
         warmup=not args.no_warmup,
         workers=args.workers,
@@ -187,22 +167,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from records import meta
 
-    module = experiment_module(args.experiment)
-    spec = module.Spec()
+    experiment = EXPERIMENTS[args.experiment]
+    spec = experiment.spec()
     if args.quick:
-        spec = module.quick(spec)
-    for field, value in (
-        ("transports", args.transport),
-        ("server", _server_url(args.server)),
-        ("net", _net(args.net)),
-    ):
-        if value is not None and hasattr(spec, field):
-            spec = dataclasses.replace(spec, **{field: value})
+        spec = experiment.quick(spec)
+    given = {s.field: getattr(args, s.field) for s in run_spec.SETTINGS}
+    spec = run_spec.apply(spec, {k: v for k, v in given.items() if v is not None}, args.experiment)
     spec = apply_settings(spec, args.set or [])
     started = dt.datetime.now(dt.UTC)
-    run_id = meta.new_run_id(module.NAME, started)
-    tables = module.run(spec, run_id=run_id, progress=not args.no_progress)
-    out = save_run(tables, module.NAME, spec, run_id, started, args.out or _root() / run_id)
+    run_id = meta.new_run_id(experiment.name, started)
+    tables = experiment.run(spec, run_id=run_id, progress=not args.no_progress)
+    out = save_run(tables, experiment, spec, run_id, started, args.out or _root() / run_id)
     _print_summary(tables)
     print(f"report: {out / 'report.md'}")
     return 0
@@ -239,10 +214,6 @@ def _typed(name: str, current: object, text: str) -> object:
     raise ParamError(f"--set {name}: cannot read {text!r} as {type(current).__name__}", param=name)
 
 
-# name -> module with NAME, SUMMARY, Spec, quick(spec), run(spec, run_id, progress), [charts(dir)]
-EXPERIMENTS = MODULES  # name -> module path, one registry (experiments/suite.py)
-
-
 def _root() -> Path:
     from records import store
 
@@ -255,7 +226,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.runs:
         path = suite.report_from(args.runs, args.out)
     else:
-        names = tuple(args.only) if args.only else suite.SUITE
+        names = tuple(args.only) if args.only else SUITE
         path = suite.run_suite(
             names, quick=not args.full, out=args.out, progress=not args.no_progress
         )
@@ -266,7 +237,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from presentation.compare import compare
 
-    table = compare(args.a, args.b)
+    table = compare(args.a, args.b, EXPERIMENTS)
     if table.empty:
         raise ParamError("the two runs share no measured figure", param="run")
     with _pandas_wide():
@@ -288,7 +259,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"  {t.key:<10} {t.summary}")
     print("experiments:")
     for name in EXPERIMENTS:
-        print(f"  {name:<13} {experiment_module(name).SUMMARY}")
+        print(f"  {name:<19} {EXPERIMENTS[name].question}")
     return 0
 
 
@@ -323,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="measure one configuration on one or more transports")
     b.add_argument(
         "--transport",
-        type=_transports,
+        type=run_spec.argtype("transports"),
         default=tuple(TRANSPORTS),
         metavar="KEYS",
         help=f"'all' or a comma list of: {', '.join(TRANSPORTS)} (default all)",
@@ -355,11 +326,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     r = sub.add_parser("run", help="run an experiment: tables, charts and report under results/")
     r.add_argument("experiment", choices=list(EXPERIMENTS), help="see pushlab list")
-    r.add_argument(
-        "--transport", type=_transports, metavar="KEYS", help="restrict to these transports"
+    shared = r.add_argument_group(
+        "shared settings (each experiment takes those its spec has; others are refused)"
     )
-    r.add_argument("--server", metavar="URL", help="measure this server instead of starting one")
-    r.add_argument("--net", metavar="SPEC", help=NET_HELP)
+    for setting in run_spec.SETTINGS:
+        shared.add_argument(
+            setting.flag,
+            dest=setting.field,
+            metavar=setting.metavar,
+            help=setting.help,
+            type=run_spec.argtype(setting.field),
+        )
     r.add_argument(
         "--quick", action="store_true", help="a small version of the experiment (seconds)"
     )
@@ -403,9 +380,9 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_serve(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "clients", 1) < 1:
+    if args.command == "bench" and args.clients < 1:
         parser.exit(2, "pushlab bench: error: --clients must be at least 1\n")
-    if not 1 <= getattr(args, "workers", 1) <= 64:
+    if args.command == "bench" and not 1 <= args.workers <= 64:
         parser.exit(2, "pushlab bench: error: --workers must be between 1 and 64\n")
     try:
         commands = {"bench": cmd_bench, "run": cmd_run, "list": cmd_list, "report": cmd_report,

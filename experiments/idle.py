@@ -12,24 +12,39 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from typing import TYPE_CHECKING
 
+from analysis.readings import extremes
 from clients.base import ClientOptions
 from clients.fleet import FleetPool
 from clients.recorder import StreamRecord, to_tables
+from experiments.descriptor import Experiment
 from experiments.engine import Point, condition_keys, warmed_fleet
+from experiments.spec import RunSpec
 from harness import procstat
 from harness.children import ServerProcess
 from harness.sampler import Sampler
+from presentation import charts_net
 from records.schema import Tables, concat
 from streams.params import GenParams
+from transports.registry import keys_where
+from transports.web.config import ServerConfig
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from records.store import StoredRun
 
 NAME = "idle"
-SUMMARY = "server memory per idle connection, per transport"
 
 
 @dataclasses.dataclass(frozen=True)
-class Spec:
-    transports: tuple[str, ...] = ("sse", "websocket", "ndjson", "longpoll", "oneshot")
+class Spec(RunSpec):
+    # every wire that holds a connection open while idle (short polls do not; a variant such
+    # as openai is another wire's framing)
+    transports: tuple[str, ...] = dataclasses.field(
+        default_factory=lambda: keys_where(lambda t: t.holds and not t.variant_of)
+    )
     ns: tuple[int, ...] = (1000,)
     hold_s: float = 6.0  # the prefill: how long every connection sits idle
     ramp_s: float = 1.0
@@ -40,7 +55,7 @@ class Spec:
 
 
 def quick(spec: Spec) -> Spec:
-    return dataclasses.replace(spec, transports=("sse", "websocket"), ns=(200,), hold_s=3.0)
+    return dataclasses.replace(spec, transports=spec.transports[:2], ns=(200,), hold_s=3.0)
 
 
 def measure_point(
@@ -48,7 +63,7 @@ def measure_point(
 ) -> tuple[Tables, dict[str, object]]:
     params = GenParams(tokens=1, rate=1.0, ttft_ms=spec.hold_s * 1e3)
     server = ServerProcess(
-        ["--gc", spec.server_gc, "--heartbeat-s", "0", *(["--uvloop"] if spec.uvloop else [])]
+        config=ServerConfig(gc=spec.server_gc, heartbeat_s=0.0, uvloop=spec.uvloop)
     )
     target = server.start()
     result: list[list[StreamRecord]] = []
@@ -103,3 +118,42 @@ def run(spec: Spec, run_id: str = "", progress: bool = False) -> Tables:
     return dataclasses.replace(
         concat(parts), extra={"idle": pd.DataFrame(rows).assign(run_id=run_id)}
     )
+
+
+def facts(run: StoredRun) -> dict[str, dict[str, float]]:
+    table = run.extra.get("idle")
+    if table is None:
+        return {}
+    return {
+        str(r["transport"]): {"idle_conn_kib": float(r["rss_per_conn_bytes"]) / 1024}
+        for _, r in table.iterrows()
+    }
+
+
+def reading(run: StoredRun, f: pd.DataFrame) -> str:
+    lo, lo_v, hi, hi_v = extremes(f["idle_conn_kib"])
+    return (
+        f"Server memory per idle connection ranged from {lo_v:.1f} KiB ({lo}) to "
+        f"{hi_v:.1f} KiB ({hi}). Measured as RSS growth over the connections held."
+    )
+
+
+def tables(run: StoredRun) -> list[tuple[str, pd.DataFrame]]:
+    if "idle" not in run.extra:
+        return []
+    return [("Idle connections: server memory", run.extra["idle"].drop(columns=["run_id"]))]
+
+
+EXPERIMENT = Experiment(
+    NAME,
+    "server memory per idle connection, per transport",
+    Spec,
+    quick,
+    run,
+    figures={"idle_conn_kib": ("KiB", "server memory per idle connection (idle)")},
+    facts=facts,
+    charts=(charts_net.idle,),
+    captions={"idle.png": "Server memory per idle connection"},
+    tables=tables,
+    reading=reading,
+)

@@ -12,30 +12,36 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from typing import TYPE_CHECKING
 
+from analysis.derived import reconnect_summary
 from clients.base import ClientOptions, Target
 from clients.fleet import FleetSpec, run_fleet
 from clients.recorder import StreamRecord, to_tables
+from experiments.descriptor import Experiment
 from experiments.engine import Point, condition_keys, run_sync, server_target
+from experiments.spec import RunSpec
 from netem.nginx import Nginx, NginxSpec
+from presentation import charts_net
 from records.schema import Tables, concat
 from streams.params import GenParams
-from transports.registry import KEYS
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from records.store import StoredRun
 
 NAME = "idle-timeout"
-SUMMARY = "slow generation behind nginx with a short read timeout, with and without heartbeats"
 
 
 @dataclasses.dataclass(frozen=True)
-class Spec:
-    transports: tuple[str, ...] = KEYS
+class Spec(RunSpec):
     read_timeout_s: float = 1.0  # nginx proxy_read_timeout
     heartbeat_s: float = 0.3  # the keep-alive variant's server heartbeat (and long-poll hold)
     tokens: int = 4
     rate: float = 0.5  # one token every 2 s: longer than the read timeout
     ttft_ms: float = 1500.0
     clients: int = 1
-    seed: int = 1
 
 
 def quick(spec: Spec) -> Spec:
@@ -94,3 +100,41 @@ def run(spec: Spec, run_id: str = "", progress: bool = False) -> Tables:
             for p, r in zip(points, records, strict=True)
         ]
     return concat(parts)
+
+
+def facts(run: StoredRun) -> dict[str, dict[str, float]]:
+    alive = run.streams[run.streams["sweep_value"] == run.streams["sweep_value"].max()]
+    return {
+        str(t): {"idle_timeout_ok": float((r["error"] == "").mean())}
+        for t, r in alive.groupby("transport")
+    }
+
+
+def reading(run: StoredRun, f: pd.DataFrame) -> str:
+    ok = f[f["idle_timeout_ok"] >= 1].index.tolist()
+    return (
+        f"With keep-alives, these completed behind a 1 s proxy read timeout: "
+        f"{', '.join(ok) or 'none'}. "
+        "The reconnect chart shows what the same streams went through without them."
+    )
+
+
+def tables(run: StoredRun) -> list[tuple[str, pd.DataFrame]]:
+    return [("Reconnect summary", reconnect_summary(run.streams))]
+
+
+EXPERIMENT = Experiment(
+    NAME,
+    "slow generation behind nginx with a short read timeout, with and without heartbeats",
+    Spec,
+    quick,
+    run,
+    figures={
+        "idle_timeout_ok": ("frac", "completed behind a 1 s proxy read timeout with keep-alives"),
+    },
+    facts=facts,
+    charts=(charts_net.reconnect,),
+    captions={"reconnect.png": "Recovery from repeated connection cuts"},
+    tables=tables,
+    reading=reading,
+)

@@ -9,27 +9,33 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
+from typing import TYPE_CHECKING
 
+from analysis.readings import extremes
 from clients.base import ClientOptions
+from experiments.descriptor import Experiment
 from experiments.engine import Point, run_points
+from experiments.spec import RunSpec
 from records.schema import Tables
 from streams.params import GenParams
-from transports.registry import KEYS
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from records.store import StoredRun
 
 NAME = "latency"
-SUMMARY = "latency and overhead per transport over a token-rate sweep, en and zh text"
 
 
 @dataclasses.dataclass(frozen=True)
-class Spec:
-    transports: tuple[str, ...] = KEYS
+class Spec(RunSpec):
     rates_hz: tuple[float, ...] = (5.0, 20.0, 50.0, 150.0)
     corpora: tuple[str, ...] = ("en", "zh")
     tokens: int = 20
     clients: int = 2  # concurrent streams per point
     ttft_ms: float = 100.0
     jitter: float = 0.0
-    seed: int = 1
     envelope: str = "text"
     server: str | None = None
     net: str = ""
@@ -65,3 +71,56 @@ def run(spec: Spec, run_id: str = "", progress: bool = False) -> Tables:
     return run_points(
         points(spec), experiment=NAME, run_id=run_id, server=spec.server, progress=progress
     )
+
+
+def facts(run: StoredRun) -> dict[str, dict[str, float]]:
+    """Headline figures per transport at 20 tokens/s, English (else the first condition)."""
+    streams, tokens = run.streams, run.tokens
+    conditions = list(dict.fromkeys(streams["condition"]))
+    pick = "rate=20 text=en" if "rate=20 text=en" in conditions else conditions[0]
+    s, t = streams[streams["condition"] == pick], tokens[tokens["condition"] == pick]
+    out: dict[str, dict[str, float]] = {}
+    for transport, rows in s.groupby("transport"):
+        tok = t[t["transport"] == transport]
+        received = rows["tokens_received"].sum()
+        out[str(transport)] = {
+            "ttft_p50_ms": rows["ttft_ms"].quantile(0.5),
+            "ttft_p99_ms": rows["ttft_ms"].quantile(0.99),
+            "latency_p50_ms": tok["latency_ms"].quantile(0.5),
+            "latency_p99_ms": tok["latency_ms"].quantile(0.99),
+            "bytes_per_token": rows["bytes_down"].sum() / received if received else math.nan,
+            "overhead_ratio": rows["bytes_down"].sum() / max(1, rows["payload_bytes"].sum()),
+            "requests_per_answer": rows["http_requests"].median(),
+            "connections_per_answer": rows["connections"].median(),
+        }
+    return out
+
+
+def reading(run: StoredRun, f: pd.DataFrame) -> str:
+    lo, lo_v, hi, hi_v = extremes(f["latency_p99_ms"])
+    blo, blo_v, bhi, bhi_v = extremes(f["bytes_per_token"])
+    return (
+        f"Token latency p99 ranged from {lo_v:.2f} ms ({lo}) to {hi_v:.1f} ms ({hi}). "
+        f"Bytes down per token ranged from {blo_v:.0f} ({blo}) to {bhi_v:.0f} ({bhi})."
+    )
+
+
+EXPERIMENT = Experiment(
+    NAME,
+    "latency and overhead per transport over a token-rate sweep, en and zh text",
+    Spec,
+    quick,
+    run,
+    figures={
+        "ttft_p50_ms": ("ms", "time to first token, p50 (latency experiment)"),
+        "ttft_p99_ms": ("ms", "time to first token, p99"),
+        "latency_p50_ms": ("ms", "token latency, p50: server emit -> client receive"),
+        "latency_p99_ms": ("ms", "token latency, p99"),
+        "bytes_per_token": ("B", "bytes down per token, all framing included (kernel count)"),
+        "overhead_ratio": ("x", "bytes down / token text bytes"),
+        "requests_per_answer": ("", "HTTP requests per answer, median"),
+        "connections_per_answer": ("", "connections per answer, median"),
+    },
+    facts=facts,
+    reading=reading,
+)

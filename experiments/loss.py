@@ -9,29 +9,34 @@ cannot create namespaces or random drop, the run stops with the reason (never a 
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
+from analysis.readings import worst_point_reading
 from clients.base import ClientOptions, Target
 from clients.recorder import to_tables
+from experiments.descriptor import Experiment
 from experiments.engine import Point, condition_keys, measure_records, run_sync
+from experiments.spec import RunSpec
 from harness.children import ServerProcess
 from netem.netns import LinkSpec, NetnsLink
+from presentation import charts_net
 from records.schema import Tables, concat
 from streams.params import GenParams
-from transports.registry import KEYS
+
+if TYPE_CHECKING:
+
+    from records.store import StoredRun
 
 NAME = "loss"
-SUMMARY = "token latency tails versus real packet loss (network namespace, nftables)"
 
 
 @dataclasses.dataclass(frozen=True)
-class Spec:
-    transports: tuple[str, ...] = KEYS
+class Spec(RunSpec):
     losses_pct: tuple[float, ...] = (0.0, 1.0, 5.0, 10.0)
     tokens: int = 40
     rate: float = 20.0
     ttft_ms: float = 100.0
     clients: int = 2
-    seed: int = 1
     options: ClientOptions = dataclasses.field(
         default_factory=lambda: ClientOptions(max_reconnects=10, interval_ms=100.0)
     )
@@ -78,3 +83,27 @@ def run(spec: Spec, run_id: str = "", progress: bool = False) -> Tables:
         finally:
             server.stop()
     return concat(parts)
+
+
+def facts(run: StoredRun) -> dict[str, dict[str, float]]:
+    worst = run.tokens[run.tokens["sweep_value"] == run.tokens["sweep_value"].max()]
+    return {
+        str(t): {"loss_p99_ms": float(r["latency_ms"].quantile(0.99))}
+        for t, r in worst.groupby("transport")
+    }
+
+
+EXPERIMENT = Experiment(
+    NAME,
+    "token latency tails versus real packet loss (network namespace, nftables)",
+    Spec,
+    quick,
+    run,
+    figures={
+        "loss_p99_ms": ("ms", "token latency p99 at the highest packet loss measured (loss)"),
+    },
+    facts=facts,
+    charts=(charts_net.latency_vs_sweep,),
+    captions={"latency_vs_sweep.png": "Token latency and TTFT across the sweep"},
+    reading=lambda run, facts: worst_point_reading(run),
+)

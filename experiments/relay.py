@@ -13,21 +13,28 @@ import contextlib
 import dataclasses
 import json
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
+from analysis.readings import extremes
 from clients.base import ClientOptions
+from experiments.descriptor import Experiment
 from experiments.engine import Point, run_points
+from experiments.spec import RunSpec
 from harness.children import ServerProcess
 from records.schema import Tables
 from streams.params import GenParams
-from transports.registry import KEYS
+from transports.web.config import ServerConfig
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from records.store import StoredRun
 
 NAME = "relay"
-SUMMARY = "a real (or pushlab) model's stream relayed over each transport: added latency"
 
 
 @dataclasses.dataclass(frozen=True)
-class Spec:
-    transports: tuple[str, ...] = KEYS
+class Spec(RunSpec):
     upstream: str = ""  # an OpenAI-compatible base URL (…/v1); "": a pushlab model process
     upstream_model: str = "pushlab-synthetic"
     tokens: int = 40
@@ -35,7 +42,6 @@ class Spec:
     ttft_ms: float = 300.0
     jitter: float = 0.5
     clients: int = 2
-    seed: int = 1
     part_tokens: int = 10  # the "continued" condition asks for this many tokens per request
     options: ClientOptions = dataclasses.field(default_factory=ClientOptions)
 
@@ -54,8 +60,9 @@ def relay_server(spec: Spec) -> Iterator[str]:
         model = ServerProcess()
         upstream = f"{model.start().url}/v1"
         extra = json.dumps({"rate": spec.rate, "ttft_ms": spec.ttft_ms, "jitter": spec.jitter})
-    relay = ServerProcess(["--upstream", upstream, "--upstream-model", spec.upstream_model,
-                           *(["--upstream-extra", extra] if extra else [])])  # fmt: skip
+    relay = ServerProcess(config=ServerConfig(
+        upstream=upstream, upstream_model=spec.upstream_model, upstream_extra=extra
+    ))  # fmt: skip
     try:
         yield relay.start().url
     finally:
@@ -106,3 +113,50 @@ def run(spec: Spec, run_id: str = "", progress: bool = False) -> Tables:
     with relay_server(spec) as url:
         tables = run_points(points, experiment=NAME, run_id=run_id, server=url, progress=progress)
     return dataclasses.replace(tables, extra={"relay": model_timing(tables.tokens, tables.streams)})
+
+
+def facts(run: StoredRun) -> dict[str, dict[str, float]]:
+    table = run.extra.get("relay")
+    if table is None:
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    for _, r in table.iterrows():
+        entry = out.setdefault(str(r["transport"]), {})
+        if r["condition"] == "relayed":
+            entry["relay_added_p50_ms"] = float(r["added_latency_p50_ms"])
+        elif r["continuations"] >= 1:
+            entry["continuation_ms"] = float(r["continuation_gap_max_ms"])
+    return out
+
+
+def reading(run: StoredRun, f: pd.DataFrame) -> str:
+    lo, lo_v, hi, hi_v = extremes(f["relay_added_p50_ms"])
+    _, _, _, cont_v = extremes(f["continuation_ms"])
+    return (
+        f"Latency added to the model's stream (p50) ranged from {lo_v:.2f} ms ({lo}) to "
+        f"{hi_v:.1f} ms ({hi}). A follow-up request for the rest of an answer cost up to "
+        f"{cont_v:.0f} ms."
+    )
+
+
+def tables(run: StoredRun) -> list[tuple[str, pd.DataFrame]]:
+    if "relay" not in run.extra:
+        return []
+    title = "Relay: latency each transport adds to the model's stream, beside the model's gaps"
+    return [(title, run.extra["relay"])]
+
+
+EXPERIMENT = Experiment(
+    NAME,
+    "a real (or pushlab) model's stream relayed over each transport: added latency",
+    Spec,
+    quick,
+    run,
+    figures={
+        "relay_added_p50_ms": ("ms", "latency added to a model's stream, p50 (relay)"),
+        "continuation_ms": ("ms", "cost of a follow-up request for the rest of an answer (relay)"),
+    },
+    facts=facts,
+    tables=tables,
+    reading=reading,
+)

@@ -9,25 +9,25 @@ from __future__ import annotations
 
 import dataclasses
 
+from analysis.readings import worst_point_reading
 from clients.base import ClientOptions
+from experiments.descriptor import Experiment
 from experiments.engine import Point, run_points
+from experiments.spec import RunSpec
+from presentation import charts_net
 from records.schema import Tables
 from streams.params import GenParams
-from transports.registry import KEYS
 
 NAME = "rtt"
-SUMMARY = "latency and TTFT versus added round-trip time (fault proxy), per transport"
 
 
 @dataclasses.dataclass(frozen=True)
-class Spec:
-    transports: tuple[str, ...] = KEYS
+class Spec(RunSpec):
     rtts_ms: tuple[float, ...] = (0.0, 20.0, 100.0, 300.0)
     tokens: int = 20
     rate: float = 20.0
     ttft_ms: float = 100.0
     clients: int = 2
-    seed: int = 1
     server: str | None = None
     options: ClientOptions = dataclasses.field(default_factory=ClientOptions)
 
@@ -62,3 +62,15 @@ def run(spec: Spec, run_id: str = "", progress: bool = False) -> Tables:
     return run_points(
         points(spec), experiment=NAME, run_id=run_id, server=spec.server, progress=progress
     )
+
+
+EXPERIMENT = Experiment(
+    NAME,
+    "latency and TTFT versus added round-trip time (fault proxy), per transport",
+    Spec,
+    quick,
+    run,
+    charts=(charts_net.latency_vs_sweep,),
+    captions={"latency_vs_sweep.png": "Token latency and TTFT across the sweep"},
+    reading=lambda run, facts: worst_point_reading(run),
+)

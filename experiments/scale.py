@@ -13,24 +13,40 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import TYPE_CHECKING
 
+from analysis.derived import capacity
+from analysis.readings import extremes
 from clients.base import ClientOptions
 from clients.fleet import FleetPool, saturated
 from clients.recorder import measuring, to_tables
+from experiments.descriptor import Experiment
 from experiments.engine import Point, condition_keys, warmed_fleet
+from experiments.spec import RunSpec
 from harness import procstat
 from harness.children import ServerProcess
 from harness.sampler import Sampler, read_stats
+from presentation import charts_net
 from records.schema import Tables, concat
 from streams.params import GenParams
+from transports.registry import keys_where
+from transports.web.config import ServerConfig
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from records.store import StoredRun
 
 NAME = "scale"
-SUMMARY = "concurrent streams 10..5000 per transport: delivery, p99, CPU/token, memory/conn"
 
 
 @dataclasses.dataclass(frozen=True)
-class Spec:
-    transports: tuple[str, ...] = ("sse", "websocket", "ndjson", "longpoll")
+class Spec(RunSpec):
+    # the wires that stream an answer as it is made over held connections (not short polls,
+    # not one-shot; a variant such as openai is another wire's framing)
+    transports: tuple[str, ...] = dataclasses.field(
+        default_factory=lambda: keys_where(lambda t: t.holds and t.incremental and not t.variant_of)
+    )
     ns: tuple[int, ...] = (10, 100, 1000, 2500, 5000)
     max_n: int | None = None  # also try this larger N (a flag goes further)
     tokens: int = 20
@@ -41,13 +57,12 @@ class Spec:
     uvloop: bool = True
     server_gc: str = "scheduled"
     target_p99_ms: float = 100.0
-    seed: int = 1
     options: ClientOptions = dataclasses.field(default_factory=lambda: ClientOptions(wait_s=25.0))
 
 
 def quick(spec: Spec) -> Spec:
     return dataclasses.replace(
-        spec, transports=("sse", "websocket"), ns=(10, 200), tokens=10, rate=20.0
+        spec, transports=spec.transports[:2], ns=(10, 200), tokens=10, rate=20.0
     )
 
 
@@ -60,8 +75,7 @@ def measure_point(
 ) -> tuple[Tables, dict[str, object]]:
     """One fresh server, one fleet of n clients; the tables and the point's server row."""
     params = GenParams(tokens=spec.tokens, rate=spec.rate, ttft_ms=spec.ttft_ms, seed=spec.seed)
-    args = ["--gc", spec.server_gc, *(["--uvloop"] if spec.uvloop else [])]
-    server = ServerProcess(args)
+    server = ServerProcess(config=ServerConfig(gc=spec.server_gc, uvloop=spec.uvloop))
     target = server.start()
     try:
         fleet = warmed_fleet(pool, target, transport, n, spec.ramp_s, spec.uvloop, spec.options)
@@ -80,7 +94,7 @@ def measure_point(
     tokens_sent = stats1["hub"]["tokens_emitted"] - stats0["hub"]["tokens_emitted"]
     peak_rss = max([r["rss_bytes"] for r in sampler.rows] + [after.rss_bytes])
     lat = tables.tokens["latency_ms"]
-    e2e_ratio = tables.streams["e2e_ms"] / (spec.ttft_ms + spec.tokens / spec.rate * 1e3)
+    e2e_ratio = tables.streams["e2e_ms"] / (params.duration_s() * 1e3)
     row = {
         "transport": transport,
         "n": n,
@@ -132,18 +146,55 @@ def run(spec: Spec, run_id: str = "", progress: bool = False) -> Tables:
     return dataclasses.replace(tables, extra={"scale": scale})
 
 
-def capacity(scale: object, target_p99_ms: float) -> object:
-    """Per transport: the largest N with every token delivered and p99 under the target."""
-    import pandas as pd
+def facts(run: StoredRun) -> dict[str, dict[str, float]]:
+    table = run.extra.get("scale")
+    if table is None:
+        return {}
+    cap = capacity(table, float(table["target_p99_ms"].iloc[0]))
+    return {str(r["transport"]): {"capacity_n": float(r["capacity_n"])} for _, r in cap.iterrows()}
 
-    df = pd.DataFrame(scale)
-    ok = df[
-        (df["delivered_ratio"] >= 1.0)
-        & (df["errors"] == 0)
-        & (df["latency_p99_ms"] < target_p99_ms)
+
+def reading(run: StoredRun, f: pd.DataFrame) -> str:
+    lo, lo_v, hi, hi_v = extremes(f["capacity_n"])
+    return (
+        f"Capacity at the p99 target ranged from {lo_v:.0f} streams ({lo}) to "
+        f"{hi_v:.0f} ({hi}). Beyond it the single server process runs out of CPU "
+        "and the loop falls behind."
+    )
+
+
+SUMMARY_COLUMNS = ("transport", "n", "delivered_ratio", "errors", "latency_p50_ms",
+                   "latency_p99_ms", "latency_max_ms", "e2e_ratio_max", "server_cpu_per_token_us",
+                   "server_rss_per_conn_bytes", "loop_lag_max_ms", "fleet_cpu_max_fraction",
+                   "fleet_saturated")  # fmt: skip
+
+
+def tables(run: StoredRun) -> list[tuple[str, pd.DataFrame]]:
+    if "scale" not in run.extra:
+        return []
+    df = run.extra["scale"]
+    target = float(df["target_p99_ms"].iloc[0])
+    return [
+        ("Scale: per transport and N", df[[c for c in SUMMARY_COLUMNS if c in df]]),
+        (
+            f"Capacity: largest N with every token delivered and p99 < {target:g} ms",
+            capacity(df, target),
+        ),
     ]
-    best = ok.groupby("transport")["n"].max()
-    tried = df.groupby("transport")["n"].max()
-    return pd.DataFrame(
-        {"capacity_n": best.reindex(tried.index).fillna(0).astype(int), "largest_n_tried": tried}
-    ).reset_index()
+
+
+EXPERIMENT = Experiment(
+    NAME,
+    "concurrent streams 10..5000 per transport: delivery, p99, CPU/token, memory/conn",
+    Spec,
+    quick,
+    run,
+    figures={
+        "capacity_n": ("streams", "largest N with every token and p99 under target (scale)"),
+    },
+    facts=facts,
+    charts=(charts_net.scale,),
+    captions={"scale.png": "Latency, CPU and memory against concurrent streams"},
+    tables=tables,
+    reading=reading,
+)

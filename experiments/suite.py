@@ -9,44 +9,46 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import importlib
 from pathlib import Path
 from typing import Any
 
+from experiments.catalog import EXPERIMENTS, SUITE
+from experiments.descriptor import Experiment
 from records.schema import Tables
-from streams.errors import ParamError, PushlabError
-
-SUITE = ("latency", "rtt", "reconnect", "cancel", "proxy", "idle-timeout", "loss", "scale",
-         "idle", "relay")  # fmt: skip
-# every experiment `pushlab run` knows: the suite's, and those that need a browser
-MODULES = {
-    name: "experiments." + name.replace("-", "_") for name in (*SUITE, "browser-connections")
-}
+from streams.errors import EnvironmentUnavailable
 
 
-def experiment_module(name: str) -> Any:
-    return importlib.import_module(MODULES[name])
+def save_run(tables: Tables, experiment: Experiment | str, spec: object, run_id: str,
+             started: dt.datetime, out_dir: Path, charts: bool = True) -> Path:  # fmt: skip
+    """Store the tables with metadata, then draw the charts (once) and the run's report.
 
-
-def save_run(tables: Tables, experiment: str, spec: object, run_id: str, started: dt.datetime,
-             out_dir: Path, charts: bool = True) -> Path:  # fmt: skip
-    """Store the tables with metadata, then draw charts and the run's report from the files."""
+    `experiment` is the descriptor, or a bare name for runs no experiment declares
+    (`pushlab bench`): those get the generic charts and report only."""
+    from presentation import charts as charts_mod
+    from presentation import markdown
     from records import meta, store
 
+    name = experiment if isinstance(experiment, str) else experiment.name
     spec_dict = dataclasses.asdict(spec) if dataclasses.is_dataclass(spec) else dict(vars(spec))  # type: ignore[arg-type]
-    store.save(tables, meta.collect_meta(experiment, spec_dict, run_id, started), out_dir)
+    store.save(tables, meta.collect_meta(name, spec_dict, run_id, started), out_dir)
     if charts:
-        from presentation import charts as charts_mod
-        from presentation import markdown as report
-
-        charts_mod.draw_all(out_dir)
-        report.write_markdown(out_dir)
+        run = store.load(out_dir)
+        if isinstance(experiment, str):
+            charts_mod.draw_all(run)
+            markdown.write_markdown(out_dir)
+        else:
+            experiment.draw(run)
+            markdown.write_markdown(out_dir, experiment)
     return out_dir
 
 
 def run_suite(names: tuple[str, ...] = SUITE, *, quick: bool = True, out: Path | None = None,
               progress: bool = False) -> Path:  # fmt: skip
-    """Run each experiment, store it, and write the suite report; the report.html path."""
+    """Run each experiment, store it, and write the suite report; the report.html path.
+
+    An experiment is skipped only when this machine cannot run it (EnvironmentUnavailable:
+    nginx, network namespaces or Chromium missing), and the report says why; any other
+    exception is a bug and propagates with its traceback."""
     from records import meta, store
 
     started = dt.datetime.now(dt.UTC)
@@ -54,18 +56,19 @@ def run_suite(names: tuple[str, ...] = SUITE, *, quick: bool = True, out: Path |
     suite_dir = out or store.results_root() / suite_id
     runs, skipped = [], {}
     for name in names:
-        module = experiment_module(name)
-        spec = module.quick(module.Spec()) if quick else module.Spec()
+        experiment = EXPERIMENTS[name]
+        spec = experiment.quick(experiment.spec()) if quick else experiment.spec()
         run_started = dt.datetime.now(dt.UTC)
         run_id = f"{suite_id}-{name}"
         if progress:
             print(f"suite: {name}", flush=True)
         try:
-            tables = module.run(spec, run_id=run_id, progress=progress)
-        except (PushlabError, RuntimeError) as exc:  # this machine cannot: no nginx, no netns
-            skipped[name] = str(exc)[:300]
+            tables = experiment.run(spec, run_id=run_id, progress=progress)
+        except EnvironmentUnavailable as exc:
+            skipped[name] = exc.message[:300]
             continue
-        runs.append(store.load(save_run(tables, name, spec, run_id, run_started, suite_dir / name)))
+        run_dir = save_run(tables, experiment, spec, run_id, run_started, suite_dir / name)
+        runs.append(store.load(run_dir))
     return write_report(suite_dir, runs, skipped)
 
 
@@ -73,7 +76,7 @@ def write_report(suite_dir: Path, runs: list[Any], skipped: dict[str, str] | Non
     from presentation import html as htmlreport
 
     suite_dir.mkdir(parents=True, exist_ok=True)
-    html_path, _ = htmlreport.write(suite_dir, runs, skipped or {})
+    html_path, _ = htmlreport.write(suite_dir, runs, skipped or {}, EXPERIMENTS)
     return html_path
 
 
@@ -81,30 +84,6 @@ def report_from(run_dirs: list[Path], out: Path | None = None) -> Path:
     """A report over runs already stored (each a run folder, or a suite folder of them)."""
     from records import meta, store
 
-    runs = load_runs(run_dirs)
+    runs = store.load_runs(run_dirs)
     suite_dir = out or store.results_root() / meta.new_run_id("report", dt.datetime.now(dt.UTC))
     return write_report(suite_dir, runs)
-
-
-def expand(paths: list[Path]) -> list[Path]:
-    """Run folders: each path itself if it holds meta.json, else its children that do."""
-    out = []
-    for path in paths:
-        if (path / "meta.json").is_file():
-            out.append(path)
-        else:
-            found = sorted(p.parent for p in path.glob("*/meta.json"))
-            if not found:
-                raise ParamError(f"{path}: neither a stored run nor a suite of them", param="run")
-            out += found
-    return out
-
-
-def load_runs(paths: list[Path]) -> list[Any]:
-    """The stored runs under `paths`; a folder that is not one is a ParamError (CLI: exit 2)."""
-    from records import store
-
-    try:
-        return [store.load(d) for d in expand(paths)]
-    except ValueError as exc:  # missing file, other schema, unreadable meta: say which
-        raise ParamError(str(exc), param="run") from None

@@ -18,6 +18,7 @@ import numpy as np
 
 from analysis import stats
 from records import store
+from transports import registry
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -25,15 +26,6 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 DPI = 110
-TRANSPORT_COLOURS: dict[str, str] = {
-    "sse": "#1f77b4",  # blue
-    "websocket": "#ff7f0e",  # orange
-    "longpoll": "#2ca02c",  # green
-    "shortpoll": "#d62728",  # red
-    "ndjson": "#9467bd",  # purple
-    "oneshot": "#8c564b",  # brown
-    "openai": "#e377c2",  # pink
-}
 FALLBACK_COLOURS = ("#17becf", "#bcbd22", "#393b79", "#637939", "#843c39", "#7b4173", "#e7ba52")
 PANEL_KEYS = ["condition", "rate_hz"]
 LATENCY_FLOOR_MS = 1e-3  # the log axis cannot show 0; smaller latencies are drawn here
@@ -44,23 +36,24 @@ RunLike = Path | str | store.StoredRun
 
 
 def colour(transport: str) -> str:
-    """The transport's colour in every chart; unknown keys get a stable (hash-picked) fallback."""
-    known = TRANSPORT_COLOURS.get(transport)
+    """The transport's colour in every chart (its registry entry's); unknown keys get a stable
+    (hash-picked) fallback."""
+    known = registry.TRANSPORTS.get(transport)
     if known is not None:
-        return known
+        return known.colour
     return FALLBACK_COLOURS[zlib.crc32(transport.encode()) % len(FALLBACK_COLOURS)]
 
 
 def transport_order(names: Iterable[str]) -> list[str]:
-    """Known transports in registry order, then any others alphabetically."""
+    """Known transports in the registry's display order, then any others alphabetically."""
     present = set(names)
-    known = [t for t in TRANSPORT_COLOURS if t in present]
+    known = [t.key for t in registry.ordered() if t.key in present]
     return known + sorted(present - set(known))
 
 
 def draw_all(run_dir: RunLike) -> list[Path]:
     """Draw every chart that the run's data supports; return the PNG paths written."""
-    run = _as_run(run_dir)
+    run = as_run(run_dir)
     drawers: list[Callable[[RunLike], list[Path]]] = [
         latency_cdf,
         ttft,
@@ -74,12 +67,12 @@ def draw_all(run_dir: RunLike) -> list[Path]:
 
 def latency_cdf(run_dir: RunLike) -> list[Path]:
     """`latency_cdf.png`: empirical CDF of token latency per transport, one panel per condition."""
-    run = _as_run(run_dir)
+    run = as_run(run_dir)
     tokens = run.tokens.dropna(subset=["latency_ms"])
     if tokens.empty:
         return []
     panels = _panels(tokens)
-    fig, axes = _figure(len(panels))
+    fig, axes = figure(len(panels))
     for ax, (title, rows) in zip(axes, panels, strict=True):
         for transport in transport_order(rows["transport"]):
             values = rows.loc[rows["transport"] == transport, "latency_ms"].to_numpy(float)
@@ -109,18 +102,18 @@ def latency_cdf(run_dir: RunLike) -> list[Path]:
         ax.grid(True, which="both", alpha=0.25)
         ax.legend(fontsize=8, loc="lower right")
     fig.suptitle("Token latency CDF (client receive − server emit, wall clock, same host)")
-    return [_save(fig, run.path / "latency_cdf.png")]
+    return [save(fig, run.path / "latency_cdf.png")]
 
 
 def ttft(run_dir: RunLike) -> list[Path]:
     """`ttft.png`: time to first token, p50 and p99 over streams per transport."""
-    run = _as_run(run_dir)
+    run = as_run(run_dir)
     summary = stats.summarize(run.streams, [*PANEL_KEYS, "transport"], "ttft_ms")
     summary = summary[summary["count"] > 0]
     if summary.empty:
         return []
     panels = _panels(summary)
-    fig, axes = _figure(len(panels))
+    fig, axes = figure(len(panels))
     for ax, (title, rows) in zip(axes, panels, strict=True):
         _paired_bars(ax, rows, "ttft_ms_p50", "ttft_ms_p99", ("p50", "p99"), note="streams")
         ax.set(title=title, ylabel="TTFT (ms)")
@@ -128,35 +121,35 @@ def ttft(run_dir: RunLike) -> list[Path]:
         "Time to first token per transport: p50 and p99 over streams "
         "(request sent → first token, monotonic clock)"
     )
-    return [_save(fig, run.path / "ttft.png")]
+    return [save(fig, run.path / "ttft.png")]
 
 
 def bytes_per_token(run_dir: RunLike) -> list[Path]:
     """`bytes_per_token.png`: bytes down per token split into payload and overhead, and up."""
-    run = _as_run(run_dir)
+    run = as_run(run_dir)
     costs = stats.byte_costs(run.streams, [*PANEL_KEYS, "transport"])
     costs = costs[costs["tokens"] > 0]
     if costs.empty:
         return []
     panels = _panels(costs)
-    fig, axes = _figure(len(panels))
+    fig, axes = figure(len(panels))
     for ax, (title, rows) in zip(axes, panels, strict=True):
         _byte_bars(ax, rows)
         ax.set(title=title, ylabel="bytes per token received")
     sources = set(run.streams["bytes_source"].dropna())
     source = "kernel TCP_INFO" if sources == {"kernel"} else "/".join(sorted(sources)) + " counts"
     fig.suptitle(f"Bytes per token ({source}, all connections); ×N = bytes down / payload")
-    return [_save(fig, run.path / "bytes_per_token.png")]
+    return [save(fig, run.path / "bytes_per_token.png")]
 
 
 def latency_vs_rate(run_dir: RunLike) -> list[Path]:
     """`latency_vs_rate.png`: token latency p50/p99 against the generation rate (several rates)."""
-    run = _as_run(run_dir)
+    run = as_run(run_dir)
     tokens = run.tokens.dropna(subset=["latency_ms", "rate_hz"])
     if tokens["rate_hz"].nunique() < 2:
         return []
     summary = stats.summarize(tokens, ["transport", "rate_hz"], "latency_ms")
-    fig, (ax,) = _figure(1, width_in=7.5, height_in=4.8)
+    fig, (ax,) = figure(1, width_in=7.5, height_in=4.8)
     for transport in transport_order(summary["transport"]):
         rows = summary[summary["transport"] == transport].sort_values("rate_hz")
         for column, style, marker in (("latency_ms_p50", "-", "o"), ("latency_ms_p99", "--", "s")):
@@ -181,7 +174,7 @@ def latency_vs_rate(run_dir: RunLike) -> list[Path]:
         "Token latency vs rate: p50 (solid), p99 (dashed)"
         + (", pooled over other conditions" if pooled else "")
     )
-    return [_save(fig, run.path / "latency_vs_rate.png")]
+    return [save(fig, run.path / "latency_vs_rate.png")]
 
 
 def itl(run_dir: RunLike) -> list[Path]:
@@ -191,13 +184,13 @@ def itl(run_dir: RunLike) -> list[Path]:
     `stats.token_gaps_ms`), because a pooled percentile of every gap is a true p99, whereas a
     median of the streams' own p99s is not.
     """
-    run = _as_run(run_dir)
+    run = as_run(run_dir)
     gaps = stats.token_gaps_ms(run.tokens, [*PANEL_KEYS, "transport"])
     summary = stats.summarize(gaps, [*PANEL_KEYS, "transport"], "gap_ms")
     if summary.empty:
         return []
     panels = _panels(summary)
-    fig, axes = _figure(len(panels))
+    fig, axes = figure(len(panels))
     for ax, (title, rows) in zip(axes, panels, strict=True):
         _paired_bars(ax, rows, "gap_ms_p50", "gap_ms_p99", ("p50", "p99"), note="gaps")
         rate_hz = float(rows["rate_hz"].iloc[0])
@@ -217,48 +210,48 @@ def itl(run_dir: RunLike) -> list[Path]:
         "Inter-token gap: p50 and p99 pooled over all arrival gaps "
         "(tokens table: t_recv diffs within each stream)"
     )
-    return [_save(fig, run.path / "itl.png")]
+    return [save(fig, run.path / "itl.png")]
 
 
 def requests_per_stream(run_dir: RunLike) -> list[Path]:
-    """`requests_per_stream.png`: median HTTP requests and TCP connections per stream."""
-    run = _as_run(run_dir)
+    """`requests_per_stream.png`: median HTTP requests and connections per stream."""
+    run = as_run(run_dir)
     if run.streams.empty:
         return []
     summary = (
         run.streams.groupby([*PANEL_KEYS, "transport"], sort=True, observed=True)
         .agg(
             http=("http_requests", "median"),
-            tcp=("tcp_connections", "median"),
+            conns=("connections", "median"),
             count=("stream_id", "size"),
         )
         .reset_index()
     )
     panels = _panels(summary)
-    fig, axes = _figure(len(panels))
+    fig, axes = figure(len(panels))
     for ax, (title, rows) in zip(axes, panels, strict=True):
         _paired_bars(
             ax,
             rows,
             "http",
-            "tcp",
-            ("HTTP requests", "TCP connections"),
+            "conns",
+            ("HTTP requests", "connections"),
             note="streams",
             value_labels=True,
         )
-        top = float(rows[["http", "tcp"]].max().max())
+        top = float(rows[["http", "conns"]].max().max())
         if top >= 20:
             ax.set_yscale("log")
             ax.set_ylim(bottom=0.5, top=top * 6)
         ax.set(title=title, ylabel="per stream (median)")
     fig.suptitle("HTTP requests and TCP connections per stream (median over streams)")
-    return [_save(fig, run.path / "requests_per_stream.png")]
+    return [save(fig, run.path / "requests_per_stream.png")]
 
 
 # --- helpers -------------------------------------------------------------------------------
 
 
-def _as_run(run: RunLike) -> store.StoredRun:
+def as_run(run: RunLike) -> store.StoredRun:
     return run if isinstance(run, store.StoredRun) else store.load(Path(run))
 
 
@@ -272,7 +265,7 @@ def _panels(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return [(title, rows) for _, title, rows in out]
 
 
-def _figure(
+def figure(
     n_panels: int, width_in: float = 5.2, height_in: float = 3.8
 ) -> tuple[Figure, list[Axes]]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -289,7 +282,7 @@ def _figure(
     return fig, axes[:n_panels]
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save(fig: Figure, path: Path) -> Path:
     fig.savefig(path, dpi=DPI)
     return path
 

@@ -7,17 +7,20 @@ Every number in the report is computed here from the stored tables and meta.json
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from analysis import stats
-from presentation import charts, charts_net
+from presentation import charts
 from records import store
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from presentation.views import ExperimentView
 
 REPORT_FILE = "report.md"
 CHART_CAPTIONS: dict[str, str] = {
@@ -34,7 +37,7 @@ LATENCY_COLUMNS = [
 ]  # fmt: skip
 COST_COLUMNS = [
     "streams", "down_per_token_bytes", "overhead_ratio", "up_per_stream_bytes",
-    "http_requests_per_stream", "tcp_connections_per_stream", "lost", "duplicated", "errors",
+    "http_requests_per_stream", "connections_per_stream", "lost", "duplicated", "errors",
 ]  # fmt: skip
 
 
@@ -75,7 +78,7 @@ def _stream_counts(streams: pd.DataFrame, by: list[str]) -> pd.DataFrame:
             streams=("stream_id", "size"),
             up_per_stream_bytes=("bytes_up", "median"),
             http_requests_per_stream=("http_requests", "median"),
-            tcp_connections_per_stream=("tcp_connections", "median"),
+            connections_per_stream=("connections", "median"),
             lost=("lost", "sum"),
             duplicated=("duplicated", "sum"),
             errors=("failed", "sum"),
@@ -120,35 +123,45 @@ def format_value(value: Any) -> str:
 def markdown_table(df: pd.DataFrame) -> str:
     """A GitHub Markdown table of `df` (numbers right-aligned), without `tabulate`."""
     numeric = [df[c].dtype.kind in "iuf" for c in df.columns]
-    lines = [
-        "| " + " | ".join(str(c) for c in df.columns) + " |",
-        "| " + " | ".join("---:" if n else "---" for n in numeric) + " |",
-    ]
-    for row in df.itertuples(index=False):
-        lines.append("| " + " | ".join(format_value(v) for v in row) + " |")
+    rows = [[format_value(v) for v in row] for row in df.itertuples(index=False)]
+    return markdown_rows([str(c) for c in df.columns], rows, numeric)
+
+
+def markdown_rows(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool] = ()
+) -> str:
+    """The one Markdown table writer: cells already formatted; `right[i]` right-aligns column
+    i. (Reports, the suite page's Markdown twin and the benchmark results all use it.)"""
+    align = [("---:" if i < len(right) and right[i] else "---") for i in range(len(headers))]
+    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
     return "\n".join(lines)
 
 
-def write_markdown(run_dir: Path, *, draw_charts: bool = True) -> Path:
-    """Write `report.md` into the run directory (drawing the charts first unless told not to)."""
+def write_markdown(run_dir: Path, view: ExperimentView | None = None) -> Path:
+    """Write `report.md` into the run directory from its stored tables and the charts already
+    drawn there; `view` (the run's experiment) adds its summary tables and chart captions."""
     run = store.load(Path(run_dir))
-    if draw_charts:
-        charts.draw_all(run)
-        charts_net.draw_for(run)
     table = headline(run.streams, run.tokens)
     keys = [c for c in ("transport", "condition", "rate_hz") if c in table.columns]
+    summaries = view.tables(run) if view is not None else []
     sections = [
         _title(run),
         _setup(run.meta),
         "## Headline: latency\n\n" + markdown_table(table[keys + LATENCY_COLUMNS]),
         "## Headline: cost\n\n" + markdown_table(table[keys + COST_COLUMNS]),
-        *(f"## {title}\n\n" + markdown_table(df) for title, df in charts_net.summaries(run)),
-        _charts_section(run.path),
+        *(f"## {title}\n\n" + markdown_table(df) for title, df in summaries),
+        _charts_section(run.path, captions(view)),
         _method(run.streams),
     ]
     path = run.path / REPORT_FILE
     path.write_text("\n\n".join(sections) + "\n", encoding="utf-8")
     return path
+
+
+def captions(view: ExperimentView | None) -> dict[str, str]:
+    """Chart file name -> caption: the generic charts' and the experiment's own."""
+    return {**CHART_CAPTIONS, **(dict(view.captions) if view is not None else {})}
 
 
 def _title(run: store.StoredRun) -> str:
@@ -192,14 +205,10 @@ def _setup(meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _charts_section(run_dir: Path) -> str:
-    present = [
-        (name, caption)
-        for name, caption in {**CHART_CAPTIONS, **charts_net.CAPTIONS}.items()
-        if (run_dir / name).is_file()
-    ]
+def _charts_section(run_dir: Path, names: dict[str, str]) -> str:
+    present = [(name, caption) for name, caption in names.items() if (run_dir / name).is_file()]
     if not present:
-        return "## Charts\n\nNo charts drawn (run `presentation.charts.draw_all`)."
+        return "## Charts\n\nNo charts drawn."
     return "## Charts\n\n" + "\n\n".join(f"### {c}\n\n![{c}]({n})" for n, c in present)
 
 

@@ -7,6 +7,8 @@ Layout of a run directory (see results/README.md):
 Parquet is what `load` reads (exact dtypes, and the schema version in its key-value
 metadata); the CSV copies are for people and spreadsheets, and the fallback when a Parquet file
 is absent. A CSV cannot tell a missing string from an empty one: both load as "".
+A run stored under an older schema is read as the current one (`upgrade`: renamed columns
+take their new names, new columns their value for the old runs).
 """
 
 from __future__ import annotations
@@ -17,7 +19,15 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from records.schema import SCHEMA_VERSION, STREAM_COLUMNS, TOKEN_COLUMNS, Tables, conform
+from records.schema import (
+    RENAMED_IN_4,
+    SCHEMA_VERSION,
+    STREAM_COLUMNS,
+    TOKEN_COLUMNS,
+    Tables,
+    conform,
+)
+from streams.errors import ParamError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -77,7 +87,10 @@ def load(run_dir: Path) -> StoredRun:
     """Read a run directory back; a missing file or a too-new schema is a ValueError naming it."""
     run_dir = Path(run_dir)
     meta = _read_meta(run_dir / META_FILE)
-    frames = {name: _read_table(run_dir, name, columns) for name, columns in TABLES.items()}
+    version = int(meta["schema_version"])
+    frames = {
+        name: _read_table(run_dir, name, columns, version) for name, columns in TABLES.items()
+    }
     extra = {f["table"]: _read_extra(run_dir / f["name"]) for f in meta.get("files", [])
              if f["table"] not in TABLES and f["format"] == "parquet"}  # fmt: skip
     return StoredRun(frames["tokens"], frames["streams"], meta, run_dir, extra)
@@ -123,7 +136,16 @@ def _check_version(path: Path, version: object) -> None:
         )
 
 
-def _read_table(run_dir: Path, name: str, columns: dict[str, str]) -> pd.DataFrame:
+def upgrade(df: pd.DataFrame, table: str, version: int) -> pd.DataFrame:
+    """`table` as stored under schema `version`, with the columns the current schema names."""
+    if table == "streams" and version < 4:
+        df = df.rename(columns=RENAMED_IN_4)
+        if "stack" not in df.columns:
+            df["stack"] = "tcp"  # every connection before version 4 was a TCP one
+    return df
+
+
+def _read_table(run_dir: Path, name: str, columns: dict[str, str], version: int) -> pd.DataFrame:
     import pandas as pd
 
     parquet_path, csv_path = run_dir / f"{name}.parquet", run_dir / f"{name}.csv"
@@ -134,6 +156,7 @@ def _read_table(run_dir: Path, name: str, columns: dict[str, str]) -> pd.DataFra
         stored = (table.schema.metadata or {}).get(_PARQUET_KEY)
         if stored is not None:
             _check_version(parquet_path, int(stored))
+            version = int(stored)
         df, path = table.to_pandas(), parquet_path
     elif csv_path.is_file():
         strings = [c for c, t in columns.items() if t == "string"]
@@ -147,6 +170,28 @@ def _read_table(run_dir: Path, name: str, columns: dict[str, str]) -> pd.DataFra
     else:
         raise ValueError(f"{parquet_path}: missing (and no {csv_path.name} to fall back on)")
     try:
-        return conform(df, columns)
+        return conform(upgrade(df, name, version), columns)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{path}: does not match the {name} schema: {exc}") from exc
+
+
+def expand(paths: list[Path]) -> list[Path]:
+    """Run folders: each path itself if it holds meta.json, else its children that do."""
+    out = []
+    for path in paths:
+        if (path / "meta.json").is_file():
+            out.append(path)
+        else:
+            found = sorted(p.parent for p in path.glob("*/meta.json"))
+            if not found:
+                raise ParamError(f"{path}: neither a stored run nor a suite of them", param="run")
+            out += found
+    return out
+
+
+def load_runs(paths: list[Path]) -> list[Any]:
+    """The stored runs under `paths`; a folder that is not one is a ParamError (CLI: exit 2)."""
+    try:
+        return [load(d) for d in expand(paths)]
+    except ValueError as exc:  # missing file, other schema, unreadable meta: say which
+        raise ParamError(str(exc), param="run") from None

@@ -23,17 +23,21 @@ from clients.browser import (
     CHROMIUM_ARGS,
     BrowserSession,
     CdpLedger,
+    browser_keys,
     browser_tables,
+    first_streaming_clients,
     run_browser_fleet,
     ws_frame_bytes,
 )
 from experiments import browser_connections
 from harness.children import READY_PREFIX, ROOT, ChildProcess
+from presentation import charts_net
 from records import store
 from server import make_app
 from streams.generator import texts
 from streams.params import GenParams
-from tests.conftest import UNIT
+from tests.support import UNIT
+from transports import registry
 from transports.web import page as page_routes
 from transports.web.common import ServerConfig
 
@@ -45,6 +49,18 @@ pytestmark = [
 ARTIFACTS = ROOT / "test-artifacts"
 FAST = {"tokens": 24, "rate": 60, "ttft_ms": 80, "jitter": 0.2, "seed": 1514}
 MS = int(1000 * UNIT)
+
+# The page's clients by what their transport can do (registry `browser_clients`).
+# Resuming: can continue after the last token held (one-shot cannot: no stream id yet).
+# Streaming: one held connection carries the whole answer, so a cut always breaks one.
+RESUMING = [
+    k for k in browser_keys() if (t := registry.by_browser_client(k)).resumable and t.incremental
+]
+STREAMING = [
+    k
+    for k in browser_keys()
+    if (t := registry.by_browser_client(k)).incremental and t.requests_per_answer == "one"
+]
 
 
 @pytest.fixture
@@ -131,16 +147,14 @@ async def test_static_routes_serve_the_folder_and_nothing_else(target: Target) -
                 assert error["type"] == "not_found_error"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("corpus", ["en", "zh"])
 async def test_every_pane_shows_the_seeded_answer_without_errors(tab: Tab, corpus: str) -> None:
     params = {**FAST, "text": corpus}
     await start(tab, params)
     expected = "".join(texts(GenParams(**params)))  # type: ignore[arg-type]
     panes = await pane_texts(tab)
-    assert set(panes) == {"sse", "sse-fetch", "websocket", "ndjson", "longpoll", "shortpoll"} | {
-        "oneshot",
-        "fake",
-    }
+    assert list(panes) == [*browser_keys(), "fake"]  # the registry's, in its order; then fake
     for key, (text, status) in panes.items():
         assert text == expected, key
         assert status.startswith(f"✓ {FAST['tokens']}/{FAST['tokens']} tokens"), (key, status)
@@ -154,13 +168,14 @@ async def test_every_pane_shows_the_seeded_answer_without_errors(tab: Tab, corpu
     await tab.page.screenshot(path=ARTIFACTS / f"browser-page-{corpus}.png", full_page=True)
 
 
+@pytest.mark.slow
 async def test_cut_button_shows_who_recovered(tab: Tab) -> None:
     params = {**FAST, "tokens": 40, "rate": 25}  # 1.7 s: the cut lands mid-answer
     await start(tab, params, cut_after_s=0.7)
     banner = await tab.page.inner_text("#banner")
     assert "the server reset" in banner
     panes = await pane_texts(tab)
-    for key in ("sse", "sse-fetch", "websocket", "ndjson"):  # streaming: cut for sure
+    for key in STREAMING:  # one held connection for the whole answer: cut for sure
         status = panes[key][1]
         assert "survived 1 broken connection" in status, (key, status)
         assert status.startswith("✓ 40/40 tokens, none lost or repeated"), (key, status)
@@ -187,19 +202,21 @@ async def test_eventsource_resumes_with_last_event_id_after_a_cut(target: Target
     assert 900 <= rec.recoveries_ms[0] < 3000
 
 
+@pytest.mark.slow
 async def test_resuming_page_clients_lose_and_repeat_nothing_after_a_cut(target: Target) -> None:
     params = GenParams(tokens=30, rate=40.0, ttft_ms=50.0, seed=5, text="mixed")
     async with BrowserSession(target) as session:
-        for key in ("sse-fetch", "websocket", "ndjson", "longpoll", "shortpoll"):
+        for key in [k for k in RESUMING if k != "sse"]:  # EventSource: the test above
             [rec] = await session.run(key, params, 1, cut_after_tokens=8)
             assert rec.error == "", (key, rec.error)
             assert sorted(rec.texts) == list(range(1, 31)) and len(rec.seq) == 30, key
             assert rec.text() == "".join(texts(params)), key
-            if key in ("sse-fetch", "websocket", "ndjson"):  # a streaming connection was cut
+            if key in STREAMING:  # a streaming connection was cut
                 assert rec.reconnects >= 1, key
 
 
-@pytest.mark.parametrize("key", ["sse", "websocket"])
+@pytest.mark.slow
+@pytest.mark.parametrize("key", first_streaming_clients())
 async def test_browser_fleet_records_every_token_and_cdp_bytes(target: Target, key: str) -> None:
     params = GenParams(tokens=20, rate=100.0, ttft_ms=30.0, seed=2, text="zh")
     records = await run_browser_fleet(key, target, params, clients=2)
@@ -218,9 +235,9 @@ async def test_browser_fleet_records_every_token_and_cdp_bytes(target: Target, k
     # the wire carries the payload plus JSON, framing and headers: several times more
     assert (streams["bytes_down"] > 3 * streams["payload_bytes"]).all()
     assert (streams["bytes_up"] > 300).all()  # a browser's request head alone is ~500 bytes
-    assert (streams["tcp_connections"] == 1).all() and (streams["http_requests"] == 1).all()
+    assert (streams["connections"] == 1).all() and (streams["http_requests"] == 1).all()
     for rec in records:
-        assert all(c.source == "browser-cdp" and c.segments_up == -1 for c in rec.conns)
+        assert all(c.source == "browser-cdp" and c.packets_up == -1 for c in rec.conns)
 
 
 def test_cdp_ledger_counts_http_and_websocket_bytes() -> None:
@@ -272,6 +289,7 @@ def child_server() -> Iterator[Target]:
         proc.stop()
 
 
+@pytest.mark.slow
 def test_browser_connections_eventsource_stalls_beyond_six_websocket_does_not(
     child_server: Target, tmp_path: Path
 ) -> None:
@@ -292,7 +310,7 @@ def test_browser_connections_eventsource_stalls_beyond_six_websocket_does_not(
     assert not stalled.loc["browser-websocket"].any()
     assert (tables.streams["error"] == "").all() and (tables.streams["lost"] == 0).all()
     store.save(tables, {"experiment": browser_connections.NAME, "run_id": "test"}, tmp_path)
-    [png] = browser_connections.connections_chart(tmp_path)
+    [png] = charts_net.connections_chart(tmp_path)
     assert png.stat().st_size > 10_000
 
 

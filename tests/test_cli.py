@@ -33,6 +33,12 @@ def test_list_names_every_transport_and_experiment(capsys: pytest.CaptureFixture
         (["bench", "--clients", "0"], "--clients must be at least 1"),
         (["bench", "--server", "ftp://x"], "server URL"),
         (["run", "nonsense"], "invalid choice"),
+        # a flag the experiment cannot take is refused, never ignored in silence
+        (["run", "cancel", "--server", "http://127.0.0.1:9"], "cancel cannot take --server"),
+        (["run", "loss", "--net", "delay=5ms"], "loss cannot take --net"),
+        (["run", "rtt", "--net", "delay=5ms"], "rtt cannot take --net"),
+        (["run", "idle", "--server", "http://127.0.0.1:9"], "idle cannot take --server"),
+        (["run", "latency", "--set", "net=delay=5ms", "--set", "nonsense=1"], "--set takes"),
         (["frobnicate"], "invalid choice"),
         ([], "required"),
     ],
@@ -93,6 +99,20 @@ def test_bench_against_a_running_server_writes_the_tables(tmp_path: pytest.TempP
     assert len(streams) == 4 and len(tokens) == 20 and (streams["lost"] == 0).all()
     meta = json.loads((out / "meta.json").read_text())
     assert meta["spec"]["params"]["tokens"] == 5 and meta["spec"]["server"] == server.target.url
+
+
+def test_bench_net_puts_the_fault_proxy_in_the_path(tmp_path: pytest.TempPathFactory) -> None:
+    """`--net` was once accepted and then ignored: now the proxy's delay is in every token's
+    path (a 30 ms delay each way makes a round trip of at least 60 ms before the first one)."""
+    out = tmp_path / "net"  # type: ignore[operator]
+    with running_server() as server:
+        code = main(["bench", "--transport", "sse", "--tokens", "3", "--rate", "100",
+                     "--ttft-ms", "0", "--server", server.target.url, "--net", "delay=30ms",
+                     "--no-warmup", "--out", str(out), "--no-progress", "--no-charts"])  # fmt: skip
+    assert code == 0
+    streams = pd.read_parquet(out / "streams.parquet")
+    assert (streams["ttft_ms"] >= 60.0).all() and (streams["lost"] == 0).all()
+    assert json.loads((out / "meta.json").read_text())["spec"]["net"] == "delay=30ms"
 
 
 def test_python_server_py_runs_on_its_own_and_stops_on_sigterm() -> None:

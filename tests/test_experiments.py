@@ -11,16 +11,27 @@ import dataclasses
 import pandas as pd
 import pytest
 
+from analysis.derived import arrival_spread_table, capacity
 from experiments import cancel, idle_timeout, loss, proxy, reconnect, rtt
 from experiments.cli import main
-from presentation.charts_net import arrival_spread_table
+from tests.support import UNIT
+from transports import registry
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = pytest.mark.timeout(180 * UNIT)
 
 
 def by_transport(streams: pd.DataFrame, condition: str | None = None) -> pd.DataFrame:
     rows = streams if condition is None else streams[streams["condition"] == condition]
     return rows.set_index("transport")
+
+
+def one_of_each_kind() -> tuple[str, ...]:
+    """The first transport (registry order) of each kind of connection and request count:
+    today sse, websocket and longpoll."""
+    kinds: dict[tuple[str, str], str] = {}
+    for t in registry.TRANSPORTS.values():
+        kinds.setdefault((t.connection, t.requests_per_answer), t.key)
+    return tuple(kinds.values())
 
 
 def test_rtt_push_pays_one_way_polling_pays_more() -> None:
@@ -37,43 +48,51 @@ def test_rtt_push_pays_one_way_polling_pays_more() -> None:
     assert 70 <= ttft["sse", 80.0] - ttft["sse", 0.0] <= 110  # request + response: one RTT
 
 
+@pytest.mark.slow
 def test_reconnect_resuming_transports_lose_and_duplicate_nothing() -> None:
     spec = dataclasses.replace(
         reconnect.Spec(), tokens=24, rate=60.0, cut_every_tokens=(8,), clients=1, ttft_ms=20.0
     )
     streams = by_transport(reconnect.run(spec).streams)
-    for key in ("sse", "websocket", "longpoll", "ndjson", "shortpoll"):
+    # every transport whose client resumes by itself (one-shot has nothing to resume from)
+    for key in registry.keys_where(lambda t: t.resumable and t.incremental):
         row = streams.loc[key]
         assert row["error"] == "", (key, row["error"])
         assert (row["lost"], row["duplicated"], row["tokens_received"]) == (0, 0, 24), key
-        assert row["reconnects"] >= 1 and row["tcp_connections"] >= 2, key
+        assert row["reconnects"] >= 1 and row["connections"] >= 2, key
     assert streams.loc["sse", "recovery_max_ms"] >= 900  # it waits the server's retry: 1000 ms
-    assert streams.loc["oneshot", "error"] != ""  # the answer outlives every connection
+    for key in registry.keys_where(lambda t: not t.incremental):
+        assert streams.loc[key, "error"] != "", key  # the answer outlives every connection
 
 
+@pytest.mark.slow
 def test_cancel_explicit_stops_at_once_close_waits_for_the_policy() -> None:
     spec = dataclasses.replace(
         cancel.Spec(),
-        transports=("sse", "websocket", "longpoll"),
+        transports=one_of_each_kind(),
         tokens=150,
         rate=50.0,
         idle_timeout_s=0.6,
         clients=1,
     )
     table = cancel.run(spec).extra["cancel"].set_index(["policy", "how", "transport"])
-    for transport in ("sse", "websocket", "longpoll"):
+    for transport in spec.transports:
         explicit = table.loc[("keep", "cancel", transport)]
         assert explicit["server_reason"] == "cancelled" and explicit["wasted_tokens"] <= 2
         left = table.loc[("keep", "close", transport)]
         assert left["server_reason"] == "idle" and left["wasted_tokens"] >= 10
         assert 500 <= left["stop_ms"] < 3000
-    for transport in ("sse", "websocket"):  # streaming readers: a disconnect is visible
+    for transport in spec.transports:
         row = table.loc[("cancel-on-disconnect", "close", transport)]
-        assert row["server_reason"] == "disconnect" and row["wasted_tokens"] <= 2
-    # a poller that stops polling leaves no disconnect to see: only the idle timeout helps
-    assert table.loc[("cancel-on-disconnect", "close", "longpoll"), "server_reason"] == "idle"
+        if registry.get(transport).requests_per_answer == "one":
+            # streaming readers: a disconnect is visible
+            assert row["server_reason"] == "disconnect" and row["wasted_tokens"] <= 2
+        else:
+            # a poller that stops polling leaves no disconnect to see: only the idle timeout
+            assert row["server_reason"] == "idle"
 
 
+@pytest.mark.slow
 def test_loss_makes_tcp_retransmit_and_still_delivers_everything() -> None:
     spec = dataclasses.replace(
         loss.quick(loss.Spec()),
@@ -95,6 +114,7 @@ def test_loss_makes_tcp_retransmit_and_still_delivers_everything() -> None:
     assert (streams["lost"] == 0).all() and (streams["error"] == "").all()
 
 
+@pytest.mark.slow
 def test_proxy_nginx_in_the_path_and_http10_turns_streams_into_one_burst() -> None:
     spec = dataclasses.replace(
         proxy.quick(proxy.Spec()),
@@ -110,6 +130,7 @@ def test_proxy_nginx_in_the_path_and_http10_turns_streams_into_one_burst() -> No
     assert spread["nginx buffered-http1.0", "websocket"] > 0.8  # an upgraded socket is not buffered
 
 
+@pytest.mark.slow
 def test_idle_timeout_heartbeats_keep_streams_alive_oneshot_cannot_survive() -> None:
     spec = dataclasses.replace(
         idle_timeout.quick(idle_timeout.Spec()), transports=("sse", "oneshot")
@@ -122,6 +143,7 @@ def test_idle_timeout_heartbeats_keep_streams_alive_oneshot_cannot_survive() -> 
     assert "504" in quiet.loc["oneshot", "error"] and "504" in alive.loc["oneshot", "error"]
 
 
+@pytest.mark.slow
 def test_pushlab_run_writes_tables_charts_and_report(tmp_path: pytest.TempPathFactory) -> None:
     out = tmp_path / "run"  # type: ignore[operator]
     code = main(
@@ -141,6 +163,7 @@ def test_pushlab_run_writes_tables_charts_and_report(tmp_path: pytest.TempPathFa
     assert "Cancel summary" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_scale_delivers_everything_and_accounts_for_the_server() -> None:
     from experiments import scale
 
@@ -156,10 +179,11 @@ def test_scale_delivers_everything_and_accounts_for_the_server() -> None:
     assert (table["delivered_ratio"] == 1.0).all() and (table["errors"] == 0).all()
     assert (table["server_cpu_per_token_us"] > 0).all()
     assert (table["fleet_cpu_max_fraction"] > 0).all()
-    cap = scale.capacity(table.reset_index(), target_p99_ms=1e6)
+    cap = capacity(table.reset_index(), target_p99_ms=1e6)
     assert cap.set_index("transport").loc["websocket", "capacity_n"] == 40
 
 
+@pytest.mark.slow
 def test_idle_connections_are_held_and_cost_server_memory() -> None:
     from experiments import idle
 
@@ -169,6 +193,7 @@ def test_idle_connections_are_held_and_cost_server_memory() -> None:
     assert row["rss_per_conn_bytes"] > 0
 
 
+@pytest.mark.slow
 def test_relay_carries_the_models_stream_and_prices_a_continuation() -> None:
     from experiments import relay
 

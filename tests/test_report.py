@@ -12,9 +12,10 @@ import pytest
 from analysis import facts
 from analysis.matrix import FAIR, GOOD, NA, POOR, RULES, matrix
 from experiments import suite
+from experiments.catalog import EXPERIMENTS
 from presentation.compare import compare
 from records import store
-from tests.test_browser_util import chromium_page
+from tests.support import chromium_page
 
 
 def good_facts() -> pd.DataFrame:
@@ -64,6 +65,7 @@ def small_suite(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_suite_writes_runs_and_a_self_contained_report(small_suite: Path) -> None:
     html = (small_suite / "report.html").read_text()
     assert (small_suite / "latency" / "meta.json").is_file() and (
@@ -74,10 +76,11 @@ def test_suite_writes_runs_and_a_self_contained_report(small_suite: Path) -> Non
     )  # no network needed
     assert html.count('src="data:image/png;base64,') >= 8
     assert "Recommendation matrix" in html and "Chat UI in browsers" in html
-    headline = facts.collect(store.load(d) for d in suite.expand([small_suite]))
+    headline = facts.collect(store.load_runs([small_suite]), EXPERIMENTS)
     assert headline.shape[0] >= 6 and headline["latency_p99_ms"].notna().all()
 
 
+@pytest.mark.slow
 def test_report_renders_every_chart_in_chromium(small_suite: Path, tmp_path: Path) -> None:
     with chromium_page() as page:
         page.goto((small_suite / "report.html").as_uri())
@@ -91,8 +94,9 @@ def test_report_renders_every_chart_in_chromium(small_suite: Path, tmp_path: Pat
     assert total >= 8 and broken == 0
 
 
+@pytest.mark.slow
 def test_compare_reports_ratios_between_two_runs(small_suite: Path) -> None:
-    table = compare(small_suite, small_suite / "latency")
+    table = compare(small_suite, small_suite / "latency", EXPERIMENTS)
     assert not table.empty
     assert (table["ratio"] == 1.0).all()  # the same run compared with itself
     assert set(table["figure"]) >= {"latency_p99_ms", "bytes_per_token"}

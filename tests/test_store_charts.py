@@ -20,6 +20,7 @@ from presentation import charts
 from presentation import markdown as report
 from records import meta, store
 from records.schema import SCHEMA_VERSION, STREAM_COLUMNS, TOKEN_COLUMNS, Tables, conform
+from transports import registry
 
 TRANSPORTS = ("sse", "websocket", "longpoll")
 RATES_HZ = (10.0, 50.0)
@@ -48,9 +49,9 @@ def _stream_row(keys: dict[str, object], **values: object) -> dict[str, object]:
         **keys, "envelope": "text", "tokens_expected": 0, "tokens_received": 0, "lost": 0,
         "duplicated": 0, "out_of_order": 0, "ttft_ms": math.nan, "itl_p50_ms": math.nan,
         "itl_p99_ms": math.nan, "e2e_ms": math.nan, "reconnects": 0, "http_requests": 1,
-        "tcp_connections": 1, "bytes_up": 0, "bytes_down": 0, "app_bytes_up": 0,
-        "app_bytes_down": 0, "bytes_source": "kernel", "payload_bytes": 0, "segments_up": -1,
-        "segments_down": -1, "retransmits": -1, "gap_max_ms": math.nan, "recovery_max_ms": math.nan,
+        "connections": 1, "stack": "tcp", "bytes_up": 0, "bytes_down": 0, "app_bytes_up": 0,
+        "app_bytes_down": 0, "bytes_source": "kernel", "payload_bytes": 0, "packets_up": -1,
+        "packets_down": -1, "retransmits": -1, "gap_max_ms": math.nan, "recovery_max_ms": math.nan,
         "continuations": 0, "continuation_gap_max_ms": math.nan,
         "end_reason": "done", "error": "",
     }  # fmt: skip
@@ -146,7 +147,7 @@ def tiny_tables(sse_ttft_ms: float = 10.0) -> Tables:
             bytes_down=200,
             payload_bytes=20,
             http_requests=3,
-            tcp_connections=2,
+            connections=2,
             reconnects=1,
             error="timeout",
         ),
@@ -314,6 +315,7 @@ def test_summarize_one_row_per_group() -> None:
 # --- charts --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_draw_all_writes_real_pngs(run_dir: Path) -> None:
     paths = charts.draw_all(run_dir)
     assert {p.name for p in paths} == {
@@ -335,10 +337,12 @@ def test_one_rate_skips_latency_vs_rate(tiny_dir: Path) -> None:
 
 
 def test_colours_are_fixed_per_transport() -> None:
-    assert charts.colour("sse") == charts.TRANSPORT_COLOURS["sse"]
+    colours = {t.key: t.colour for t in registry.TRANSPORTS.values()}
+    assert charts.colour("sse") == colours["sse"]
     assert charts.colour("browser-sse") == charts.colour("browser-sse")
-    assert charts.colour("browser-sse") not in charts.TRANSPORT_COLOURS.values()
-    assert charts.transport_order(["zz", "websocket", "sse"]) == ["sse", "websocket", "zz"]
+    assert charts.colour("browser-sse") not in colours.values()
+    order = [t.key for t in registry.ordered()]
+    assert charts.transport_order(["zz", *reversed(order)]) == [*order, "zz"]
 
 
 # --- report --------------------------------------------------------------------------------
@@ -353,7 +357,7 @@ def test_headline_equals_hand_computed_values() -> None:
         "latency_p50_ms": 3.0, "latency_p90_ms": 4.6, "latency_p99_ms": 4.96,
         "latency_max_ms": 5.0, "itl_gaps": 3, "itl_p50_ms": 20.0, "itl_p99_ms": 39.6,
         "down_per_token_bytes": 100.0, "overhead_ratio": 10.0, "up_per_stream_bytes": 200.0,
-        "http_requests_per_stream": 2.0, "tcp_connections_per_stream": 1.5, "lost": 1,
+        "http_requests_per_stream": 2.0, "connections_per_stream": 1.5, "lost": 1,
         "duplicated": 0, "errors": 1,
     }  # fmt: skip
     assert sse.to_dict() == pytest.approx(expected_sse)
@@ -372,6 +376,7 @@ def test_headline_splits_conditions_when_several(run_dir: Path) -> None:
 
 
 def test_report_holds_headline_values_and_image_links(tiny_dir: Path) -> None:
+    charts.draw_all(tiny_dir)  # drawn once, by whoever stores the run; the report links them
     text = report.write_markdown(tiny_dir).read_text()
     assert "# synthetic: run tiny-run" in text
     for value in ("29.8", "4.96", "39.6", "| sse |", "0" * 40, '"rates_hz"'):
@@ -387,7 +392,7 @@ def test_changing_an_input_changes_the_headline(tmp_path: Path) -> None:
     table = report.headline(tables.streams, tables.tokens).set_index("transport")
     assert table.loc["sse", "ttft_p50_ms"] == pytest.approx(40.0)
     out = store.save(tables, fake_meta(), tmp_path / "changed")
-    text = report.write_markdown(out, draw_charts=False).read_text()
+    text = report.write_markdown(out).read_text()
     assert "| sse | 2 | 40 | 49.8 |" in text
     assert "No charts drawn" in text
 

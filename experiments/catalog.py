@@ -1,0 +1,35 @@
+"""The list of experiments, in suite order, and their descriptors by name.
+
+Adding an experiment: write its module (ending in `EXPERIMENT = Experiment(...)`, see
+`experiments.descriptor`) and add its module name here. Nothing else.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from experiments.descriptor import Experiment
+
+# browser-connections is last and not in the suite (`in_suite=False`): it drives Chromium
+MODULES = ("latency", "rtt", "reconnect", "cancel", "proxy", "idle_timeout", "loss", "scale",
+           "idle", "relay", "browser_connections")  # fmt: skip
+
+
+def _load() -> dict[str, Experiment]:
+    out: dict[str, Experiment] = {}
+    for module_name in MODULES:
+        experiment = importlib.import_module(f"experiments.{module_name}").EXPERIMENT
+        out[experiment.name] = experiment
+    return out
+
+
+EXPERIMENTS: dict[str, Experiment] = _load()
+SUITE: tuple[str, ...] = tuple(name for name, e in EXPERIMENTS.items() if e.in_suite)
+
+
+def get(name: str) -> Experiment:
+    try:
+        return EXPERIMENTS[name]
+    except KeyError:
+        known = ", ".join(EXPERIMENTS)
+        raise ValueError(f"unknown experiment {name!r}; choose from {known}") from None
