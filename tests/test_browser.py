@@ -107,16 +107,24 @@ async def tab(target: Target) -> AsyncIterator[Tab]:
             await browser.close()
 
 
-async def start(tab: Tab, params: dict[str, Any], cut_after_s: float = 0.0) -> None:
-    """Fill in the parameters, press Start (and Cut), wait until every pane has ended."""
+async def start(tab: Tab, params: dict[str, Any], cut_when: tuple[str, ...] = ()) -> None:
+    """Fill in the parameters, press Start, and (when `cut_when` names panes) press Cut as soon
+    as each of those panes shows text, so the cut lands mid-answer on every one of them
+    however slowly the machine starts them (a fixed delay did not: under load a pane's first
+    request came after the cut); then wait until every pane has ended."""
     for name, value in params.items():
         if name == "text":
             await tab.page.select_option("#text", value)
         else:
             await tab.page.fill(f"#{name}", str(value))
     await tab.page.click("#start")
-    if cut_after_s:
-        await tab.page.wait_for_timeout(cut_after_s * 1000)
+    if cut_when:
+        await tab.page.wait_for_function(
+            """keys => keys.every(k => document.querySelector(
+                 `.pane[data-key="${k}"] .text`)?.textContent.length > 0)""",
+            arg=list(cut_when),
+            timeout=20 * MS,
+        )
         await tab.page.click("#cut")
     await tab.page.wait_for_function("document.body.dataset.state === 'finished'", timeout=20 * MS)
 
@@ -171,7 +179,7 @@ async def test_every_pane_shows_the_seeded_answer_without_errors(tab: Tab, corpu
 @pytest.mark.slow
 async def test_cut_button_shows_who_recovered(tab: Tab) -> None:
     params = {**FAST, "tokens": 40, "rate": 25}  # 1.7 s: the cut lands mid-answer
-    await start(tab, params, cut_after_s=0.7)
+    await start(tab, params, cut_when=tuple(STREAMING))
     banner = await tab.page.inner_text("#banner")
     assert "the server reset" in banner
     panes = await pane_texts(tab)
@@ -319,6 +327,6 @@ def test_browser_connections_eventsource_stalls_beyond_six_websocket_does_not(
 )
 async def test_update_docs_screenshot(tab: Tab) -> None:
     """docs/screenshot.png: the page's own defaults, cut mid-answer."""
-    await start(tab, {}, cut_after_s=1.6)
+    await start(tab, {}, cut_when=tuple(STREAMING))
     await tab.page.wait_for_timeout(300)
     await tab.page.screenshot(path=ROOT / "docs" / "screenshot.png", full_page=True)
