@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
-from transports.registry import KEYS
+from transports import registry
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -51,7 +51,11 @@ def collect(runs: Iterable[StoredRun], sources: Mapping[str, FactSource]) -> pd.
         source = sources.get(str(run.meta.get("experiment")))
         for transport, values in (source.facts(run) if source else {}).items():
             rows.setdefault(transport, {}).update(values)
-    order = [k for k in KEYS if k in rows] + sorted(set(rows) - set(KEYS))
-    return pd.DataFrame([rows[t] for t in order], index=pd.Index(order, name="transport")).reindex(
-        columns=list(figures(sources.values()))
-    )
+    known = [t.key for t in registry.ordered()]  # display order, read now: a registered one too
+    order = [k for k in known if k in rows] + sorted(set(rows) - set(known))
+    table = pd.DataFrame([rows[t] for t in order], index=pd.Index(order, name="transport"))
+    # headline figures in declared order (NaN where not measured), then the evidence columns
+    # the facts functions add: sample sizes `n:<figure>` and `<figure>@fixed` (a setting's fix)
+    headline = list(figures(sources.values()))
+    evidence = [c for c in table.columns if c not in headline and (":" in c or "@" in c)]
+    return table.reindex(columns=headline + evidence)

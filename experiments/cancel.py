@@ -17,6 +17,7 @@ import time
 from typing import TYPE_CHECKING
 
 from analysis.derived import cancel_summary
+from analysis.matrix import count_of
 from analysis.readings import extremes
 from clients.base import ClientOptions, Target
 from clients.http import HTTP11
@@ -164,6 +165,8 @@ def facts(run: StoredRun) -> dict[str, dict[str, float]]:
             # a message on the open connection, or a DELETE: the registry says which
             "cancel_extra_requests": float(get(str(transport)).cancel_requests),
             "leave_wasted": float(left["wasted_tokens"].median()),
+            count_of("cancel_wasted"): float(len(explicit)),
+            count_of("leave_wasted"): float(len(left)),
         }
     return out
 
@@ -190,6 +193,7 @@ EXPERIMENT = Experiment(
     Spec,
     quick,
     run,
+    generic_charts=False,
     figures={
         "cancel_wasted": ("tokens", "tokens generated after an explicit cancel (median)"),
         "cancel_extra_requests": ("", "extra HTTP requests an explicit cancel needs"),

@@ -14,6 +14,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from analysis.matrix import count_of
 from analysis.readings import extremes
 from clients.base import ClientOptions
 from clients.fleet import FleetPool
@@ -124,9 +125,13 @@ def facts(run: StoredRun) -> dict[str, dict[str, float]]:
     table = run.extra.get("idle")
     if table is None:
         return {}
+    largest = table[table["n"] == table.groupby("transport")["n"].transform("max")]
     return {
-        str(r["transport"]): {"idle_conn_kib": float(r["rss_per_conn_bytes"]) / 1024}
-        for _, r in table.iterrows()
+        str(r["transport"]): {
+            "idle_conn_kib": float(r["rss_per_conn_bytes"]) / 1024,
+            count_of("idle_conn_kib"): float(r["connections_waiting"]),
+        }
+        for _, r in largest.iterrows()
     }
 
 
@@ -150,6 +155,7 @@ EXPERIMENT = Experiment(
     Spec,
     quick,
     run,
+    generic_charts=False,
     figures={"idle_conn_kib": ("KiB", "server memory per idle connection (idle)")},
     facts=facts,
     charts=(charts_net.idle,),

@@ -12,7 +12,8 @@ import itertools
 import math
 from typing import TYPE_CHECKING
 
-from analysis.readings import extremes
+from analysis.matrix import count_of
+from analysis.readings import span
 from clients.base import ClientOptions
 from experiments.descriptor import Experiment
 from experiments.engine import Point, run_points
@@ -74,7 +75,8 @@ def run(spec: Spec, run_id: str = "", progress: bool = False) -> Tables:
 
 
 def facts(run: StoredRun) -> dict[str, dict[str, float]]:
-    """Headline figures per transport at 20 tokens/s, English (else the first condition)."""
+    """Headline figures per transport at 20 tokens/s, English (else the first condition),
+    with the sample sizes behind them (`n:<figure>`)."""
     streams, tokens = run.streams, run.tokens
     conditions = list(dict.fromkeys(streams["condition"]))
     pick = "rate=20 text=en" if "rate=20 text=en" in conditions else conditions[0]
@@ -83,6 +85,7 @@ def facts(run: StoredRun) -> dict[str, dict[str, float]]:
     for transport, rows in s.groupby("transport"):
         tok = t[t["transport"] == transport]
         received = rows["tokens_received"].sum()
+        n_streams, n_tokens = float(len(rows)), float(tok["latency_ms"].notna().sum())
         out[str(transport)] = {
             "ttft_p50_ms": rows["ttft_ms"].quantile(0.5),
             "ttft_p99_ms": rows["ttft_ms"].quantile(0.99),
@@ -92,17 +95,18 @@ def facts(run: StoredRun) -> dict[str, dict[str, float]]:
             "overhead_ratio": rows["bytes_down"].sum() / max(1, rows["payload_bytes"].sum()),
             "requests_per_answer": rows["http_requests"].median(),
             "connections_per_answer": rows["connections"].median(),
+            count_of("ttft_p50_ms"): n_streams,
+            count_of("latency_p99_ms"): n_tokens,
+            count_of("requests_per_answer"): n_streams,
         }
     return out
 
 
 def reading(run: StoredRun, f: pd.DataFrame) -> str:
-    lo, lo_v, hi, hi_v = extremes(f["latency_p99_ms"])
-    blo, blo_v, bhi, bhi_v = extremes(f["bytes_per_token"])
-    return (
-        f"Token latency p99 ranged from {lo_v:.2f} ms ({lo}) to {hi_v:.1f} ms ({hi}). "
-        f"Bytes down per token ranged from {blo_v:.0f} ({blo}) to {bhi_v:.0f} ({bhi})."
-    )
+    return " ".join((
+        span(f["latency_p99_ms"], "Token latency p99", "ms", floor=0.5),
+        span(f["bytes_per_token"], "Bytes down per token", "B"),
+    ))  # fmt: skip
 
 
 EXPERIMENT = Experiment(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
+from analysis.matrix import count_of
 from analysis.readings import worst_point_reading
 from clients.base import ClientOptions, Target
 from clients.recorder import to_tables
@@ -88,7 +89,10 @@ def run(spec: Spec, run_id: str = "", progress: bool = False) -> Tables:
 def facts(run: StoredRun) -> dict[str, dict[str, float]]:
     worst = run.tokens[run.tokens["sweep_value"] == run.tokens["sweep_value"].max()]
     return {
-        str(t): {"loss_p99_ms": float(r["latency_ms"].quantile(0.99))}
+        str(t): {
+            "loss_p99_ms": float(r["latency_ms"].quantile(0.99)),
+            count_of("loss_p99_ms"): float(r["latency_ms"].notna().sum()),
+        }
         for t, r in worst.groupby("transport")
     }
 
@@ -99,6 +103,7 @@ EXPERIMENT = Experiment(
     Spec,
     quick,
     run,
+    generic_charts=False,
     figures={
         "loss_p99_ms": ("ms", "token latency p99 at the highest packet loss measured (loss)"),
     },
