@@ -15,12 +15,14 @@ import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from analysis.matrix import count_of
 from analysis.readings import extremes
 from clients.base import ClientOptions
 from experiments.descriptor import Experiment
 from experiments.engine import Point, run_points
 from experiments.spec import RunSpec
 from harness.children import ServerProcess
+from presentation import charts_arrival
 from records.schema import Tables
 from streams.params import GenParams
 from transports.web.config import ServerConfig
@@ -124,6 +126,7 @@ def facts(run: StoredRun) -> dict[str, dict[str, float]]:
         entry = out.setdefault(str(r["transport"]), {})
         if r["condition"] == "relayed":
             entry["relay_added_p50_ms"] = float(r["added_latency_p50_ms"])
+            entry[count_of("relay_added_p50_ms")] = float(r["tokens"])
         elif r["continuations"] >= 1:
             entry["continuation_ms"] = float(r["continuation_gap_max_ms"])
     return out
@@ -152,11 +155,14 @@ EXPERIMENT = Experiment(
     Spec,
     quick,
     run,
+    generic_charts=False,
     figures={
         "relay_added_p50_ms": ("ms", "latency added to a model's stream, p50 (relay)"),
         "continuation_ms": ("ms", "cost of a follow-up request for the rest of an answer (relay)"),
     },
     facts=facts,
+    charts=(charts_arrival.relay,),
+    captions={"relay.png": "Latency each transport adds to the model's stream"},
     tables=tables,
     reading=reading,
 )

@@ -70,6 +70,7 @@ EXPERIMENT = Experiment(
     Spec,
     quick,
     run,
+    generic_charts=False,
     charts=(charts_net.latency_vs_sweep,),
     captions={"latency_vs_sweep.png": "Token latency and TTFT across the sweep"},
     reading=lambda run, facts: worst_point_reading(run),

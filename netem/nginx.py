@@ -18,6 +18,13 @@ Modes (`MODES`) and the server flag each is measured with (`server_args_for`):
     buffered-http1.0  proxy_buffering on, HTTP/1.0   --no-accel-header  held: bursts per full
                       to the upstream (nginx 1.22's                     buffer, rest at the end
                       default proxy_http_version)
+    http1.0-accel-    proxy_buffering on, HTTP/1.0   (none)             streams: the app's
+    header            to the upstream                                   header alone fixes
+                                                                        nginx's defaults
+
+`buffered-http1.0` is nginx 1.22's defaults for these directives; `buffered` (the directive
+`proxy_http_version 1.1`) and `http1.0-accel-header` (the app's `X-Accel-Buffering: no`) are
+each fix alone. `directives(mode)` names what a mode sets, for tables.
 
 "buffered" and "accel-header" share one NginxSpec: they differ only in whether the server
 sends `X-Accel-Buffering: no`. "unbuffered" runs without the header so that the directive
@@ -98,6 +105,7 @@ MODES: dict[str, NginxSpec] = {
     "accel-header": NginxSpec(buffering=True),
     "gzip": NginxSpec(buffering=False, gzip=True),
     "buffered-http1.0": NginxSpec(buffering=True, upstream_http="1.0"),
+    "http1.0-accel-header": NginxSpec(buffering=True, upstream_http="1.0"),
 }
 
 _SERVER_ARGS: dict[str, list[str]] = {
@@ -106,6 +114,7 @@ _SERVER_ARGS: dict[str, list[str]] = {
     "accel-header": [],
     "gzip": [],
     "buffered-http1.0": ["--no-accel-header"],
+    "http1.0-accel-header": [],
 }
 
 
@@ -114,6 +123,28 @@ def server_args_for(mode: str) -> list[str]:
     if mode not in _SERVER_ARGS:
         raise ValueError(f"unknown nginx mode {mode!r}, expected one of {sorted(MODES)}")
     return list(_SERVER_ARGS[mode])
+
+
+def directives(mode: str) -> str:
+    """What a mode sets, in nginx's words and the app's: e.g. "proxy_http_version 1.0;
+    proxy_buffering on; app sends no X-Accel-Buffering" (read from MODES and the server flags,
+    so a table of modes cannot drift from what ran)."""
+    if mode == "direct":
+        return "no nginx"
+    spec = MODES[mode]
+    parts = [
+        f"proxy_http_version {spec.upstream_http}",
+        f"proxy_buffering {'on' if spec.buffering else 'off'}",
+    ]
+    if spec.gzip:
+        parts.append("gzip on")
+    if spec.buffer_size_kb is not None:
+        parts.append(f"proxy_buffers 8 {spec.buffer_size_kb}k")
+    if spec.ignore_accel_header:
+        parts.append("proxy_ignore_headers X-Accel-Buffering")
+    header = "--no-accel-header" not in server_args_for(mode)
+    app = "app sends X-Accel-Buffering: no" if header else "app sends no X-Accel-Buffering"
+    return "; ".join(parts) + "; " + app
 
 
 def nginx_binary() -> str | None:

@@ -9,6 +9,7 @@ same way (`colour`), and a run with several conditions gets one panel per condit
 from __future__ import annotations
 
 import math
+import textwrap
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -283,8 +284,36 @@ def figure(
 
 
 def save(fig: Figure, path: Path) -> Path:
+    """Write the PNG, its titles first wrapped to the width they have (never cropped)."""
+    wrap_titles(fig)
     fig.savefig(path, dpi=DPI)
     return path
+
+
+def wrap_titles(fig: Figure) -> None:
+    """Break the figure's title and each panel's title into lines that fit their width:
+    constrained layout makes room for more lines, but never for a line wider than the figure."""
+    width_in = float(fig.get_figwidth())
+    suptitle = getattr(fig, "_suptitle", None)  # matplotlib keeps no public getter for the Text
+    if suptitle is not None and suptitle.get_text():
+        suptitle.set_text(_wrapped(suptitle.get_text(), width_in, float(suptitle.get_fontsize())))
+    for ax in fig.axes:
+        spec = ax.get_subplotspec()
+        ncols = spec.get_gridspec().ncols if spec is not None else 1
+        title = ax.title
+        if title.get_text():
+            title.set_text(
+                _wrapped(title.get_text(), width_in / ncols, float(title.get_fontsize()))
+            )
+
+
+def _wrapped(text: str, width_in: float, fontsize: float) -> str:
+    # an average character of the default sans-serif is about 0.55 em wide
+    chars = max(12, int(width_in * 72 * 0.92 / (fontsize * 0.55)))
+    return "\n".join(
+        textwrap.fill(line, chars, break_long_words=False, break_on_hyphens=False)
+        for line in text.split("\n")
+    )
 
 
 def _ecdf_points(values: np.ndarray, max_points: int = 4000) -> tuple[np.ndarray, np.ndarray]:
@@ -310,7 +339,7 @@ def _paired_bars(
 ) -> None:
     """Two bars per transport (solid `first`, hatched `second`); the count goes under the name."""
     order = transport_order(rows["transport"])
-    ticks = []
+    counts = {}
     for i, transport in enumerate(order):
         row = rows[rows["transport"] == transport].iloc[0]
         c = colour(transport)
@@ -318,12 +347,33 @@ def _paired_bars(
             bars = ax.bar(i + offset, row[column], width=0.4, color=c, edgecolor=c, **look)
             if value_labels:
                 ax.bar_label(bars, fmt="%g", fontsize=7, padding=1)
-        ticks.append(f"{transport}\nn={int(row['count']):,} {note}")
-    ax.set_xticks(range(len(order)), ticks, fontsize=8)
+        counts[transport] = int(row["count"])
+    _count_ticks(ax, order, counts, note)
     top = float(np.nanmax(rows[[first, second]].to_numpy(float), initial=0.0))
     ax.set_ylim(0, top * 1.35 if top > 0 else 1)  # headroom for the legend
     ax.grid(True, axis="y", alpha=0.25)
     ax.legend(handles=_legend_handles([], labels), fontsize=8, loc="upper left")
+
+
+def _count_ticks(ax: Axes, order: Sequence[str], counts: dict[str, int], note: str) -> None:
+    """Transport names as ticks, each with its sample size; one size shared by all is said
+    once in the panel's corner instead (per tick it repeated and overlapped its neighbours)."""
+    sizes = set(counts.values())
+    if len(sizes) == 1:
+        ax.set_xticks(range(len(order)), order, fontsize=8, rotation=30, ha="right")
+        ax.annotate(
+            f"n={sizes.pop():,} {note} each",
+            (0.99, 0.98),
+            xycoords="axes fraction",
+            ha="right",
+            va="top",
+            fontsize=7,
+            color="0.35",
+        )
+        return
+    ticks = [f"{t}\nn={counts[t]:,}" for t in order]
+    ax.set_xticks(range(len(order)), ticks, fontsize=7.5, rotation=30, ha="right")
+    ax.set_xlabel(f"n = {note} per transport", fontsize=8)
 
 
 def _byte_bars(ax: Axes, rows: pd.DataFrame) -> None:

@@ -28,9 +28,12 @@ from presentation.charts import (
 )
 
 if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.axes import Axes
 
-    pass
-
+CLOCK_TICK_S = 0.01  # /proc CPU times count in clock ticks of 10 ms (USER_HZ = 100)
+CPU_RESOLVED_TICKS = 10  # under 10 ticks a CPU delta is known to +-10 % or worse
+PAGE_BYTES = 4096  # RSS moves in pages: less than one per connection is not a measurement
 
 
 def latency_vs_sweep(run_dir: RunLike) -> list[Path]:
@@ -83,6 +86,7 @@ def reconnect(run_dir: RunLike) -> list[Path]:
     run = as_run(run_dir)
     summary = reconnect_summary(run.streams)
     conditions = list(dict.fromkeys(summary["condition"]))
+    recovery_top = max(1.0, float(summary["recovery_max_ms"].max(skipna=True) or 0) * 1.1)
     fig, axes = figure(3 * len(conditions), width_in=4.6, height_in=3.6)
     for i, condition in enumerate(conditions):
         part = summary[summary["condition"] == condition]
@@ -91,10 +95,11 @@ def reconnect(run_dir: RunLike) -> list[Path]:
         colours = [colour(t) for t in order]
         ax_rec, ax_loss, ax_done = axes[3 * i : 3 * i + 3]
         ax_rec.bar(order, rows["recovery_max_ms"].fillna(0), color=colours)
-        ax_rec.set(title=f"{condition}\nlongest recovery: cut -> next new token", ylabel="ms")
-        ax_rec.set_ylim(
-            bottom=0, top=max(1.0, float(rows["recovery_max_ms"].max(skipna=True) or 0) * 1.1)
-        )
+        # the setting on a line of its own: it is what the two rows differ by
+        head = str(condition).replace(", retry:", "\nretry:")
+        ax_rec.set(title=f"{head}\nlongest recovery: cut -> next new token", ylabel="ms")
+        # one scale for every condition: the settings compared read as bar heights
+        ax_rec.set_ylim(bottom=0, top=recovery_top)
         ax_loss.bar(order, rows["lost"], color=colours)
         ax_loss.bar(
             order, rows["duplicated"], bottom=rows["lost"], color=colours, hatch="//", alpha=0.6
@@ -105,6 +110,7 @@ def reconnect(run_dir: RunLike) -> list[Path]:
     for ax in axes:
         ax.tick_params(axis="x", labelrotation=30)
         ax.grid(True, axis="y", alpha=0.25)
+    fig.suptitle("Connections cut: recovery, tokens lost or duplicated, streams completed")
     return [save(fig, run.path / "reconnect.png")]
 
 
@@ -147,6 +153,8 @@ def arrival_spread(run_dir: RunLike) -> list[Path]:
     summary = proxy_summary(run)
     modes = list(dict.fromkeys(summary["condition"]))
     fig, axes = figure(len(modes), width_in=4.4, height_in=3.6)
+    # polling can read later than generated (spread above 1): keep its bar and label in view
+    top = max(1.2, float(summary["arrival_spread"].max(skipna=True) or 0) * 1.15)
     for ax, mode in zip(axes, modes, strict=True):
         rows = summary[summary["condition"] == mode]
         order = transport_order(rows["transport"])
@@ -160,7 +168,8 @@ def arrival_spread(run_dir: RunLike) -> list[Path]:
                 va="bottom",
                 fontsize=7,
             )
-        ax.set(title=mode, ylabel="arrival spread (1 = as generated)", ylim=(0, 1.2))
+        ax.axhline(1.0, color="0.4", linestyle=":", linewidth=1)
+        ax.set(title=mode, ylabel="arrival spread (1 = as generated)", ylim=(0, top))
         ax.tick_params(axis="x", labelrotation=30)
         ax.grid(True, axis="y", alpha=0.25)
     fig.suptitle("Streamed (1) or one burst (0): arrival spread per transport; labels: TTFT p50 ms")
@@ -192,16 +201,11 @@ def scale(run_dir: RunLike) -> list[Path]:
             color=c,
             markersize=4,
         )
-        ax_cpu.plot(
-            rows["n"], rows["server_cpu_per_token_us"], "-o", color=c, markersize=4, label=transport
-        )
-        ax_mem.plot(
-            rows["n"],
-            rows["server_rss_per_conn_bytes"] / 1024,
-            "-o",
-            color=c,
-            markersize=4,
-            label=transport,
+        cpu_ok = rows["server_cpu_s"] >= CPU_RESOLVED_TICKS * CLOCK_TICK_S
+        _resolved_line(ax_cpu, rows["n"], rows["server_cpu_per_token_us"], cpu_ok, c, transport)
+        mem_ok = rows["server_rss_per_conn_bytes"] >= PAGE_BYTES
+        _resolved_line(
+            ax_mem, rows["n"], rows["server_rss_per_conn_bytes"] / 1024, mem_ok, c, transport
         )
     target = float(df["target_p99_ms"].iloc[0]) if "target_p99_ms" in df else None
     if target:
@@ -217,18 +221,39 @@ def scale(run_dir: RunLike) -> list[Path]:
         xscale="log",
         xlabel="concurrent streams",
         ylabel="server CPU per token (us)",
-        title="Server CPU per token delivered",
+        title=f"Server CPU per token delivered; hollow: under "
+        f"{CPU_RESOLVED_TICKS * CLOCK_TICK_S * 1e3:g} ms of CPU in all ({CPU_RESOLVED_TICKS} "
+        "/proc ticks), too coarse to read",
     )
     ax_mem.set(
         xscale="log",
         xlabel="concurrent streams",
         ylabel="KiB per connection",
-        title="Server memory per connection (peak RSS)",
+        title="Server memory per connection (peak RSS); hollow: under one 4 KiB page per "
+        "connection, below RSS's resolution",
     )
     for ax in (ax_lat, ax_cpu, ax_mem):
         ax.grid(True, which="both", alpha=0.25)
         ax.legend(fontsize=8)
     return [save(fig, run.path / "scale.png")]
+
+
+def _resolved_line(
+    ax: Axes, xs: pd.Series, ys: pd.Series, resolved: pd.Series, c: str, label: str
+) -> None:
+    """Resolved points joined by a line; the others hollow and unjoined, so no trend is drawn
+    through values that are the measurement's resolution rather than the server's."""
+    ax.plot(xs[resolved], ys[resolved], "-o", color=c, markersize=4, label=label)
+    if (~resolved).any():
+        ax.plot(
+            xs[~resolved],
+            ys[~resolved].clip(lower=0),
+            "o",
+            markerfacecolor="none",
+            color=c,
+            markersize=5,
+            label=None if resolved.any() else label,
+        )
 
 
 def idle(run_dir: RunLike) -> list[Path]:
@@ -256,8 +281,6 @@ def idle(run_dir: RunLike) -> list[Path]:
     )
     ax.grid(True, axis="y", alpha=0.25)
     return [save(fig, run.path / "idle.png")]
-
-
 
 
 def connections_chart(run_dir: RunLike) -> list[Path]:

@@ -88,11 +88,13 @@ STREAM_COLUMNS: dict[str, str] = {
 @dataclasses.dataclass(frozen=True)
 class Tables:
     """What an experiment run returns: the per-token and per-stream tables, plus any
-    experiment-specific tables (`extra`, by name: e.g. the cancel experiment's server view)."""
+    experiment-specific tables (`extra`, by name: e.g. the cancel experiment's server view) and
+    text files kept with the run (`files`, file name -> text: e.g. each nginx.conf measured)."""
 
     tokens: pd.DataFrame
     streams: pd.DataFrame
     extra: dict[str, pd.DataFrame] = dataclasses.field(default_factory=dict)
+    files: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def empty_tables() -> Tables:
@@ -126,4 +128,5 @@ def concat(parts: list[Tables]) -> Tables:
             n: pd.concat([p.extra[n] for p in parts if n in p.extra], ignore_index=True)
             for n in names
         },
+        files={name: text for p in parts for name, text in p.files.items()},
     )

@@ -3,6 +3,7 @@
 Layout of a run directory (see results/README.md):
 
     tokens.csv  tokens.parquet  streams.csv  streams.parquet  meta.json  [*.png  report.md]
+    [<extra>.csv  <extra>.parquet  <kept text files, e.g. nginx-<mode>.conf>]
 
 Parquet is what `load` reads (exact dtypes, and the schema version in its key-value
 metadata); the CSV copies are for people and spreadsheets, and the fallback when a Parquet file
@@ -48,6 +49,7 @@ class StoredRun:
     meta: dict[str, Any]
     path: Path
     extra: dict[str, pd.DataFrame] = dataclasses.field(default_factory=dict)
+    files: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> text (Tables.files)
 
 
 def results_root() -> Path:
@@ -57,7 +59,10 @@ def results_root() -> Path:
 
 
 def save(tables: Tables, meta: dict[str, Any], out_dir: Path) -> Path:
-    """Write both tables (CSV + Parquet, conformed first) and meta.json into `out_dir`."""
+    """Write both tables (CSV + Parquet, conformed first), the extra tables, the kept text
+    files and meta.json (listing them all) into `out_dir`."""
+    for name in tables.files:
+        _check_file_name(name)  # before anything is written
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files: list[dict[str, Any]] = []
@@ -76,6 +81,9 @@ def save(tables: Tables, meta: dict[str, Any], out_dir: Path) -> Path:
         files.append(
             {"name": f"{name}.parquet", "table": name, "format": "parquet", "rows": len(df)}
         )
+    for name, text in tables.files.items():
+        (out_dir / name).write_text(text, encoding="utf-8")
+        files.append({"name": name, "table": "", "format": "text", "chars": len(text)})
     full_meta = {**meta, "files": files}
     full_meta.setdefault("schema_version", SCHEMA_VERSION)
     text = json.dumps(full_meta, indent=2, default=str)
@@ -93,7 +101,27 @@ def load(run_dir: Path) -> StoredRun:
     }
     extra = {f["table"]: _read_extra(run_dir / f["name"]) for f in meta.get("files", [])
              if f["table"] not in TABLES and f["format"] == "parquet"}  # fmt: skip
-    return StoredRun(frames["tokens"], frames["streams"], meta, run_dir, extra)
+    texts = {f["name"]: _read_text(run_dir / f["name"]) for f in meta.get("files", [])
+             if f["format"] == "text"}  # fmt: skip
+    return StoredRun(frames["tokens"], frames["streams"], meta, run_dir, extra, texts)
+
+
+# names `save` writes itself; a kept text file may take none of them
+_RESERVED_FILES = {META_FILE, *(f"{t}.{x}" for t in TABLES for x in ("csv", "parquet"))}
+
+
+def _check_file_name(name: str) -> None:
+    """A kept text file is a plain name inside the run folder, never one of the run's own."""
+    if Path(name).name != name or name.startswith(".") or name in _RESERVED_FILES:
+        raise ValueError(f"text file name {name!r} is reserved or not a plain file name")
+    if name.endswith((".csv", ".parquet", ".png")):
+        raise ValueError(f"text file name {name!r} would collide with a table or a chart")
+
+
+def _read_text(path: Path) -> str:
+    if not path.is_file():
+        raise ValueError(f"{path}: missing, though meta.json lists it")
+    return path.read_text(encoding="utf-8")
 
 
 def _read_extra(path: Path) -> pd.DataFrame:

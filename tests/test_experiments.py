@@ -7,6 +7,7 @@ wide and come from the protocols, not from this machine.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -14,6 +15,8 @@ import pytest
 from analysis.derived import arrival_spread_table, capacity
 from experiments import cancel, idle_timeout, loss, proxy, reconnect, rtt
 from experiments.cli import main
+from netem.nginx import directives
+from records import store
 from tests.support import UNIT
 from transports import registry
 
@@ -53,16 +56,28 @@ def test_reconnect_resuming_transports_lose_and_duplicate_nothing() -> None:
     spec = dataclasses.replace(
         reconnect.Spec(), tokens=24, rate=60.0, cut_every_tokens=(8,), clients=1, ttft_ms=20.0
     )
-    streams = by_transport(reconnect.run(spec).streams)
-    # every transport whose client resumes by itself (one-shot has nothing to resume from)
-    for key in registry.keys_where(lambda t: t.resumable and t.incremental):
-        row = streams.loc[key]
-        assert row["error"] == "", (key, row["error"])
-        assert (row["lost"], row["duplicated"], row["tokens_received"]) == (0, 0, 24), key
-        assert row["reconnects"] >= 1 and row["connections"] >= 2, key
-    assert streams.loc["sse", "recovery_max_ms"] >= 900  # it waits the server's retry: 1000 ms
-    for key in registry.keys_where(lambda t: not t.incremental):
-        assert streams.loc[key, "error"] != "", key  # the answer outlives every connection
+    assert spec.retry_ms == (1000.0, 100.0)  # pushlab's default retry:, then the fix
+    all_streams = reconnect.run(spec).streams
+    conditions = set(all_streams["condition"])
+    default, fixed = (
+        c for r in ("1000", "100") for c in conditions if c.endswith(f"retry: {r} ms")
+    )
+    assert len(conditions) == 2
+    for condition in (default, fixed):
+        streams = by_transport(all_streams, condition)
+        # every transport whose client resumes by itself (one-shot has nothing to resume from)
+        for key in registry.keys_where(lambda t: t.resumable and t.incremental):
+            row = streams.loc[key]
+            assert row["error"] == "", (condition, key, row["error"])
+            assert (row["lost"], row["duplicated"], row["tokens_received"]) == (0, 0, 24), key
+            assert row["reconnects"] >= 1 and row["connections"] >= 2, key
+        for key in registry.keys_where(lambda t: not t.incremental):
+            assert streams.loc[key, "error"] != "", key  # the answer outlives every connection
+    # SSE waits the retry: its server sent; each value ran against its own server
+    slow = by_transport(all_streams, default).loc["sse", "recovery_max_ms"]
+    quick = by_transport(all_streams, fixed).loc["sse", "recovery_max_ms"]
+    assert slow >= 1000 and quick >= 100
+    assert quick < slow
 
 
 @pytest.mark.slow
@@ -115,12 +130,12 @@ def test_loss_makes_tcp_retransmit_and_still_delivers_everything() -> None:
 
 
 @pytest.mark.slow
-def test_proxy_nginx_in_the_path_and_http10_turns_streams_into_one_burst() -> None:
-    spec = dataclasses.replace(
-        proxy.quick(proxy.Spec()),
-        transports=("sse", "websocket"),
-        modes=("buffered", "buffered-http1.0"),
-    )
+def test_proxy_nginx_in_the_path_and_http10_turns_streams_into_one_burst(
+    tmp_path: Path,
+) -> None:
+    spec = dataclasses.replace(proxy.quick(proxy.Spec()), transports=("sse", "websocket"))
+    # nginx's defaults, then each fix alone: the directive, the app's header
+    assert spec.modes == ("direct", "buffered-http1.0", "buffered", "http1.0-accel-header")
     tables = proxy.run(spec)
     assert (tables.extra["nginx"]["nginx_requests_logged"] > 0).all()
     spread = arrival_spread_table(tables.tokens).set_index(["condition", "transport"])
@@ -128,6 +143,18 @@ def test_proxy_nginx_in_the_path_and_http10_turns_streams_into_one_burst() -> No
     assert spread["nginx buffered", "sse"] > 0.8  # chunked HTTP/1.1 passes through
     assert spread["nginx buffered-http1.0", "sse"] < 0.2  # held until the response ends
     assert spread["nginx buffered-http1.0", "websocket"] > 0.8  # an upgraded socket is not buffered
+    assert spread["nginx http1.0-accel-header", "sse"] > 0.8  # the app's header alone fixes it
+    # each mode's nginx.conf is kept with the run and read back
+    run = store.load(store.save(tables, {"experiment": "proxy"}, tmp_path / "proxy"))
+    assert set(run.files) == {f"nginx-{m}.conf" for m in spec.modes if m != "direct"}
+    assert "proxy_http_version 1.0;" in run.files["nginx-buffered-http1.0.conf"]
+    assert "proxy_http_version 1.1;" in run.files["nginx-buffered.conf"]
+    # the summary names each mode's directives, from the modes themselves
+    (_, summary), *_ = proxy.tables(run)
+    named = dict(zip(summary["condition"], summary["directives"], strict=True))
+    assert named["nginx buffered-http1.0"] == directives("buffered-http1.0")
+    assert "app sends X-Accel-Buffering: no" in named["nginx http1.0-accel-header"]
+    assert named["direct"] == "no nginx"
 
 
 @pytest.mark.slow
@@ -157,9 +184,9 @@ def test_pushlab_run_writes_tables_charts_and_report(tmp_path: pytest.TempPathFa
         "meta.json",
         "report.md",
         "cancel.png",
-        "latency_cdf.png",
     ):
         assert (out / name).is_file(), name
+    assert not (out / "latency_cdf.png").exists()  # the latency experiment's charts, not cancel's
     assert "Cancel summary" in (out / "report.md").read_text()
 
 

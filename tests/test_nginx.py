@@ -28,6 +28,7 @@ from netem.nginx import (
     SHUTDOWN_TIMEOUT_S,
     Nginx,
     NginxSpec,
+    directives,
     nginx_binary,
     pid_alive,
     render_config,
@@ -142,6 +143,26 @@ def test_config_has_the_spec_directives(tmp_path: Path) -> None:
         server_args_for("cached")
 
 
+def test_directives_name_what_each_mode_sets_and_the_apps_header() -> None:
+    assert directives("buffered-http1.0") == (
+        "proxy_http_version 1.0; proxy_buffering on; app sends no X-Accel-Buffering"
+    )
+    assert directives("http1.0-accel-header") == (
+        "proxy_http_version 1.0; proxy_buffering on; app sends X-Accel-Buffering: no"
+    )
+    assert directives("buffered").startswith("proxy_http_version 1.1; proxy_buffering on;")
+    assert "gzip on" in directives("gzip")
+    assert directives("direct") == "no nginx"
+    # every mode's line says what its rendered config says, and what the server is told
+    for mode, spec in MODES.items():
+        line = directives(mode)
+        conf = render_config(spec, listen_port=1, upstream=("127.0.0.1", 2), prefix=Path("/x"))
+        assert f"proxy_http_version {spec.upstream_http};" in conf
+        assert f"proxy_http_version {spec.upstream_http}" in line
+        header_off = "--no-accel-header" in server_args_for(mode)
+        assert line.endswith("no X-Accel-Buffering" if header_off else "X-Accel-Buffering: no")
+
+
 @pytest.mark.parametrize(
     "spec",
     [
@@ -227,13 +248,14 @@ async def test_requests_go_through_nginx(servers: dict[str, ServerProcess]) -> N
 # -- streaming through each mode -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["unbuffered", "accel-header", "gzip"])
+@pytest.mark.parametrize("mode", ["unbuffered", "accel-header", "gzip", "http1.0-accel-header"])
 @pytest.mark.parametrize("route", ["sse", "ndjson"])
 async def test_tokens_stream_through(
     mode: str, route: str, servers: dict[str, ServerProcess]
 ) -> None:
-    """Buffering off (by directive, or per response by X-Accel-Buffering: no): each upstream
-    read is passed on at once. Measured: first-to-last token 0.45 s, as the server sent them."""
+    """Buffering off (by directive, or per response by X-Accel-Buffering: no, also over
+    nginx's default HTTP/1.0 upstream): each upstream read is passed on at once. Measured:
+    first-to-last token 0.45 s, as the server sent them."""
     with nginx_for(MODES[mode], server_for(servers, mode)) as proxy:
         got = await read_lines(f"{proxy.target.url}/{route}?{STREAM_QUERY}")
     assert got.status == 200

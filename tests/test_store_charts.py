@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -200,6 +201,27 @@ def test_round_trip_preserves_dtypes_and_values(run_dir: Path) -> None:
         "streams.parquet": len(tables.streams),
     }
     assert loaded.path == run_dir
+
+
+def test_kept_text_files_round_trip_and_are_listed(tmp_path: Path) -> None:
+    conf = "http {\n    proxy_http_version 1.0;\n}\n"
+    tables = dataclasses.replace(tiny_tables(), files={"nginx-buffered-http1.0.conf": conf})
+    loaded = store.load(store.save(tables, fake_meta(), tmp_path / "with-files"))
+    assert loaded.files == {"nginx-buffered-http1.0.conf": conf}
+    assert (loaded.path / "nginx-buffered-http1.0.conf").read_text() == conf
+    listed = [f for f in loaded.meta["files"] if f["format"] == "text"]
+    assert listed == [
+        {"name": "nginx-buffered-http1.0.conf", "table": "", "format": "text", "chars": len(conf)}
+    ]
+    assert loaded.extra == {}  # a text file is not an extra table
+    assert store.load(store.save(tiny_tables(), fake_meta(), tmp_path / "none")).files == {}
+
+
+@pytest.mark.parametrize("name", ["meta.json", "tokens.csv", "../x.conf", "a/b.conf", "x.png"])
+def test_a_kept_file_may_not_take_a_runs_own_name(tmp_path: Path, name: str) -> None:
+    tables = dataclasses.replace(tiny_tables(), files={name: "text"})
+    with pytest.raises(ValueError, match="text file name"):
+        store.save(tables, fake_meta(), tmp_path / "bad")
 
 
 def test_csv_fallback_reads_the_same_tables(tmp_path: Path) -> None:
