@@ -69,14 +69,17 @@ def run_suite(names: tuple[str, ...] = SUITE, *, quick: bool = True, out: Path |
             continue
         run_dir = save_run(tables, experiment, spec, run_id, run_started, suite_dir / name)
         runs.append(store.load(run_dir))
-    return write_report(suite_dir, runs, skipped)
+    return write_report(suite_dir, runs, skipped, quick=quick)
 
 
-def write_report(suite_dir: Path, runs: list[Any], skipped: dict[str, str] | None = None) -> Path:
+def write_report(suite_dir: Path, runs: list[Any], skipped: dict[str, str] | None = None,
+                 quick: bool | None = None) -> Path:  # fmt: skip
+    """Write the suite report over stored runs; `quick` (the suite's size, when known) names
+    the size on the first screen and in the commands that run a skipped experiment."""
     from presentation import html as htmlreport
 
     suite_dir.mkdir(parents=True, exist_ok=True)
-    html_path, _ = htmlreport.write(suite_dir, runs, skipped or {}, EXPERIMENTS)
+    html_path, _ = htmlreport.write(suite_dir, runs, skipped or {}, EXPERIMENTS, quick=quick)
     return html_path
 
 
