@@ -10,9 +10,10 @@ import importlib
 
 from experiments.descriptor import Experiment
 
-# browser-connections is last and not in the suite (`in_suite=False`): it drives Chromium
+# browser-connections follows the capacity experiments (scale, idle): how many streams one
+# browser tab holds to one origin; it needs Chromium (skipped with the reason without it)
 MODULES = ("latency", "rtt", "reconnect", "cancel", "proxy", "idle_timeout", "loss", "scale",
-           "idle", "relay", "browser_connections")  # fmt: skip
+           "idle", "browser_connections", "relay")  # fmt: skip
 
 
 def _load() -> dict[str, Experiment]:

@@ -136,6 +136,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from experiments import engine as bench
     from records import meta
 
+    # the clean measurement unless told otherwise: uvloop where importable, enough client
+    # processes for the clients, and the server's collector out of the way when they are many
     spec = bench.BenchSpec(
         transports=args.transport,
         clients=args.clients,
@@ -144,22 +146,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
         net=args.net,
         options=_options(args),
         warmup=not args.no_warmup,
-        workers=args.workers,
-        uvloop=args.uvloop,
+        workers=bench.auto_workers(args.clients) if args.workers == "auto" else args.workers,
+        uvloop=bench.uvloop_available() if args.uvloop is None else args.uvloop,
+        server_gc=args.server_gc or bench.auto_server_gc(args.clients),
     )
     started = dt.datetime.now(dt.UTC)
     run_id = meta.new_run_id("bench", started)
-    tables = bench.run(spec, run_id=run_id, progress=not args.no_progress)
+    tables, load = bench.run_measured(spec, run_id=run_id, progress=not args.no_progress)
+    record = bench.bench_record(spec, load)
     out = save_run(
         tables,
         "bench",
-        spec,
+        record,
         run_id,
         started,
         args.out or _root() / run_id,
         charts=not args.no_charts,
     )
     _print_summary(tables)
+    print(record.harness_summary())
     print(f"results: {out}")
     return 1 if (tables.streams["error"] != "").any() else 0
 
@@ -285,6 +290,19 @@ def _pandas_wide() -> Any:
     )
 
 
+def _workers_arg(value: str) -> int | str:
+    """`--workers`: "auto" or a whole number from 1 to 64."""
+    if value == "auto":
+        return value
+    try:
+        workers = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid value {value!r}: a number or auto") from None
+    if not 1 <= workers <= 64:
+        raise argparse.ArgumentTypeError("--workers must be between 1 and 64")
+    return workers
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="pushlab", description="Measure server-push transports for LLM token streaming."
@@ -313,14 +331,24 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-warmup", action="store_true", help="skip the warm-up stream per transport")
     b.add_argument(
         "--workers",
-        type=int,
-        default=1,
-        help="load-generator processes the clients are spread over (default %(default)s)",
+        type=_workers_arg,
+        default="auto",
+        metavar="N|auto",
+        help="load-generator processes the clients are spread over (default auto: 1 up to "
+        "200 clients, else 2)",
     )
     b.add_argument(
         "--uvloop",
-        action="store_true",
-        help="uvloop for the clients and for the server started here",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="uvloop for the clients and for the server started here (default: on where "
+        "uvloop is installed)",
+    )
+    b.add_argument(
+        "--server-gc",
+        choices=("auto", "scheduled"),
+        help="collector policy of the server started here (default: scheduled above 200 "
+        "clients, else auto)",
     )
     b.add_argument("--no-charts", action="store_true", help="write tables and meta only")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -382,8 +410,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "bench" and args.clients < 1:
         parser.exit(2, "pushlab bench: error: --clients must be at least 1\n")
-    if args.command == "bench" and not 1 <= args.workers <= 64:
-        parser.exit(2, "pushlab bench: error: --workers must be between 1 and 64\n")
     try:
         commands = {"bench": cmd_bench, "run": cmd_run, "list": cmd_list, "report": cmd_report,
                     "compare": cmd_compare}  # fmt: skip

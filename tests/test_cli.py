@@ -9,6 +9,8 @@ import sys
 import pandas as pd
 import pytest
 
+from clients.fleet import WorkerStats
+from experiments import engine as bench
 from experiments.cli import main
 from harness.children import running_server
 from records.schema import STREAM_COLUMNS, TOKEN_COLUMNS
@@ -31,6 +33,8 @@ def test_list_names_every_transport_and_experiment(capsys: pytest.CaptureFixture
         (["bench", "--rate", "-3"], "'rate' must be between"),
         (["bench", "--text", "latin"], "invalid choice"),
         (["bench", "--clients", "0"], "--clients must be at least 1"),
+        (["bench", "--workers", "0"], "--workers must be between 1 and 64"),
+        (["bench", "--workers", "many"], "a number or auto"),
         (["bench", "--server", "ftp://x"], "server URL"),
         (["run", "nonsense"], "invalid choice"),
         # a flag the experiment cannot take is refused, never ignored in silence
@@ -99,6 +103,41 @@ def test_bench_against_a_running_server_writes_the_tables(tmp_path: pytest.TempP
     assert len(streams) == 4 and len(tokens) == 20 and (streams["lost"] == 0).all()
     meta = json.loads((out / "meta.json").read_text())
     assert meta["spec"]["params"]["tokens"] == 5 and meta["spec"]["server"] == server.target.url
+    # the harness is on record: workers (auto: 1 for 2 clients), uvloop, both collectors, and
+    # each worker's load per transport, saturated or not
+    spec = meta["spec"]
+    assert spec["workers"] == 1 and spec["uvloop"] == bench.uvloop_available()
+    assert spec["server_gc"] == "auto" and spec["client_gc"] == bench.CLIENT_GC
+    loads = spec["load_generators"]
+    assert [row["transport"] for row in loads] == ["sse", "longpoll"]
+    assert all(row["clients"] == 2 and row["cpu_s"] > 0 for row in loads)
+    assert spec["load_generator_saturated"] == any(row["saturated"] for row in loads)
+
+
+def test_bench_workers_auto_is_one_process_for_few_clients_two_for_many() -> None:
+    assert bench.auto_workers(10, cpus=2) == 1
+    assert bench.auto_workers(bench.MANY_CLIENTS, cpus=2) == 1
+    assert bench.auto_workers(500, cpus=2) == 2
+    assert bench.auto_workers(500, cpus=8) == 2  # a third client process takes server CPU
+    assert bench.auto_workers(500, cpus=1) == 1
+    assert bench.auto_server_gc(10) == "auto" and bench.auto_server_gc(500) == "scheduled"
+
+
+def test_bench_record_flags_a_saturated_worker() -> None:
+    spec = bench.BenchSpec(transports=("sse",), clients=4, workers=2)
+    busy = WorkerStats(0, 2, cpu_s=0.95, wall_s=1.0, uvloop=True)
+    idle = WorkerStats(1, 2, cpu_s=0.10, wall_s=1.0, uvloop=True)
+    assert not bench.bench_record(spec, [("sse", idle)]).load_generator_saturated
+    record = bench.bench_record(spec, [("sse", busy), ("sse", idle)])
+    assert record.load_generator_saturated and record.clients == 4 and record.workers == 2
+    assert [row["saturated"] for row in record.load_generators] == [True, False]
+    assert "WARNING: a load-generator process was saturated" in record.harness_summary()
+    assert "WARNING" not in bench.bench_record(spec, [("sse", idle)]).harness_summary()
+
+
+def test_bench_saturated_worker_prints_a_loud_warning(capsys: pytest.CaptureFixture[str]) -> None:
+    bench.warn_if_saturated("sse", [WorkerStats(0, 1000, cpu_s=0.97, wall_s=1.0, uvloop=False)])
+    assert "WARNING: load generator saturated" in capsys.readouterr().err
 
 
 def test_bench_net_puts_the_fault_proxy_in_the_path(tmp_path: pytest.TempPathFactory) -> None:
