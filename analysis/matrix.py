@@ -49,7 +49,7 @@ def _measured(value: object) -> bool:
 class Setting:
     """A setting a verdict turns on: its default and the fix the experiment also measured."""
 
-    name: str  # e.g. "SSE retry:"
+    name: str  # e.g. "SSE's reconnection delay"
     default: str  # e.g. "retry: 1000 ms (pushlab's default)"
     fixed: str  # e.g. "retry: 100 ms"
     applies_to: tuple[str, ...] = ()  # figures whose value the setting changes
@@ -222,14 +222,16 @@ def _relay(f: Facts) -> str:
 
 
 SSE_RETRY = Setting(
-    "SSE retry:", "retry: 1000 ms (pushlab's default)", "retry: 100 ms",
+    "SSE's reconnection delay", "retry: 1000 ms (pushlab's default)", "retry: 100 ms",
     applies_to=("cut_recovery_ms", "cut_completed", "cut_lost"),
 )  # fmt: skip
-NGINX_STREAMING = Setting(
-    "nginx in front",
-    "nginx defaults: proxy_http_version 1.0, proxy_buffering on, no X-Accel-Buffering",
-    "proxy_http_version 1.1 or the app's X-Accel-Buffering: no",
-    applies_to=("proxy_min_spread",),
+PROXY_SETTINGS = Setting(
+    "the proxy's settings and the app's heartbeats",
+    "nginx defaults (proxy_http_version 1.0, proxy_buffering on, no X-Accel-Buffering) and no "
+    "heartbeat within proxy_read_timeout",
+    "proxy_http_version 1.1 or the app's X-Accel-Buffering: no, and heartbeats shorter than "
+    "proxy_read_timeout",
+    applies_to=("proxy_min_spread", "idle_timeout_ok"),
 )
 
 RULES: tuple[Rule, ...] = (
@@ -242,9 +244,9 @@ RULES: tuple[Rule, ...] = (
          ("cut_completed", "cut_lost"), _lossy_mobile, decidable=_lossy_mobile_decidable,
          setting=SSE_RETRY, shows=("loss_p99_ms", "cut_recovery_ms")),
     Rule("Behind corporate proxies",
-         "good: survives a 1 s proxy read timeout (with keep-alives) and still streams behind "
-         "nginx (arrival spread >= 0.8); fair: survives but nginx holds the stream; else poor",
-         ("idle_timeout_ok", "proxy_min_spread"), _proxies, setting=NGINX_STREAMING),
+         "good: completes behind a 1 s proxy read timeout and still streams behind nginx "
+         "(arrival spread >= 0.8); fair: completes but nginx holds the stream; else poor",
+         ("idle_timeout_ok", "proxy_min_spread"), _proxies, setting=PROXY_SETTINGS),
     Rule("Thousands of idle subscribers",
          "good: <= 20 KiB server memory per idle connection and capacity >= 1000 streams; "
          "fair: <= 40 KiB and >= 100; else poor; undecided if the run stopped short of 1000",

@@ -15,7 +15,7 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 from analysis.derived import reconnect_summary
-from analysis.matrix import count_of
+from analysis.matrix import FIXED, count_of
 from clients.base import ClientOptions, Target
 from clients.fleet import FleetSpec, run_fleet
 from clients.recorder import StreamRecord, to_tables
@@ -104,23 +104,37 @@ def run(spec: Spec, run_id: str = "", progress: bool = False) -> Tables:
 
 
 def facts(run: StoredRun) -> dict[str, dict[str, float]]:
-    alive = run.streams[run.streams["sweep_value"] == run.streams["sweep_value"].max()]
-    return {
-        str(t): {
-            "idle_timeout_ok": float((r["error"] == "").mean()),
-            count_of("idle_timeout_ok"): float(len(r)),
-        }
-        for t, r in alive.groupby("transport")
-    }
+    """Streams completed behind the proxy's read timeout without heartbeats (the default:
+    nothing is sent while the model thinks) and (`@fixed`) with heartbeats shorter than it."""
+    streams = run.streams
+    quiet = streams[streams["sweep_value"] == streams["sweep_value"].min()]
+    alive = streams[streams["sweep_value"] == streams["sweep_value"].max()]
+    out: dict[str, dict[str, float]] = {}
+    both = streams["sweep_value"].nunique() > 1
+    for suffix, rows in (("", quiet), (FIXED, alive)) if both else (("", quiet),):
+        for transport, r in rows.groupby("transport"):
+            entry = out.setdefault(str(transport), {})
+            entry["idle_timeout_ok" + suffix] = float((r["error"] == "").mean())
+            entry[count_of("idle_timeout_ok" + suffix)] = float(len(r))
+    return out
 
 
 def reading(run: StoredRun, f: pd.DataFrame) -> str:
-    ok = f[f["idle_timeout_ok"] >= 1].index.tolist()
-    return (
-        f"With keep-alives, these completed behind a 1 s proxy read timeout: "
-        f"{', '.join(ok) or 'none'}. "
-        "The reconnect chart shows what the same streams went through without them."
+    quiet = f["idle_timeout_ok"].dropna()
+    text = (
+        "Without heartbeats, completed behind a 1 s proxy read timeout (cut and resumed, or "
+        f"never cut): {', '.join(quiet[quiet >= 1].index) or 'none'}"
+        + (f"; not: {', '.join(quiet[quiet < 1].index)}." if (quiet < 1).any() else ".")
     )
+    alive = f.get("idle_timeout_ok" + FIXED)
+    if alive is not None and alive.notna().any():
+        rescued = [t for t in quiet.index if quiet[t] < 1 and alive.get(t, 0.0) >= 1]
+        failed = [t for t in alive.dropna().index if alive[t] < 1]
+        if rescued:
+            text += f" Heartbeats shorter than the timeout saved: {', '.join(rescued)}."
+        if failed:
+            text += f" Failed even with heartbeats: {', '.join(failed)}."
+    return text
 
 
 def tables(run: StoredRun) -> list[tuple[str, pd.DataFrame]]:

@@ -97,6 +97,8 @@ def build(runs: list[StoredRun], skipped: Mapping[str, str],
     size = summary.size_sentence(specs, quick)
     if machine.get("cpu_count"):
         size += f" Measured on {machine['cpu_count']} CPUs ({machine.get('cpu_model')})."
+    harness = summary.harness_sentence(runs)
+    size += f" {harness}" if harness else ""
     return Page(table, verdict_rows(table), head, rest, size,
                 summary.skipped_lines(skipped, quick), setup, sizes)  # fmt: skip
 

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
+    from records.store import StoredRun
+
 # figure -> plain name with its unit: the one place a figure's column name is chosen. A figure
 # not listed is shown as "<name> (<unit>)", so a new experiment's figure is never dropped.
 PLAIN: dict[str, str] = {
@@ -206,3 +208,29 @@ def skipped_lines(
 ) -> list[tuple[str, str, str]]:
     """(experiment, why it was skipped, the command that would run it), in the suite's order."""
     return [(name, reason.strip(), run_command(name, quick)) for name, reason in skipped.items()]
+
+
+def harness_sentence(runs: Iterable[StoredRun]) -> str:
+    """What the measuring side was doing, from the stored runs: the server's collector policy
+    where an experiment set one, and whether a load-generator process was saturated (then the
+    harness, not the transport, set that point's numbers)."""
+    policies: dict[str, list[str]] = {}
+    saturated: list[str] = []
+    busiest = 0.0
+    for run in runs:
+        name = str(run.meta.get("experiment"))
+        spec = run.meta.get("spec") or {}
+        if spec.get("server_gc"):
+            policies.setdefault(str(spec["server_gc"]), []).append(name)
+        for table in run.extra.values():
+            if "fleet_saturated" in table:
+                saturated += [name] if bool(table["fleet_saturated"].any()) else []
+                busiest = max(busiest, float(table["fleet_cpu_max_fraction"].max()))
+    parts = [f"server collector {gc} ({', '.join(names)})" for gc, names in policies.items()]
+    if parts:
+        parts.append("CPython's default elsewhere")
+    if saturated:
+        parts.append(f"a load-generator process was saturated in: {', '.join(saturated)}")
+    elif busiest:
+        parts.append(f"no load-generator process was saturated (busiest {busiest:.0%} of a core)")
+    return ("Harness: " + "; ".join(parts) + ".") if parts else ""

@@ -158,7 +158,7 @@ def test_both_reports_carry_answers_size_skips_and_the_matrix_with_its_evidence(
     # undecided has its own class; a setting's two verdicts, default -> with the fix
     assert 'class="v undecided"' in page
     sse_mobile = next(r for r in md.splitlines() if r.startswith("| Mobile on lossy networks |"))
-    assert "fair \u2192 good" in sse_mobile and "SSE retry:" in sse_mobile
+    assert "fair \u2192 good" in sse_mobile and "SSE's reconnection delay" in sse_mobile
     assert "with the fix: completed through cuts 100% (n=10 streams)" in page.replace(
         "<i>", ""
     ).replace("</i>", "")
@@ -217,3 +217,25 @@ def test_a_real_suite_answers_on_its_first_screen(tmp_path: Path) -> None:
     assert all(box["bottom"] <= 800 for box in screen.boxes.values())
     text = (tmp_path / "report.md").read_text()
     assert "Quick size: 1 stream" in text and "Chat UI in browsers" in text
+
+
+def test_the_harness_sentence_says_what_the_measuring_side_did() -> None:
+    import types
+
+    def run(name: str, gc: str | None, saturated: bool | None) -> types.SimpleNamespace:
+        extra = {}
+        if saturated is not None:
+            extra["scale"] = pd.DataFrame(
+                {"fleet_saturated": [False, saturated], "fleet_cpu_max_fraction": [0.3, 0.45]}
+            )
+        spec = {"server_gc": gc} if gc else {}
+        return types.SimpleNamespace(meta={"experiment": name, "spec": spec}, extra=extra)
+
+    calm = [run("latency", None, None), run("scale", "scheduled", False)]
+    assert summary.harness_sentence(calm) == (  # type: ignore[arg-type]
+        "Harness: server collector scheduled (scale); CPython's default elsewhere; "
+        "no load-generator process was saturated (busiest 45% of a core)."
+    )
+    busy = [run("scale", "scheduled", True)]
+    assert "a load-generator process was saturated in: scale" in summary.harness_sentence(busy)  # type: ignore[arg-type]
+    assert summary.harness_sentence([run("latency", None, None)]) == ""  # type: ignore[arg-type]

@@ -184,3 +184,15 @@ def test_the_proxy_reading_names_the_fix_that_made_a_held_stream_stream() -> Non
            "oneshot." in text  # fmt: skip
     assert "X-Accel-Buffering: no, these streamed too: sse." in text
     assert "Still held with every fix measured: oneshot." in text
+
+
+def test_behind_proxies_shows_what_heartbeats_and_nginx_settings_change() -> None:
+    spread, ok = "proxy_min_spread", "idle_timeout_ok"
+    table = facts_of(
+        openai={ok: 0.0, ok + FIXED: 1.0, spread: 0.0, spread + FIXED: 1.0},  # cannot resume
+        sse={ok: 1.0, ok + FIXED: 1.0, spread: 0.0, spread + FIXED: 1.0},  # resumes, but held
+    )
+    row = row_for("Behind corporate proxies", table)
+    assert [v.grade for v in row.cells["openai"]] == [POOR, GOOD]
+    assert [v.grade for v in row.cells["sse"]] == [FAIR, GOOD]
+    assert "heartbeats shorter than proxy_read_timeout" in row.cells["sse"][1].setting
