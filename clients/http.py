@@ -33,6 +33,7 @@ class HTTPLayer(Protocol):
 
     target: Target
     requests: int  # requests sent, WebSocket upgrades included
+    body_bytes_down: int  # response body payload (no chunk or DATA framing), before gzip decoding
 
     @property
     def conn(self) -> Connection | None:
@@ -89,6 +90,7 @@ class HTTP11:
         self.accept_gzip = accept_gzip
         self._gunzip: zlib._Decompress | None = None  # set per response with gzip encoding
         self.requests = 0
+        self.body_bytes_down = 0  # h11.Data payload bytes, before gzip decoding
         self.closed_stats: list[ConnStats] = []
         self._conn: Connection | None = None
         self._h11: h11.Connection | None = None
@@ -172,6 +174,7 @@ class HTTP11:
                 event = await self._next_event()
                 if isinstance(event, h11.Data):
                     data = bytes(event.data)
+                    self.body_bytes_down += len(data)
                     yield self._gunzip.decompress(data) if self._gunzip else data
                 elif isinstance(event, h11.EndOfMessage):
                     return
@@ -200,7 +203,9 @@ class HTTP11:
     async def close_conn(self) -> None:
         """Close the current connection (counting its bytes first)."""
         if self._conn is not None:
-            self.closed_stats.append(await self._conn.aclose())
+            # a WebSocket's connection began as HTTP/1.1 too (its upgrade request)
+            stats = await self._conn.aclose()
+            self.closed_stats.append(dataclasses.replace(stats, http_version="1.1"))
         self._conn, self._h11 = None, None
 
     async def aclose(self) -> list[ConnStats]:

@@ -2,8 +2,8 @@
 
 `Connection` is the small network-stream interface every HTTP layer speaks through (read,
 write, aclose -> `ConnStats`), and a `Connector` opens one to a `Target`: the HTTP layer is
-handed a connector rather than a host and port, so TCP today and TLS or QUIC later (or the
-in-memory fakes of `clients/fake.py`) plug in without touching it.
+handed a connector rather than a host and port, so TCP, TLS over it (`clients/tls.py`),
+QUIC later, or the in-memory fakes of `clients/fake.py` plug in without touching it.
 
 `Conn` is the TCP implementation. Before the socket closes it reads Linux's
 `struct tcp_info` (TCP_INFO): `tcpi_bytes_acked` (offset 120) is what we sent and the peer
@@ -48,31 +48,33 @@ _FIN_RECEIVED_STATES = frozenset({8, 9, 11, 6})  # CLOSE_WAIT, LAST_ACK, CLOSING
 
 @dataclasses.dataclass(frozen=True)
 class Target:
-    """Where the server (or a proxy in front of it) listens."""
+    """Where the server (or a proxy in front of it) listens; `secure`: speak TLS to it."""
 
     host: str = "127.0.0.1"
     port: int = 8000
+    secure: bool = False  # an https:// or wss:// URL: the client needs a TLS connector
 
     @classmethod
     def parse(cls, url: str) -> Target:
         parts = urlsplit(url if "://" in url else f"http://{url}")
-        if parts.scheme not in ("http", "ws") or not parts.hostname:
-            raise ValueError(f"server URL must look like http://HOST:PORT, got {url!r}")
+        if parts.scheme not in ("http", "ws", "https", "wss") or not parts.hostname:
+            raise ValueError(f"server URL must look like http(s)://HOST:PORT, got {url!r}")
+        secure = parts.scheme in ("https", "wss")
         try:
-            port = parts.port or 80
+            port = parts.port or (443 if secure else 80)
         except ValueError:
             raise ValueError(f"bad port in server URL {url!r}") from None
-        return cls(parts.hostname, port)
+        return cls(parts.hostname, port, secure)
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.secure else 'http'}://{self.authority}"
 
     @property
     def authority(self) -> str:
         """`host:port` as the Host header and a WebSocket URI write it."""
-        return self.url.removeprefix("http://")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -108,7 +110,27 @@ class ConnStats:
     """What one connection carried; `bytes_*` are the kernel's when `source` is "kernel".
 
     `packets_*` are the stack's units (TCP segments, QUIC packets), -1 when unknown; `stack`
-    names the stack that carried the bytes: "tcp" today, "tls" or "quic" later."""
+    names the stack that carried the bytes: "tcp", "tls" (clients/tls.py), "quic" later.
+    `app_bytes_*` are what the layer above wrote and read: over TLS, the plaintext.
+
+    The fields after `stack` have defaults (-1: not measured), so every stack fills in only
+    what it knows:
+
+    - `http_version`: "1.1" or "2", set by the HTTP layer (dataclasses.replace) at close.
+    - `tls_version`, `tls_cipher`, `alpn`: as negotiated ("TLSv1.3", "TLS_AES_256_GCM_SHA384",
+      "http/1.1"); empty over plain TCP or when ALPN chose nothing.
+    - `connect_ns`: how long the TCP connect took; `handshake_ns`: the TLS handshake after it
+      (ClientHello sent to our Finished written).
+    - `tls_resumed`: the handshake resumed an earlier session (a session ticket, RFC 8446 2.2).
+    - `tls_handshake_bytes_up/down`: ciphertext on the wire until the handshake completed.
+    - `tls_records_down`: records received after the handshake that carried application data,
+      `tls_record_bytes_down` their wire bytes, 5-byte headers included (minus the plaintext:
+      the TLS overhead, 22 bytes per record for TLS 1.3 with AES-GCM or ChaCha20-Poly1305);
+      `tls_control_bytes_down`: post-handshake records with no application data
+      (NewSessionTicket, KeyUpdate, alerts such as close_notify). Likewise `*_up`.
+      Over TLS, bytes_down = handshake + record + control bytes down, when all was read.
+    - `streams`: the most HTTP streams this connection carried at once (HTTP/2 sets it).
+    """
 
     index: int
     bytes_up: int
@@ -120,6 +142,22 @@ class ConnStats:
     retransmits: int
     source: str
     stack: str
+    http_version: str = ""
+    tls_version: str = ""
+    tls_cipher: str = ""
+    alpn: str = ""
+    connect_ns: int = -1
+    handshake_ns: int = -1
+    tls_resumed: bool = False
+    tls_handshake_bytes_up: int = -1
+    tls_handshake_bytes_down: int = -1
+    tls_records_down: int = -1
+    tls_record_bytes_down: int = -1
+    tls_control_bytes_down: int = -1
+    tls_records_up: int = -1
+    tls_record_bytes_up: int = -1
+    tls_control_bytes_up: int = -1
+    streams: int = 1
 
 
 class Connection(Protocol):
@@ -168,6 +206,7 @@ class Conn:
         self.app_down = 0
         self.last_recv_ns = 0  # time.time_ns() of the latest read
         self.last_recv_perf_ns = 0  # time.perf_counter_ns() of the latest read
+        self.connect_ns = -1  # how long `open` took to connect (-1: handed an open socket)
         self.stats: ConnStats | None = None
         self.close_error = ""
         sock = writer.get_extra_info("socket")
@@ -177,8 +216,11 @@ class Conn:
 
     @classmethod
     async def open(cls, host: str, port: int, index: int = 0) -> Conn:
+        start = time.perf_counter_ns()
         reader, writer = await asyncio.open_connection(host, port, limit=READ_SIZE * 4)
-        return cls(reader, writer, index)
+        conn = cls(reader, writer, index)
+        conn.connect_ns = time.perf_counter_ns() - start
+        return conn
 
     async def write(self, data: bytes) -> None:
         """Send `data`; a broken connection is a (retryable) TransportError."""
@@ -236,6 +278,7 @@ class Conn:
                 -1,
                 "app",
                 self.stack,
+                connect_ns=self.connect_ns,
             )
         # The kernel counts sequence space: our SYN is in bytes_acked once the handshake is
         # done (tcp_snd_una_update), and the peer's FIN is in bytes_received once it arrived
@@ -253,4 +296,5 @@ class Conn:
             info.total_retrans,
             "kernel",
             self.stack,
+            connect_ns=self.connect_ns,
         )

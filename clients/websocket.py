@@ -38,14 +38,19 @@ class WebSocketClient(Client):
         await http.close_conn()
 
     async def attempt(self, http: HTTPLayer, params: GenParams, rec: StreamRecord) -> str:
+        # TTFT runs from here, before the connection opens, as it does for the HTTP clients
+        # (whose request() connects): the TCP and TLS handshakes are part of the first token
+        rec.request_sent()
         conn = await http.open_raw()
         extensions = [ClientPerMessageDeflateFactory()] if self.options.ws_compress else None
+        scheme = "wss" if http.target.secure else "ws"  # RFC 6455 3: TLS is the connector's
         proto = ClientProtocol(
-            parse_uri(f"ws://{http.target.authority}/ws"), extensions=extensions, max_size=2**20
+            parse_uri(f"{scheme}://{http.target.authority}/ws"),
+            extensions=extensions,
+            max_size=2**20,
         )
         proto.send_request(proto.connect())
         self._open = (proto, conn)
-        rec.request_sent()
         await _flush(proto, conn)
         request_index = http.requests - 1
         opened = False
@@ -71,6 +76,7 @@ class WebSocketClient(Client):
                     )
                     proto.send_text(first.encode())
                 elif isinstance(event, Frame) and event.opcode is Opcode.TEXT:
+                    http.body_bytes_down += len(event.data)  # the message, frame header apart
                     reason = self._on_message(bytes(event.data), rec, t_ns, t_perf, request_index)
                     if reason is not None:
                         proto.send_close(1000)
