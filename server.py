@@ -1,9 +1,21 @@
 """pushlab's one server: every transport over the same seeded token hub.
 
     python server.py --port 8000        (or: pushlab serve)
+    python server.py --tls              (HTTPS with a lab CA made at start)
 
 `make_app(config)` mounts every transport's routes (transports/registry.py), the stream
 control routes and `GET /stats`; `main()` runs it.
+
+TLS: with `--tls` (or `--tls-cert`/`--tls-key`) aiohttp terminates TLS itself, TLS 1.2 and
+1.3, ALPN offering only `http/1.1` (aiohttp speaks no HTTP/2: a client that offers h2 and
+http/1.1 settles on HTTP/1.1, RFC 7301 section 3.2). `--tls` generates the lab CA of
+netem/pki.py into a fresh temporary directory, removed at exit, and the ready line names it:
+
+    pushlab serving on https://127.0.0.1:PORT ca=/tmp/pushlab-pki-.../ca.pem
+
+(the prefix and the address are what harness/children.py reads; without TLS the line is
+`pushlab serving on http://HOST:PORT`, unchanged). HTTP/2 is a front's job: nginx or Caddy
+(`pushlab serve --front nginx|caddy`, experiments/cli.py).
 """
 
 from __future__ import annotations
@@ -14,10 +26,15 @@ import gc
 import importlib
 import os
 import resource
+import shlex
+import shutil
 import signal
+import ssl
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from aiohttp import web
 
@@ -165,25 +182,54 @@ def make_app(config: ServerConfig | None = None) -> web.Application:
     return app
 
 
+def tls_context(config: ServerConfig, pki_dir: Path | None = None) -> tuple[ssl.SSLContext, str]:
+    """(the server's SSLContext, the CA file a client trusts or "") for a config with TLS on:
+    a lab CA generated into `pki_dir` for --tls, else the given --tls-cert/--tls-key."""
+    if config.tls:
+        from netem.pki import make_lab_pki
+
+        pki = make_lab_pki(pki_dir)
+        ctx, ca_file = pki.server_context(alpn=("http/1.1",)), str(pki.ca_cert)
+    else:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(config.tls_cert, config.tls_key)
+        ctx.set_alpn_protocols(["http/1.1"])
+        ca_file = ""
+    # TLS 1.2 and 1.3 only: what browsers still speak (RFC 8996 deprecates 1.0 and 1.1)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx, ca_file
+
+
 async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> None:
     """Serve until cancelled or SIGINT/SIGTERM; prints the URL once listening."""
-    runner = web.AppRunner(make_app(config), handler_cancellation=True, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, backlog=4096)
-    await site.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    port = runner.addresses[0][1]
-    host = f"[{config.host}]" if ":" in config.host else config.host
-    print(f"pushlab serving on http://{host}:{port}", flush=True)  # the ready line
-    if ready is not None:
-        ready.set()
+    pki_dir = Path(tempfile.mkdtemp(prefix="pushlab-pki-")) if config.tls else None
     try:
-        await stop.wait()
+        ssl_context, ca_file = tls_context(config, pki_dir) if config.https else (None, "")
+        runner = web.AppRunner(make_app(config), handler_cancellation=True, access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(
+                runner, config.host, config.port, backlog=4096, ssl_context=ssl_context
+            )
+            await site.start()
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            port = runner.addresses[0][1]
+            host = f"[{config.host}]" if ":" in config.host else config.host
+            line = f"pushlab serving on {'https' if config.https else 'http'}://{host}:{port}"
+            if ca_file:
+                line += f" ca={shlex.quote(ca_file)}"
+            print(line, flush=True)  # the ready line
+            if ready is not None:
+                ready.set()
+            await stop.wait()
+        finally:
+            await runner.cleanup()
     finally:
-        await runner.cleanup()
+        if pki_dir is not None:
+            shutil.rmtree(pki_dir, ignore_errors=True)
 
 
 def _upstream_config(config: ServerConfig) -> UpstreamConfig:
@@ -193,7 +239,16 @@ def _upstream_config(config: ServerConfig) -> UpstreamConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = config_from_args(build_parser().parse_args(argv))
+    parser = build_parser()
+    config = config_from_args(parser.parse_args(argv))
+    if problem := config.problem():
+        parser.error(problem)  # one line, exit 2
+    if config.tls_cert:  # load the files now: a one-line error, not a traceback
+        try:
+            tls_context(config)
+        except OSError as exc:  # ssl.SSLError is an OSError
+            print(f"pushlab serve: cannot use --tls-cert/--tls-key: {exc}", file=sys.stderr)
+            return 2
     if config.upstream:  # check the relay's settings now: a one-line error, not a traceback
         try:
             Upstream(_upstream_config(config))

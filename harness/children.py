@@ -3,6 +3,14 @@ stopped by its own pid.
 
 Each prints one ready line with its address once it listens; `start()` waits for it.
 Running the proxy in its own process keeps its timers off the measuring clients' event loop.
+
+A ready line is the prefix, a URL, then optional `key=value` words (shell-quoted):
+
+    pushlab serving on http://127.0.0.1:PORT
+    pushlab serving on https://127.0.0.1:PORT ca=/tmp/pushlab-pki-x/ca.pem [front=nginx]
+
+`target` is the address; `scheme` and `ca_file` (the CA a client must trust, or None) say
+how to speak to it, and `ready_fields` holds every `key=value`.
 """
 
 from __future__ import annotations
@@ -72,6 +80,8 @@ class ChildProcess:
         self.start_timeout_s = start_timeout_s
         self.proc: subprocess.Popen[bytes] | None = None
         self.target = Target()
+        self.scheme = "http"
+        self.ready_fields: dict[str, str] = {}
         self._stdout = b""  # read past the ready line, returned by stop()
         # stderr goes to a file: a pipe nobody reads could fill up and block the child
         self._log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in stop())
@@ -88,7 +98,9 @@ class ChildProcess:
         )
         line, why = self._ready_line()
         if line is not None:
-            self.target = Target.parse(line[len(self.ready_prefix) :].strip())
+            self.scheme, self.target, self.ready_fields = parse_ready(
+                line[len(self.ready_prefix) :]
+            )
             return self.target
         err = self.log().strip()[-500:]
         self.stop()
@@ -151,6 +163,30 @@ class ChildProcess:
     @property
     def pid(self) -> int:
         return self.proc.pid if self.proc else -1
+
+    @property
+    def url(self) -> str:
+        """The address with its scheme: `https://127.0.0.1:PORT` for a TLS server."""
+        return f"{self.scheme}://{self.target.authority}"
+
+    @property
+    def ca_file(self) -> Path | None:
+        """The CA certificate the child's ready line named (`ca=`), else None."""
+        ca = self.ready_fields.get("ca")
+        return Path(ca) if ca else None
+
+
+def parse_ready(text: str) -> tuple[str, Target, dict[str, str]]:
+    """(scheme, address, key=value fields) of what follows a ready line's prefix.
+    `Target` knows only http: an https URL is parsed as the same authority over http."""
+    words = shlex.split(text)
+    if not words:
+        raise ValueError("ready line names no address")
+    url, scheme = words[0], "http"
+    if url.startswith("https://"):
+        url, scheme = "http://" + url.removeprefix("https://"), "https"
+    fields = dict(word.split("=", 1) for word in words[1:] if "=" in word)
+    return scheme, Target.parse(url), fields
 
 
 class ServerProcess(ChildProcess):

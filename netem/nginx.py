@@ -45,9 +45,17 @@ when streamed):
   body, then the connection closes without the final chunk; the access log says 200. Before
   any response byte (a long poll) it is a 504. Heartbeats shorter than it keep a stream alive.
 
+TLS and HTTP/2 (`NginxSpec(tls=True, http2=True)`, given a `LabPKI`): nginx terminates TLS
+1.2/1.3 with the lab certificate and offers `h2, http/1.1` in ALPN on one listener; the
+upstream stays HTTP/1.1 (the app speaks nothing else). nginx 1.22 does not implement RFC 8441
+(WebSocket over HTTP/2: no SETTINGS_ENABLE_CONNECT_PROTOCOL), so a browser opens a separate
+HTTP/1.1 TLS connection for /ws: a client offering only `http/1.1` in ALPN gets it on the
+same listener (tests/test_fronts.py checks that, and the upgrade through it). HTTP/2 needs
+TLS here: browsers speak HTTP/2 only over TLS (h2c, cleartext HTTP/2, is curl's and gRPC's).
+
 nginx directive names are cited at the line, as in https://nginx.org/en/docs/ (core module,
 ngx_http_proxy_module, ngx_http_gzip_module, ngx_http_headers_module, ngx_http_log_module,
-ngx_http_upstream_module).
+ngx_http_upstream_module, ngx_http_ssl_module, ngx_http_v2_module).
 """
 
 from __future__ import annotations
@@ -60,6 +68,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -69,6 +78,7 @@ from clients.base import Target
 from harness.children import stop_process
 from harness.procstat import alive as pid_alive
 from harness.procstat import children as child_pids
+from netem.pki import LabPKI
 from streams.errors import EnvironmentUnavailable
 
 NOT_INSTALLED = "nginx is not installed: run `make system` (installs Debian's nginx)"
@@ -89,8 +99,20 @@ class NginxSpec:
     upstream_http: str = "1.1"  # proxy_http_version "1.0" or "1.1" (nginx 1.22 defaults to 1.0)
     buffer_size_kb: int | None = None  # proxy_buffer_size and proxy_buffers 8 x this
     ignore_accel_header: bool = False  # proxy_ignore_headers X-Accel-Buffering
+    tls: bool = False  # listen ... ssl, with the lab certificate
+    http2: bool = False  # listen ... http2 (needs tls)
+    max_concurrent_streams: int | None = None  # http2_max_concurrent_streams; None: nginx's 128
 
     def __post_init__(self) -> None:
+        if self.http2 and not self.tls:
+            raise ValueError("http2 needs tls: browsers speak HTTP/2 only over TLS")
+        if self.max_concurrent_streams is not None:
+            if not self.http2:
+                raise ValueError("max_concurrent_streams is an HTTP/2 setting: set http2 too")
+            if self.max_concurrent_streams < 1:
+                raise ValueError(
+                    f"max_concurrent_streams must be >= 1, got {self.max_concurrent_streams}"
+                )
         if self.upstream_http not in ("1.0", "1.1"):
             raise ValueError(f"upstream_http must be '1.0' or '1.1', got {self.upstream_http!r}")
         if not self.read_timeout_s > 0:
@@ -224,10 +246,48 @@ def _ws_directives(spec: NginxSpec) -> list[str]:
     ]
 
 
+def _listen_directives(
+    spec: NginxSpec, listen_port: int, pki: LabPKI | None, host: str = "127.0.0.1"
+) -> list[str]:
+    """The `server` block's listener: plain HTTP/1.1, or TLS with or without HTTP/2. `host`
+    is loopback, or the lab's own namespace address (netem/netns.py) when nginx runs there."""
+    if not spec.tls:
+        return [f"listen {host}:{listen_port};  # http: listen (loopback only)"]
+    if pki is None:
+        raise ValueError("a TLS listener needs the lab PKI's certificate and key (pki=...)")
+    flags = "ssl http2" if spec.http2 else "ssl"
+    # http2 in `listen` is nginx 1.22's syntax (the `http2 on;` directive is 1.25.1+): it puts
+    # h2 before http/1.1 in the ALPN list; a client offering only http/1.1 still gets it
+    lines = [
+        f"listen {host}:{listen_port} {flags};  # http: listen (loopback only; ssl = TLS, "
+        "http2 = h2 offered in ALPN)",
+        f"ssl_certificate {pki.cert.resolve()};  # ngx_http_ssl_module: ssl_certificate "
+        "(the chain sent: leaf, then the lab CA)",
+        f"ssl_certificate_key {pki.key.resolve()};  # ngx_http_ssl_module: "
+        "ssl_certificate_key (read by the master)",
+        # RFC 8996 deprecates TLS 1.0 and 1.1; 1.2 and 1.3 are what browsers speak
+        "ssl_protocols TLSv1.2 TLSv1.3;  # ngx_http_ssl_module: ssl_protocols",
+    ]
+    if spec.max_concurrent_streams is not None:
+        # SETTINGS_MAX_CONCURRENT_STREAMS sent to the client (RFC 9113 section 6.5.2)
+        lines.append(
+            f"http2_max_concurrent_streams {spec.max_concurrent_streams};  # "
+            "ngx_http_v2_module: http2_max_concurrent_streams (nginx's default: 128)"
+        )
+    return lines
+
+
 def render_config(
-    spec: NginxSpec, *, listen_port: int, upstream: tuple[str, int], prefix: Path
+    spec: NginxSpec,
+    *,
+    listen_port: int,
+    upstream: tuple[str, int],
+    prefix: Path,
+    pki: LabPKI | None = None,
+    listen_host: str = "127.0.0.1",
 ) -> str:
-    """A complete nginx.conf: foreground, one worker, every file under `prefix`, loopback only."""
+    """A complete nginx.conf: foreground, one worker, every file under `prefix`, loopback only.
+    `pki` gives the certificate and key of a TLS listener (needed when `spec.tls`)."""
     p = prefix.resolve()
     host, port = upstream
     upstream_addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -250,10 +310,17 @@ events {{
 
 http {{
     # ngx_http_log_module: log_format, access_log (times in seconds, ms resolution)
+    # bytes_sent: what nginx sent for the request, headers included, counted before TLS
+    # (record overhead is not in it); ssl_*: "-" on a plain listener; server_protocol:
+    # HTTP/1.1 or HTTP/2.0; connection, connection_requests: which requests shared a
+    # connection (the streams of one HTTP/2 connection share its number)
     log_format pushlab 'request="$request" status=$status bytes_sent=$bytes_sent '
                        'request_time_s=$request_time '
                        'upstream_response_time_s=$upstream_response_time '
-                       'upstream_status=$upstream_status';
+                       'upstream_status=$upstream_status '
+                       'ssl_protocol=$ssl_protocol ssl_cipher=$ssl_cipher '
+                       'protocol=$server_protocol connection=$connection '
+                       'connection_requests=$connection_requests';
     access_log {p}/access.log pushlab;
 
     # *_temp_path: where request bodies and responses too big for memory go
@@ -271,7 +338,7 @@ http {{
     }}
 
     server {{
-        listen 127.0.0.1:{listen_port};  # http: listen (loopback only)
+{block(_listen_directives(spec, listen_port, pki, listen_host), " " * 8)}
         server_name localhost;
         # add_header ... always: on every response, errors included, so a client can prove
         # that nginx is in the path (ngx_http_headers_module)
@@ -308,10 +375,20 @@ class Nginx:
         *,
         listen_port: int = 0,
         workdir: Path | None = None,
+        pki: LabPKI | None = None,
+        listen_host: str = "127.0.0.1",
+        command_prefix: Sequence[str] = (),
     ) -> None:
+        """`listen_host` and `command_prefix` (e.g. `ip netns exec NS`) run nginx inside one
+        of the lab's network namespaces, listening on its address there."""
+        if spec.tls and pki is None:
+            raise ValueError("NginxSpec(tls=True) needs pki=: the certificate and key to serve")
         self.spec = spec
+        self.pki = pki
         self.upstream = (upstream_host, upstream_port)
         self.listen_port = listen_port
+        self.listen_host = listen_host
+        self.command_prefix = list(command_prefix)
         self.workdir = workdir
         self.prefix: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
@@ -321,6 +398,12 @@ class Nginx:
     @property
     def pid(self) -> int:
         return self.proc.pid if self.proc else -1
+
+    @property
+    def url(self) -> str:
+        """`https://127.0.0.1:PORT` with TLS on, else `http://...` (`target.url`)."""
+        scheme = "https" if self.spec.tls else "http"
+        return f"{scheme}://{self.target.authority}"
 
     def start(self) -> Target:
         """Check the config with `nginx -t`, start nginx, return once its port accepts."""
@@ -340,7 +423,7 @@ class Nginx:
             self._check_config(binary, conf)
             error = self._launch(binary, conf, port)
             if not error:
-                self.target = Target("127.0.0.1", port)
+                self.target = Target(self.listen_host, port)
                 return self.target
             if "Address already in use" not in error:
                 break
@@ -351,7 +434,12 @@ class Nginx:
         assert self.prefix is not None
         conf = self.prefix / "nginx.conf"
         text = render_config(
-            self.spec, listen_port=port, upstream=self.upstream, prefix=self.prefix
+            self.spec,
+            listen_port=port,
+            upstream=self.upstream,
+            prefix=self.prefix,
+            pki=self.pki,
+            listen_host=self.listen_host,
         )
         conf.write_text(text)
         return conf
@@ -360,6 +448,7 @@ class Nginx:
         assert self.prefix is not None
         # -e: the error log before the config is read (Debian's default is stderr)
         return [
+            *self.command_prefix,  # `ip netns exec NS` execs nginx: the pid stays nginx's
             binary,
             *extra,
             "-p",
@@ -399,10 +488,11 @@ class Nginx:
                 return self._read("stderr.log").strip()[-500:] or "nginx exited"
             # nginx writes its pid file after it bound its listening socket: once it names
             # our child, the port is ours, not someone else's who raced us to it
-            if _read_pid(pid_file) == self.proc.pid and _accepts(port):
+            if _read_pid(pid_file) == self.proc.pid and _accepts(self.listen_host, port):
                 return ""
             time.sleep(0.02)
-        return f"nginx did not listen on 127.0.0.1:{port} within {_START_TIMEOUT_S} s"
+        where = f"{self.listen_host}:{port}"
+        return f"nginx did not listen on {where} within {_START_TIMEOUT_S} s"
 
     def worker_pids(self) -> list[int]:
         """The master's live children (its workers); [] once it is gone."""
@@ -460,7 +550,7 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
-def _accepts(port: int) -> bool:
+def _accepts(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+        return sock.connect_ex((host, port)) == 0

@@ -3,6 +3,8 @@
 #   ip, tc (iproute2)  network namespaces, veth, tbf bandwidth limits   (experiment loss)
 #   nft (nftables)     random packet drop inside those namespaces       (experiment loss)
 #   nginx              the real reverse proxy in front of the server    (proxy, idle-timeout)
+#   caddy              the other real reverse proxy: TLS and HTTP/2 in front of the server
+#                      (`pushlab serve --front caddy`, tests/test_fronts.py)
 #   chromium           the real browser for the page's tests and the browser clients
 #                      (driven by Playwright with executable_path; no browser download)
 #                                                                       (browser-connections)
@@ -15,7 +17,7 @@ advise=0
 [ "${1:-}" = "--or-advise" ] && advise=1
 need=()
 # command:package pairs; PUSHLAB_SYSTEM_NEEDS replaces them (the tests name a missing one)
-read -r -a pairs <<< "${PUSHLAB_SYSTEM_NEEDS:-ip:iproute2 tc:iproute2 nft:nftables nginx:nginx chromium:chromium}"
+read -r -a pairs <<< "${PUSHLAB_SYSTEM_NEEDS:-ip:iproute2 tc:iproute2 nft:nftables nginx:nginx caddy:caddy chromium:chromium}"
 for cmd_pkg in "${pairs[@]}"; do
   cmd=${cmd_pkg%%:*}; pkg=${cmd_pkg##*:}
   if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ]; then
@@ -47,7 +49,11 @@ if ! { apt-get update -qq &&
          "${need[@]}" >/dev/null; }; then
   cannot "apt-get failed"
 fi
-# Debian's nginx package starts a system nginx on port 80; pushlab runs its own, on loopback
-# ports of its choosing, so stop the packaged service if the install started one.
-if command -v systemctl >/dev/null 2>&1; then systemctl stop nginx >/dev/null 2>&1 || true; fi
+# Debian's nginx and caddy packages start a system service on port 80 (where systemd runs);
+# pushlab runs its own, on loopback ports of its choosing, so stop the packaged services if
+# the install started them.
+if command -v systemctl >/dev/null 2>&1; then
+  systemctl stop nginx >/dev/null 2>&1 || true
+  systemctl stop caddy >/dev/null 2>&1 || true
+fi
 if [ -f /run/nginx.pid ]; then kill "$(cat /run/nginx.pid)" 2>/dev/null || true; fi

@@ -18,7 +18,8 @@ from transports.web.config import ServerConfig, build_parser, parse_config
 
 # The flags as they were spelled by hand before the config declared them: names unchanged.
 FLAGS = [
-    "--host", "--port", "--heartbeat-s", "--retry-ms", "--retention-s", "--idle-timeout-s",
+    "--host", "--port", "--tls", "--tls-cert", "--tls-key", "--heartbeat-s", "--retry-ms",
+    "--retention-s", "--idle-timeout-s",
     "--max-streams", "--ws-compress", "--cancel-on-disconnect", "--no-accel-header",
     "--uvloop", "--upstream", "--upstream-key-env", "--upstream-model", "--upstream-prompt",
     "--upstream-extra", "--gc",
@@ -28,6 +29,9 @@ FLAGS = [
 CHANGED = ServerConfig(
     host="::1",
     port=65535,
+    tls=True,
+    tls_cert="/x/server.pem",
+    tls_key="/x/server.key",
     heartbeat_s=0.05,
     retry_ms=0,
     retention_s=1.5,

@@ -30,6 +30,15 @@ class ServerConfig:
 
     host: str = _opt("127.0.0.1", "address to listen on (default %(default)s)")
     port: int = _opt(8000, "TCP port, 0 = any free one (default %(default)s)", min=0, max=65535)
+    tls: bool = _opt(
+        False,
+        "serve HTTPS with a lab CA generated at start (netem/pki.py; the ready line names its "
+        "ca.pem, in a temporary directory removed at exit)",
+    )
+    tls_cert: str = _opt(
+        "", "serve HTTPS with this PEM certificate chain (with --tls-key)", metavar="PATH"
+    )
+    tls_key: str = _opt("", "the PEM private key of --tls-cert", metavar="PATH")
     heartbeat_s: float = _opt(
         15.0,
         "seconds of silence before an SSE/NDJSON keep-alive; 0 = never (default %(default)s)",
@@ -80,6 +89,20 @@ class ServerConfig:
         f"every {GC_FULL_INTERVAL_S:g} s (default %(default)s)",
         choices=("auto", "scheduled"),
     )
+
+    @property
+    def https(self) -> bool:
+        """Whether the server terminates TLS itself (a lab CA, or the given files)."""
+        return self.tls or bool(self.tls_cert)
+
+    def problem(self) -> str:
+        """What makes this config unusable as a whole ("" if nothing): the checks no single
+        flag's bounds can make (server.main and `pushlab serve --front` refuse it, exit 2)."""
+        if bool(self.tls_cert) != bool(self.tls_key):
+            return "--tls-cert and --tls-key go together: give both or neither"
+        if self.tls and self.tls_cert:
+            return "--tls generates a lab certificate: give it or --tls-cert/--tls-key, not both"
+        return ""
 
     def to_argv(self) -> list[str]:
         """The flags that give this config when parsed (only those that differ from the
@@ -140,7 +163,14 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """`pushlab serve` / `python server.py`: every ServerConfig field as a flag."""
-    parser = _Parser(prog="pushlab serve", description="Serve every transport on one port.")
+    parser = _Parser(
+        prog="pushlab serve",
+        description="Serve every transport on one port.",
+        epilog="pushlab serve --front nginx|caddy [--front-port P] (not server.py): run the "
+        "server as a child behind nginx or Caddy, which terminates TLS with HTTP/2 using a "
+        "lab CA made at start; the ready line names its ca.pem. --front-port: the front's "
+        "port on 127.0.0.1 (default 0: any free one).",
+    )
     add_flags(parser)
     return parser
 
@@ -150,5 +180,6 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 
 def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
-    """The config `argv` gives; exits 2 with one line on a bad flag or value."""
+    """The config `argv` gives; exits 2 with one line on a bad flag or value. Flags that do
+    not go together are `ServerConfig.problem()`'s, checked where a server starts."""
     return config_from_args(build_parser().parse_args(argv))
