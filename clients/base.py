@@ -120,6 +120,7 @@ class Client:
         finally:
             rec.conns = await http.aclose()
             rec.http_requests = http.requests
+            rec.body_bytes_down = http.body_bytes_down
             rec.stream_id = rec.part_streams[0] if rec.part_streams else rec.stream_id
 
     async def _follow(self, http: HTTPLayer, params: GenParams, rec: StreamRecord) -> str:

@@ -23,13 +23,18 @@ import multiprocessing
 import resource
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from clients.base import ClientOptions, Target
 from clients.light import LightRecord, read_stream
 from clients.recorder import StreamRecord
+from clients.stack import Stack
 from streams.params import GenParams
 from transports.registry import get
+
+if TYPE_CHECKING:
+    from clients.h2 import H2Session
+    from clients.http import HTTPLayerFactory
 
 SATURATED_CPU_FRACTION = 0.9  # a worker busier than this is the bottleneck
 R = TypeVar("R")
@@ -43,6 +48,7 @@ class FleetSpec:
     timeout_s: float | None = None  # whole fleet; default: from the generation schedule
     workers: int = 1  # worker processes (FleetPool's)
     uvloop: bool = False  # run each worker's event loop on uvloop
+    stack: Stack = dataclasses.field(default_factory=Stack)  # TLS, HTTP/2, multiplexing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,16 +124,49 @@ async def run_fleet(
     records = {i: StreamRecord(spec.transport, cls.name, params.tokens, params.envelope)
                for i in indices}  # fmt: skip
     timeout_s = fleet_timeout_s(spec, params, indices, slack=2)
+    stack = spec.stack
+    shared = _SharedSessions(stack, target, records)
 
     async def run_one(i: int) -> None:
-        client = cls(dataclasses.replace(options or ClientOptions(), seed=i))
+        client_options = dataclasses.replace(options or ClientOptions(), seed=i)
+        http = shared.factory(i) if stack.multiplex > 1 else stack.http_factory()
+        client = cls(client_options, http=http, connector=stack.connector())
         await client.run(target, params, records[i])
 
     def on_timeout(i: int) -> None:
         records[i].failed(TimeoutError(f"stream not finished after {timeout_s:.1f} s"))
 
-    await _staggered(spec, indices, start_at_s, timeout_s, run_one, on_timeout)
+    try:
+        await _staggered(spec, indices, start_at_s, timeout_s, run_one, on_timeout)
+    finally:
+        await shared.aclose()
     return list(records.values())
+
+
+class _SharedSessions:
+    """One HTTP/2 session per `stack.multiplex` consecutive clients (client i in group
+    i // multiplex); each session's connection counts go, once, to the first record of its
+    group, and every record of the group says how many streams shared it."""
+
+    def __init__(self, stack: Stack, target: Target, records: dict[int, StreamRecord]) -> None:
+        self.stack, self.target, self.records = stack, target, records
+        self.sessions: dict[int, H2Session] = {}
+
+    def factory(self, i: int) -> HTTPLayerFactory:
+        from clients.h2 import H2Session, shared_factory
+
+        group = i // self.stack.multiplex
+        session = self.sessions.get(group)
+        if session is None:
+            session = self.sessions[group] = H2Session(self.target, self.stack.connector())
+        members = [j for j in self.records if j // self.stack.multiplex == group]
+        self.records[i].streams_per_conn = len(members)
+        return shared_factory(session, raw_connector=self.stack.connector("http/1.1"))
+
+    async def aclose(self) -> None:
+        for group, session in self.sessions.items():
+            first = min(j for j in self.records if j // self.stack.multiplex == group)
+            self.records[first].conns += await session.aclose()
 
 
 async def run_light_fleet(
@@ -139,6 +178,8 @@ async def run_light_fleet(
     start_at_s: float | None = None,
 ) -> list[LightRecord]:
     """`run_fleet` with the light reader (`clients.light`; `spec.transport` sse or websocket)."""
+    if spec.stack != Stack():
+        raise ValueError("the light reader speaks cleartext HTTP/1.1 only")
     indices = range(spec.clients) if indices is None else indices
     records = {i: LightRecord(params.tokens) for i in indices}
     # the light fleets run the server at its limit (5,000 streams): streams may stretch further

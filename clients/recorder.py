@@ -44,6 +44,8 @@ class StreamRecord:
         self.reconnects = 0
         self.http_requests = 0
         self.conns: list[ConnStats] = []
+        self.body_bytes_down = -1  # the HTTP layer's count of body bytes (-1: not counted)
+        self.streams_per_conn = 1  # streams that shared its connection (HTTP/2 multiplexing)
         self.error = ""
         self.end_reason = ""
         self.abandoned_ns = 0  # time.time_ns() when the client walked away (cancel case)
@@ -199,8 +201,47 @@ def stream_row(rec: StreamRecord) -> dict[str, object]:
         "retransmits": sum(c.retransmits for c in conns)
         if conns and conns[0].retransmits >= 0
         else -1,
+        **carrier_columns(rec),
         "end_reason": rec.end_reason,
         "error": rec.error,
+    }
+
+
+def _one(values: set[str]) -> str:
+    """The one value all connections share, "mixed" if they differ, "" when none."""
+    return values.pop() if len(values) == 1 else "mixed" if values else ""
+
+
+def carrier_columns(rec: StreamRecord) -> dict[str, object]:
+    """What carried the stream: HTTP version, TLS, multiplexing, and the counted layers."""
+    conns = rec.conns
+    tls = [c for c in conns if c.tls_version]
+    first = conns[0] if conns else None
+
+    def total(field: str) -> int:  # -1 unless every TLS connection counted it
+        values = [getattr(c, field) for c in tls]
+        return sum(values) if values and min(values) >= 0 else -1
+
+    overhead = total("tls_record_bytes_down")
+    if overhead >= 0:
+        # plaintext of the data records is everything the TLS layer handed up
+        overhead -= sum(c.app_bytes_down for c in tls)
+    setup = total("tls_handshake_bytes_down")
+    control = total("tls_control_bytes_down")
+    return {
+        "http_version": _one({c.http_version for c in conns if c.http_version}),
+        "tls_version": _one({c.tls_version for c in tls}),
+        "tls_cipher": _one({c.tls_cipher for c in tls}),
+        "streams_per_conn": max([rec.streams_per_conn, *(c.streams for c in conns)]),
+        "connect_ms": first.connect_ns / 1e6 if first and first.connect_ns >= 0 else float("nan"),
+        "tls_handshake_ms": first.handshake_ns / 1e6
+        if first and first.handshake_ns >= 0
+        else float("nan"),
+        "tls_resumed": sum(c.tls_resumed for c in tls) if tls else -1,
+        "body_bytes_down": rec.body_bytes_down,
+        "tls_records_down": total("tls_records_down"),
+        "tls_overhead_down": overhead,
+        "tls_setup_bytes_down": setup + control if setup >= 0 and control >= 0 else -1,
     }
 
 

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from clients.base import ClientOptions, Target
 from clients.fleet import FleetPool, FleetSpec, WorkerStats, run_fleet, saturated
 from clients.recorder import StreamRecord, measuring, to_tables
+from clients.stack import Stack
 from harness.children import ServerProcess, proxied
 from records.schema import Tables, concat
 from streams.params import GenParams
@@ -100,6 +101,7 @@ class Point:
     net: str = ""  # fault-proxy conditions between clients and server ("" = direct)
     clients: int = 1
     options: ClientOptions = dataclasses.field(default_factory=ClientOptions)
+    stack: Stack = dataclasses.field(default_factory=Stack)  # TLS, HTTP/2, multiplexing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,13 +238,16 @@ async def measure_with_load(
 
 
 async def measure_records(point: Point, target: Target, warmup: bool = True) -> list[StreamRecord]:
-    """Warm up, then run the point's fleet in the measured window."""
+    """Warm up, then run the point's fleet in the measured window. The warm-up runs over the
+    point's stack (the server's and the front's TLS and HTTP/2 paths are warm), but its TLS
+    session is its own: each measured client still pays a full handshake, as a new visitor."""
+    fleet = FleetSpec(point.transport, point.clients, stack=point.stack)
     if warmup:
-        await run_fleet(FleetSpec(point.transport, 1), target, WARMUP, point.options)
+        alone = dataclasses.replace(point.stack, multiplex=1)
+        await run_fleet(dataclasses.replace(fleet, clients=1, stack=alone), target, WARMUP,
+                        point.options)  # fmt: skip
     with measuring():
-        return await run_fleet(
-            FleetSpec(point.transport, point.clients), target, point.params, point.options
-        )
+        return await run_fleet(fleet, target, point.params, point.options)
 
 
 def run_points(

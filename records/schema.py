@@ -13,16 +13,34 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pandas is heavy; the clients' hot path never needs it
     import pandas as pd
 
-SCHEMA_VERSION = 4  # 2: sweep, sweep_value, gap_max_ms, recovery_max_ms, end_reason;
+SCHEMA_VERSION = 5  # 2: sweep, sweep_value, gap_max_ms, recovery_max_ms, end_reason;
 # 3: retransmits, continuations, continuation_gap_max_ms;
 # 4: columns that do not assume TCP: tcp_connections -> connections, segments_up/down ->
 #    packets_up/down, new `stack` (records/store.py reads older runs through RENAMED_IN_4)
+# 5: what carried each stream over TLS and HTTP/2: http_version, tls_*, streams_per_conn,
+#    connect_ms, body_bytes_down (records/store.py fills them for older runs: ADDED_IN_5)
 
 # streams columns renamed in version 4, old name -> new; runs stored before it were all TCP
 RENAMED_IN_4: dict[str, str] = {
     "tcp_connections": "connections",
     "segments_up": "packets_up",
     "segments_down": "packets_down",
+}
+
+# streams columns added in version 5, with the value every run stored before it had: cleartext
+# HTTP/1.1, one stream per connection, layers and handshake not counted
+ADDED_IN_5: dict[str, object] = {
+    "http_version": "1.1",
+    "tls_version": "",
+    "tls_cipher": "",
+    "streams_per_conn": 1,
+    "connect_ms": float("nan"),
+    "tls_handshake_ms": float("nan"),
+    "tls_resumed": -1,
+    "body_bytes_down": -1,
+    "tls_records_down": -1,
+    "tls_overhead_down": -1,
+    "tls_setup_bytes_down": -1,
 }
 
 # Columns shared by both tables: who measured what, under which condition.
@@ -80,6 +98,30 @@ STREAM_COLUMNS: dict[str, str] = {
     # tcpi_total_retrans: segments the CLIENT sent again (the server's own retransmissions
     # of the token stream are not visible here), -1 when unknown
     "retransmits": "int64",
+    # What carried the stream (5). The bytes received split into layers, each counted:
+    #   payload_bytes                      the token texts
+    #   body_bytes_down - payload_bytes    transport framing (SSE lines, JSON envelopes)
+    #   app_bytes_down - body_bytes_down   HTTP framing (HTTP/1.1 headers and chunk lines;
+    #                                      HTTP/2 frames, HPACK, SETTINGS; WebSocket frames)
+    #   bytes_down - app_bytes_down        TLS: handshake + per-record overhead (0 in clear)
+    #   bytes_down                         TCP payload, the kernel's count
+    "http_version": "string",  # "1.1", "2"; "mixed"; "" when no HTTP (none, or unknown)
+    "tls_version": "string",  # "TLSv1.3", ...; "" in clear
+    "tls_cipher": "string",  # e.g. TLS_AES_256_GCM_SHA384; "" in clear
+    # most streams one of its connections carried at once: 1 for HTTP/1.1; N when N streams
+    # share an HTTP/2 connection. Then the shared connection's counts (connections, bytes_*,
+    # packets_*, tls_*) are recorded once, on the stream that opened it, and 0 on the others:
+    # sums over a condition are exact, one stream's bytes are not its own share
+    "streams_per_conn": "int64",
+    "connect_ms": "float64",  # the first connection's TCP connect (NaN: unknown)
+    "tls_handshake_ms": "float64",  # its TLS handshake after connect (NaN: no TLS)
+    "tls_resumed": "int64",  # connections whose TLS session was resumed (-1: no TLS)
+    "body_bytes_down": "int64",  # response bodies / WebSocket message payloads (-1: unknown)
+    "tls_records_down": "int64",  # TLS records that carried data after the handshake (-1)
+    # those records' wire bytes minus their plaintext: 22 per TLS 1.3 AES-GCM record (-1)
+    "tls_overhead_down": "int64",
+    # handshake and post-handshake control records (session tickets, alerts) received (-1)
+    "tls_setup_bytes_down": "int64",
     "end_reason": "string",  # done, cancelled, idle (server side), abandoned (client walked away)
     "error": "string",  # empty when the stream completed
 }

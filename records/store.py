@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from records.schema import (
+    ADDED_IN_5,
     RENAMED_IN_4,
     SCHEMA_VERSION,
     STREAM_COLUMNS,
@@ -170,6 +171,11 @@ def upgrade(df: pd.DataFrame, table: str, version: int) -> pd.DataFrame:
         df = df.rename(columns=RENAMED_IN_4)
         if "stack" not in df.columns:
             df["stack"] = "tcp"  # every connection before version 4 was a TCP one
+    if table == "streams" and version < 5:
+        # before 5 every stream was HTTP/1.1 (or a WebSocket upgraded from it) in clear text
+        for column, value in ADDED_IN_5.items():
+            if column not in df.columns:
+                df[column] = value
     return df
 
 

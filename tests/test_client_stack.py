@@ -26,7 +26,14 @@ from clients.poll import LongPollClient
 from clients.recorder import StreamRecord, stream_row
 from clients.sse import SSEClient
 from records import store
-from records.schema import RENAMED_IN_4, SCHEMA_VERSION, STREAM_COLUMNS, Tables, empty_tables
+from records.schema import (
+    ADDED_IN_5,
+    RENAMED_IN_4,
+    SCHEMA_VERSION,
+    STREAM_COLUMNS,
+    Tables,
+    empty_tables,
+)
 from streams.errors import PushlabError, StreamLimitError, StreamNotFound
 from streams.generator import texts
 from streams.params import GenParams
@@ -197,13 +204,13 @@ async def test_progress_resets_the_failure_count() -> None:
 
 
 def _old_run(tmp_path: Path, csv_only: bool) -> Path:
-    """A run directory as schema 3 stored it: TCP-named columns, no `stack`."""
+    """A run directory as schema 3 stored it: TCP-named columns, no `stack`, none of 5's."""
     values = {"int64": 5, "float64": 0.5, "string": "x"}
     row = {c: values[t] for c, t in STREAM_COLUMNS.items()}
     row.update(connections=2, packets_up=7, packets_down=9)
     tables = Tables(empty_tables().tokens, pd.DataFrame([row]).astype(STREAM_COLUMNS))
     run_dir = store.save(tables, {"schema_version": 3}, tmp_path / "old")
-    old = tables.streams.drop(columns="stack").rename(
+    old = tables.streams.drop(columns=["stack", *ADDED_IN_5]).rename(
         columns={new: old for old, new in RENAMED_IN_4.items()}
     )
     old.to_csv(run_dir / "streams.csv", index=False)
@@ -219,12 +226,16 @@ def _old_run(tmp_path: Path, csv_only: bool) -> Path:
 
 @pytest.mark.parametrize("csv_only", [False, True], ids=["parquet", "csv"])
 def test_a_schema_3_run_loads_with_the_renamed_columns(tmp_path: Path, csv_only: bool) -> None:
-    assert SCHEMA_VERSION == 4
+    assert SCHEMA_VERSION == 5
     streams = store.load(_old_run(tmp_path, csv_only)).streams
     assert list(streams.columns) == list(STREAM_COLUMNS)
     got = streams.iloc[0]
     assert (got["connections"], got["packets_up"], got["packets_down"]) == (2, 7, 9)
     assert got["stack"] == "tcp"
+    # version 5's columns: what every stream before it was (cleartext HTTP/1.1, one a
+    # connection), with the layers it did not count marked -1
+    assert (got["http_version"], got["tls_version"], got["streams_per_conn"]) == ("1.1", "", 1)
+    assert got["body_bytes_down"] == -1 and got["tls_records_down"] == -1
 
 
 def test_a_current_run_is_not_renamed(tmp_path: Path) -> None:
