@@ -87,13 +87,25 @@ def capacity(scale: pd.DataFrame, target_p99_ms: float) -> pd.DataFrame:
 
 
 def stalled_summary(connections: pd.DataFrame) -> pd.DataFrame:
-    """Per transport and n: streams opened, stalled, and the slowest first token."""
-    return (
-        connections.groupby(["transport", "n_open"], sort=True)
+    """Per path (in run order), transport and n: streams opened, stalled, the slowest first
+    token, and the distinct connections they used (-1: not recorded). Runs stored before
+    browser-connections had paths were all cleartext HTTP/1.1: their path reads "http1.1"."""
+    table = connections.copy()
+    if "path" not in table:
+        table["path"] = "http1.1"
+    if "connections_used" not in table:
+        table["connections_used"] = -1
+    paths = list(dict.fromkeys(table["path"]))  # the order the run measured them in
+    table["path"] = pd.Categorical(table["path"], categories=paths, ordered=True)
+    summary = (
+        table.groupby(["path", "transport", "n_open"], sort=True, observed=True)
         .agg(
             streams=("index", "size"),
             stalled=("stalled", "sum"),
             ttft_max_ms=("ttft_ms", "max"),
+            connections_used=("connections_used", "max"),
         )
         .reset_index()
     )
+    summary["path"] = summary["path"].astype(str)
+    return summary

@@ -33,9 +33,33 @@ per request, and checked against a counting TCP proxy (equal to the byte for HTT
   id and is not attributed to any stream.
 - `connections`: distinct Chrome socket ids (`response.connectionId`) among a stream's
   HTTP requests, plus one per WebSocket; a keep-alive socket that served several streams'
-  polls counts once for each.
+  polls counts once for each. `connection_keys(requests)` are those ids (a WebSocket's is
+  `ws:<requestId>`: CDP names no socket for it, and Chrome never pools WebSockets), so an
+  experiment can count the distinct connections n streams used (`BrowserSession.requests`).
 - `app_bytes_*`: the bodies (`dataReceived.dataLength`, request bodies) and WebSocket message
   payloads, without headers or framing: what the page's JavaScript could see.
+
+HTTPS and HTTP/2. `BrowserSession(target, spki=...)` loads an https:// target whose
+certificate is the lab's (netem/pki.py): Chromium trusts a leaf whose public key hash is in
+`--ignore-certificate-errors-spki-list`, a switch it honours only with a user-data-dir of its
+own. Playwright's `launch` always passes one (a fresh temporary profile): MEASURED with
+Debian's Chromium and Playwright's launch, the flag alone loads the page through nginx's TLS
+(without it: net::ERR_CERT_AUTHORITY_INVALID), no persistent context or NSS database needed.
+ALPN then picks the protocol: `h2` through nginx and Caddy, `http/1.1` from aiohttp. CDP's
+`response.protocol` ("h2", "http/1.1") is kept per request (`RequestBytes.protocol`) and
+becomes `ConnStats.http_version` ("2", "1.1"); over h2 every request of the origin shares one
+`connectionId`. A WebSocket has no `responseReceived`: its handshake answer says the
+protocol (101 Switching Protocols is HTTP/1.1, RFC 6455 section 4.2.2; over HTTP/2 it would
+be 200 to an extended CONNECT, RFC 8441 section 5), and neither nginx 1.22 nor Caddy 2.6
+offers RFC 8441, so it gets an HTTP/1.1 connection of its own. Over h2 the byte counts change
+meaning (Chromium's `SpdyStream::raw_received_bytes`): down is the stream's frames, 9-byte
+frame headers and the HPACK-compressed HEADERS included, without the connection's own frames
+(SETTINGS, WINDOW_UPDATE, PING). MEASURED through nginx, one SSE stream of 10 tokens: head
+131 bytes (`responseReceived.encodedDataLength`: no headersText over h2), body 1213 wire vs
+1105 app bytes, 108 = 12 DATA frames x 9 (RFC 9113 section 4.1), total 1344 = 131 + 1213.
+Up is still rebuilt as text from the header list Chrome reports (over h2 the pseudo-headers
+`:method`, `:path`, ... replace the request line), which HPACK would have compressed: an
+overestimate. TLS records are never counted (`stack` "tls").
 """
 
 from __future__ import annotations
@@ -121,6 +145,8 @@ class RequestBytes:
     path: str = "/"
     stream: str = ""  # from X-Pushlab-Stream, the poll URL, or the WebSocket's started message
     connection: int = -1  # Chrome's socket id (HTTP only)
+    protocol: str = ""  # CDP's response.protocol: "http/1.1", "h2"; a WebSocket's from its 101
+    secure: bool = False  # https:// or wss://
     sent_headers: dict[str, str] | None = None
     body_up: int = 0
     head_down: int = 0
@@ -134,8 +160,23 @@ class RequestBytes:
     finished: bool = False
 
     @property
+    def http_version(self) -> str:
+        """ConnStats' spelling of the protocol ("1.1", "2"); "" when no response said."""
+        return _HTTP_VERSIONS.get(self.protocol, self.protocol)
+
+    @property
+    def connection_key(self) -> str:
+        """The connection this request went over: Chrome's socket id, `ws:<id>` for a
+        WebSocket (its own connection), `req:<id>` when CDP named none (no response)."""
+        if self.websocket:
+            return f"ws:{self.request_id}"
+        return str(self.connection) if self.connection >= 0 else f"req:{self.request_id}"
+
+    @property
     def bytes_up(self) -> int:
-        line = len(f"{self.method} {self.path} HTTP/1.1\r\n".encode())
+        # HTTP/2 has no request line: the pseudo-headers (:method, :path) are in the list
+        h2 = self.protocol == "h2"
+        line = 0 if h2 else len(f"{self.method} {self.path} HTTP/1.1\r\n".encode())
         head = line + _header_bytes(self.sent_headers) + 2 if self.sent_headers is not None else 0
         return head + self.body_up + self.frames_up
 
@@ -152,6 +193,9 @@ class RequestBytes:
     @property
     def app_bytes_down(self) -> int:
         return self.app_down + self.payload_down
+
+
+_HTTP_VERSIONS = {"http/1.0": "1.0", "http/1.1": "1.1", "h2": "2", "h3": "3"}
 
 
 def _polls(key: str) -> bool:
@@ -181,6 +225,7 @@ class CdpLedger:
         request = p["request"]
         url = urlsplit(request["url"])
         req.method = request["method"]
+        req.secure = url.scheme == "https"
         req.path = url.path + (f"?{url.query}" if url.query else "")
         req.body_up = len(request.get("postData", "").encode())
         parts = url.path.strip("/").split("/")
@@ -200,6 +245,7 @@ class CdpLedger:
         headers = {k.lower(): v for k, v in response.get("headers", {}).items()}
         req.stream = req.stream or headers.get("x-pushlab-stream", "")
         req.connection = int(response.get("connectionId", -1))
+        req.protocol = str(response.get("protocol", ""))  # "h2", "http/1.1" (ALPN's answer)
         req.head_down = req.head_down or int(response.get("encodedDataLength", 0))
 
     def _on_dataReceived(self, req: RequestBytes, p: Mapping[str, Any]) -> None:
@@ -216,6 +262,7 @@ class CdpLedger:
     def _on_webSocketCreated(self, req: RequestBytes, p: Mapping[str, Any]) -> None:
         req.websocket = True
         url = urlsplit(p["url"])
+        req.secure = url.scheme == "wss"
         req.path = url.path + (f"?{url.query}" if url.query else "")
 
     def _on_webSocketWillSendHandshakeRequest(
@@ -228,6 +275,9 @@ class CdpLedger:
     ) -> None:
         response = p["response"]
         text = response.get("headersText")
+        # RFC 6455 4.2.2: 101 Switching Protocols is HTTP/1.1's upgrade; RFC 8441 section 5:
+        # over HTTP/2 the extended CONNECT is answered 200
+        req.protocol = {101: "http/1.1", 200: "h2"}.get(int(response.get("status", 0)), "")
         if text is None:  # rebuild: status line, headers, blank line
             status = f"HTTP/1.1 {response['status']} {response.get('statusText', '')}\r\n"
             req.head_down = len(status.encode()) + _header_bytes(response["headers"]) + 2
@@ -267,12 +317,9 @@ class CdpLedger:
 
 def conn_stats(requests: Sequence[RequestBytes]) -> list[ConnStats]:
     """One `ConnStats` per connection a stream used, in order of first use."""
-    groups: dict[object, list[RequestBytes]] = {}
+    groups: dict[str, list[RequestBytes]] = {}
     for req in requests:
-        key: object = (
-            ("ws", req.request_id) if req.websocket or req.connection < 0 else req.connection
-        )
-        groups.setdefault(key, []).append(req)
+        groups.setdefault(req.connection_key, []).append(req)
     return [
         ConnStats(
             index=i,
@@ -284,10 +331,17 @@ def conn_stats(requests: Sequence[RequestBytes]) -> list[ConnStats]:
             packets_down=-1,
             retransmits=-1,
             source=BYTES_SOURCE,
-            stack="tcp",  # the page's http:// and ws:// connections
+            stack="tls" if group[0].secure else "tcp",
+            http_version=group[0].http_version,
         )
         for i, group in enumerate(groups.values())
     ]
+
+
+def connection_keys(requests: Sequence[RequestBytes]) -> list[str]:
+    """The distinct connections `requests` went over (`RequestBytes.connection_key`), in
+    order of first use."""
+    return list(dict.fromkeys(req.connection_key for req in requests))
 
 
 def _ns(ms: float) -> int:
@@ -341,12 +395,16 @@ class BrowserSession:
     """One Chromium, one context, one page: the target's demo page, with CDP byte counting.
 
     `async with BrowserSession(target) as session: await session.run("sse", params, 3)`.
+    For an https:// target with the lab's certificate, pass `spki=pki.spki_sha256()`.
+    After `run`, `requests` holds the CDP requests of each stream it ran (by stream id).
     """
 
-    def __init__(self, target: Target | str, *, headless: bool = True) -> None:
+    def __init__(self, target: Target | str, *, headless: bool = True, spki: str = "") -> None:
         self.target = target if isinstance(target, Target) else Target.parse(target)
         self.headless = headless
+        self.spki = spki  # base64 SHA-256 of the lab certificate's key (LabPKI.spki_sha256())
         self.ledger = CdpLedger()
+        self.requests: dict[str, list[RequestBytes]] = {}  # the last run's, by stream id
         self._pw: Playwright | None = None
         self._browser: Browser | None = None
         self.page: Page | None = None
@@ -363,8 +421,11 @@ class BrowserSession:
             )
         self._pw = await async_playwright().start()
         try:
+            args = list(CHROMIUM_ARGS)
+            if self.spki:  # honoured with a user-data-dir, which Playwright's launch passes
+                args.append(f"--ignore-certificate-errors-spki-list={self.spki}")
             self._browser = await self._pw.chromium.launch(
-                executable_path=CHROMIUM, args=list(CHROMIUM_ARGS), headless=self.headless
+                executable_path=CHROMIUM, args=args, headless=self.headless
             )
             context = await self._browser.new_context()
             self.page = page = await context.new_page()
@@ -437,7 +498,7 @@ class BrowserSession:
         reports, self.last_cut = result["records"], result["cut"]
         streams = {str(r["stream"]) for r in reports if r["stream"]}
         await self._settle(ledger, streams)
-        by_stream = ledger.by_stream()
+        self.requests = by_stream = ledger.by_stream()
         return [to_record(key, params, r, by_stream.get(str(r["stream"]), [])) for r in reports]
 
     async def _settle(self, ledger: CdpLedger, streams: set[str]) -> None:

@@ -1,47 +1,88 @@
-"""Experiment `browser-connections`: how many live streams can one browser tab hold?
+"""Experiment `browser-connections`: how many live streams can one browser tab hold, over
+HTTP/1.1 and over HTTP/2?
 
 Question: Chrome opens at most six HTTP/1.1 connections per origin (its socket pool's
 per-group limit), and an EventSource holds its connection for the whole answer. So a tab
 that opens a seventh stream to the same server should see it wait, with no first token,
-until an earlier one ends; WebSockets are pooled separately and should not wait. For each
-n in `ns`, one Chromium context opens n streams of the page's own client at once, first
-EventSource (`sse`), then WebSocket, and records each stream's time to first token.
+until an earlier one ends; WebSockets are pooled separately and should not wait. HTTP/2
+multiplexes every request of an origin on one connection, so there the six-connection stall
+should vanish, up to the server's SETTINGS_MAX_CONCURRENT_STREAMS (RFC 9113 section 6.5.2):
+Chrome queues the streams beyond it until earlier ones close (section 5.1.2: a client "MUST
+NOT" exceed it). For each path, each transport, each n in `ns`, one Chromium context opens n
+streams of the page's own client at once (EventSource `sse`, then WebSocket) and records each
+stream's time to first token and the connections CDP says they used.
+
+Paths (`Spec.paths`), each its own origin and its own Chromium:
+    http1.1         the server directly, cleartext HTTP/1.1 (the six-connection pool)
+    nginx-h2        nginx 1.22 terminating TLS with HTTP/2 (unbuffered) in front of it
+    caddy-h2        Caddy 2.6 terminating TLS with HTTP/2 in front of it (Go's HTTP/2
+                    server announces 250 concurrent streams, not settable in 2.6)
+    nginx-h2-maxN   nginx with `http2_max_concurrent_streams N`: the ceiling, made low
+The fronts use a lab CA made for the run (netem/pki.py), trusted by its key hash. Neither
+front offers RFC 8441, so each WebSocket still gets an HTTP/1.1 (TLS) connection of its own.
 
 A stream is *stalled* when its first token comes later than `stall_deadline_ms`: the
 stream's `ttft_ms` plus half its generation time. A queued stream can only start once a
 whole earlier stream has ended, so it misses that deadline by about half the generation
-time; a stream that got a connection at once beats it by as much.
+time; a stream that got a connection (or an HTTP/2 stream) at once beats it by as much.
 
-The server is a child process (`python server.py`, which must mount the demo page), or
-`spec.server`. Output: the browser clients' `tokens` and `streams` tables, and the extra
-table `connections` (one row per stream: n_open, index, transport, ttft_ms, stalled).
+MEASURED (Debian's Chromium 156, default size, 12 tokens at 10/s): over HTTP/1.1, EventSource
+streams 7 and up stall at every n (first token ~1.3 s, one whole stream later; 6 sockets
+used); through nginx and through Caddy over HTTP/2 none of n = 1..10 stalls, all n on one
+connection; with nginx announcing 8 concurrent streams, the 9th and 10th stall, still on that
+one connection (Chrome queues them rather than opening a second). WebSockets never stall,
+each on its own connection on every path.
+
+The server is a child process (`python server.py`), or `spec.server` (plain http://: the
+fronts proxy to it). Output: the browser clients' `tokens` and `streams` tables (condition
+"n=8 nginx-h2", sweep n_open), and the extra table `connections` (one row per stream: path,
+n_open, index, transport, ttft_ms, stalled, http_version, and `connections_used`: the
+distinct connections CDP reported for the n streams of that point). Runs stored before
+paths existed have no `path` column: they were cleartext HTTP/1.1, and the summary table
+and the chart read them so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from analysis.derived import stalled_summary
-from clients.browser import BrowserSession, browser_tables, first_streaming_clients
+from clients.base import Target
+from clients.browser import (
+    BrowserSession,
+    browser_tables,
+    connection_keys,
+    first_streaming_clients,
+)
 from clients.recorder import StreamRecord, stream_row
 from experiments.descriptor import Experiment
 from experiments.engine import run_sync, server_target
 from experiments.spec import RunSpec
 from presentation import charts_net
 from records.schema import Tables, concat
+from streams.errors import EnvironmentUnavailable
 from streams.params import GenParams
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from netem.pki import LabPKI
     from records.store import StoredRun
 
 
 NAME = "browser-connections"
 CONNECTION_COLUMNS = (
     "run_id",
+    "path",
     "n_open",
     "index",
     "transport",
@@ -49,7 +90,24 @@ CONNECTION_COLUMNS = (
     "ttft_ms",
     "deadline_ms",
     "stalled",
+    "http_version",
+    "connections_used",
 )
+DIRECT = "http1.1"
+FRONT_PATHS = {"nginx-h2": "nginx", "caddy-h2": "caddy"}
+_MAX_STREAMS = re.compile(r"nginx-h2-max(\d+)")
+PATHS = (DIRECT, *FRONT_PATHS)
+
+
+def parse_path(path: str) -> tuple[str, int | None]:
+    """(front: "" for none, "nginx", "caddy"; nginx's http2_max_concurrent_streams or None)."""
+    if path == DIRECT:
+        return "", None
+    if path in FRONT_PATHS:
+        return FRONT_PATHS[path], None
+    if match := _MAX_STREAMS.fullmatch(path):
+        return "nginx", int(match.group(1))
+    raise ValueError(f"unknown path {path!r}: {DIRECT}, {', '.join(FRONT_PATHS)}, nginx-h2-maxN")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +115,8 @@ class Spec(RunSpec):
     ns: tuple[int, ...] = tuple(range(1, 11))  # streams opened at once
     # the page's client keys: one HTTP streaming client, one on an upgraded connection
     transports: tuple[str, ...] = dataclasses.field(default_factory=first_streaming_clients)
+    # the last one: nginx announcing 8 concurrent streams, so n=9 and 10 go over it
+    paths: tuple[str, ...] = (*PATHS, "nginx-h2-max8")
     tokens: int = 12
     rate: float = 10.0  # tokens/s: each stream lasts ttft + tokens/rate, about 1.3 s
     ttft_ms: float = 100.0
@@ -64,10 +124,15 @@ class Spec(RunSpec):
     server: str | None = None  # URL of a running server with the page; None: start one
     headless: bool = True
 
+    def __post_init__(self) -> None:
+        for path in self.paths:
+            parse_path(path)
+
 
 def quick(spec: Spec) -> Spec:
-    """Six (all fit) and eight (two over the limit): about 10 s."""
-    return dataclasses.replace(spec, ns=(6, 8))
+    """Six (all fit in HTTP/1.1's pool) and eight (two over it), on the three plain paths:
+    about 30 s."""
+    return dataclasses.replace(spec, ns=(6, 8), paths=PATHS)
 
 
 def params_of(spec: Spec) -> GenParams:
@@ -82,7 +147,12 @@ def stall_deadline_ms(params: GenParams) -> float:
 
 
 def connection_rows(
-    records: list[StreamRecord], n_open: int, params: GenParams, run_id: str
+    records: list[StreamRecord],
+    n_open: int,
+    params: GenParams,
+    run_id: str,
+    path: str = DIRECT,
+    connections_used: int = -1,
 ) -> list[dict[str, object]]:
     """One `connections` row per stream, in the order the page started them."""
     deadline = stall_deadline_ms(params)
@@ -92,6 +162,7 @@ def connection_rows(
         rows.append(
             {
                 "run_id": run_id,
+                "path": path,
                 "n_open": n_open,
                 "index": index,
                 "transport": rec.transport,
@@ -99,34 +170,93 @@ def connection_rows(
                 "ttft_ms": ttft,
                 "deadline_ms": deadline,
                 "stalled": math.isnan(ttft) or ttft > deadline,
+                "http_version": rec.conns[0].http_version if rec.conns else "",
+                "connections_used": connections_used,
             }
         )
     return rows
 
 
-async def _measure(spec: Spec, url: str, run_id: str, progress: bool) -> Tables:
+def check_environment(paths: tuple[str, ...]) -> None:
+    """EnvironmentUnavailable before anything starts, if a binary a path needs is missing."""
+    import clients.browser  # its CHROMIUM read at call time (a test points it elsewhere)
+    from netem.caddy import NOT_INSTALLED as NO_CADDY
+    from netem.caddy import caddy_binary
+    from netem.nginx import NOT_INSTALLED as NO_NGINX
+    from netem.nginx import nginx_binary
+
+    chromium = clients.browser.CHROMIUM
+    if not os.access(chromium, os.X_OK):
+        raise EnvironmentUnavailable(f"Chromium is not installed at {chromium}: run `make system`")
+    fronts = {parse_path(p)[0] for p in paths}
+    if "nginx" in fronts and nginx_binary() is None:
+        raise EnvironmentUnavailable(NO_NGINX)
+    if "caddy" in fronts and caddy_binary() is None:
+        raise EnvironmentUnavailable(NO_CADDY)
+
+
+@contextlib.contextmanager
+def path_target(path: str, server: Target, pki: LabPKI) -> Iterator[Target]:
+    """The address the browser loads for `path`: the server, or a TLS front before it."""
+    from netem.caddy import Caddy, CaddySpec
+    from netem.nginx import Nginx, NginxSpec
+
+    front, max_streams = parse_path(path)
+    if not front:
+        yield server
+        return
+    proxy: Nginx | Caddy
+    if front == "nginx":
+        spec = NginxSpec(buffering=False, tls=True, http2=True, max_concurrent_streams=max_streams)
+        proxy = Nginx(spec, server.host, server.port, pki=pki)
+    else:
+        proxy = Caddy(CaddySpec(), server.host, server.port, pki=pki)
+    proxy.start()
+    try:
+        yield Target.parse(proxy.url)
+    finally:
+        proxy.stop()
+
+
+@contextlib.asynccontextmanager
+async def _session(
+    spec: Spec, path: str, server: Target, pki: LabPKI
+) -> AsyncIterator[BrowserSession]:
+    """One Chromium on `path`'s origin (trusting the lab certificate when it is https)."""
+    with path_target(path, server, pki) as target:
+        spki = pki.spki_sha256() if target.secure else ""
+        async with BrowserSession(target, headless=spec.headless, spki=spki) as session:
+            yield session
+
+
+async def _measure(spec: Spec, server: Target, pki: LabPKI, run_id: str, progress: bool) -> Tables:
     from tqdm import tqdm
 
     params = params_of(spec)
     parts: list[Tables] = []
     rows: list[dict[str, object]] = []
-    points = [(key, n) for key in spec.transports for n in spec.ns]
-    with tqdm(total=len(points), desc=NAME, unit="point", disable=not progress) as bar:
-        async with BrowserSession(url, headless=spec.headless) as session:
-            for key, n in points:
-                records = await session.run(key, params, n)
-                keys = {
-                    "run_id": run_id,
-                    "experiment": NAME,
-                    "condition": f"n={n}",
-                    "sweep": "n_open",
-                    "sweep_value": float(n),
-                    "rate_hz": params.rate,
-                    "corpus": params.text,
-                }
-                parts.append(browser_tables(records, keys))
-                rows += connection_rows(records, n, params, run_id)
-                bar.update()
+    total = len(spec.paths) * len(spec.transports) * len(spec.ns)
+    with tqdm(total=total, desc=NAME, unit="point", disable=not progress) as bar:
+        for path in spec.paths:
+            async with _session(spec, path, server, pki) as session:
+                for key in spec.transports:
+                    for n in spec.ns:
+                        records = await session.run(key, params, n)
+                        used = connection_keys(
+                            [r for reqs in session.requests.values() for r in reqs]
+                        )
+                        keys = {
+                            "run_id": run_id,
+                            "experiment": NAME,
+                            "condition": f"n={n} {path}",
+                            "sweep": "n_open",
+                            "sweep_value": float(n),
+                            "rate_hz": params.rate,
+                            "corpus": params.text,
+                        }
+                        parts.append(browser_tables(records, keys))
+                        rows += connection_rows(records, n, params, run_id, path, len(used))
+                        bar.update()
     import pandas as pd
 
     tables = concat(parts)
@@ -135,21 +265,33 @@ async def _measure(spec: Spec, url: str, run_id: str, progress: bool) -> Tables:
 
 
 def run(spec: Spec, run_id: str = "", progress: bool = False) -> Tables:
-    """Every n for every transport, in one browser context, against one server."""
-    with server_target(spec.server) as target:
-        return run_sync(_measure(spec, target.url, run_id, progress))
+    """Every n for every transport on every path, one browser per path, against one server."""
+    from netem.pki import make_lab_pki
+
+    check_environment(spec.paths)
+    if spec.server and Target.parse(spec.server).secure and set(spec.paths) - {DIRECT}:
+        raise ValueError("the TLS fronts proxy to plain HTTP: give an http:// server")
+    pki_dir = tempfile.mkdtemp(prefix="pushlab-pki-")
+    try:
+        pki = make_lab_pki(Path(pki_dir))
+        with server_target(spec.server) as target:
+            return run_sync(_measure(spec, target, pki, run_id, progress))
+    finally:
+        shutil.rmtree(pki_dir, ignore_errors=True)
 
 
 def tables(run: StoredRun) -> list[tuple[str, pd.DataFrame]]:
     table = run.extra.get("connections")
     if table is None:
         return []
-    return [("Streams that stalled, per number opened at once", stalled_summary(table))]
+    title = "Streams that stalled, per path and number opened at once"
+    return [(title, stalled_summary(table))]
 
 
 EXPERIMENT = Experiment(
     NAME,
-    "Chromium: EventSource streams beyond 6 per origin stall; WebSockets do not",
+    "Chromium: EventSource streams beyond 6 per origin stall over HTTP/1.1, not over HTTP/2 "
+    "(until the server's stream limit); WebSockets never",
     Spec,
     quick,
     run,
@@ -157,7 +299,7 @@ EXPERIMENT = Experiment(
     charts=(charts_net.connections_chart,),
     captions={"browser_connections.png": "Which streams got their first token in time"},
     tables=tables,
-    # in the default suite (quick: about 16 s); without Chromium, BrowserSession raises
+    # in the default suite (quick: about 30 s); without Chromium, nginx or Caddy, `run` raises
     # EnvironmentUnavailable and the suite skips it with that reason
     in_suite=True,
 )

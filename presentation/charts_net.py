@@ -284,61 +284,72 @@ def idle(run_dir: RunLike) -> list[Path]:
 
 
 def connections_chart(run_dir: RunLike) -> list[Path]:
-    """`browser_connections.png`: each stream of each n, in start order: in time or stalled."""
+    """`browser_connections.png`: one panel per path (HTTP/1.1, each HTTP/2 front), each
+    stream of each n in start order, the transports side by side: in time or stalled.
+    Runs stored before paths existed (no `path` column) were HTTP/1.1 only."""
     run = as_run(run_dir)
     table = run.extra.get("connections")
     if table is None or table.empty:
         return []
-    transports = sorted(table["transport"].unique())
-    fig, axes = figure(len(transports), width_in=5.4, height_in=4.4)
-    for ax, transport in zip(axes, transports, strict=True):
-        rows = table[table["transport"] == transport]
-        ok, stalled = rows[~rows["stalled"]], rows[rows["stalled"]]
-        deadline = float(rows["deadline_ms"].iloc[0])
-        ax.scatter(
-            ok["n_open"],
-            ok["index"] + 1,
-            s=55,
-            color="#2ca02c",
-            label=f"first token in time (max {ok['ttft_ms'].max():.0f} ms)" if len(ok) else None,
-        )
-        ax.scatter(
-            stalled["n_open"],
-            stalled["index"] + 1,
-            marker="X",
-            s=80,
-            color="#d62728",
-            label=f"stalled: no first token within {deadline:g} ms" if len(stalled) else None,
-        )
-        for _, row in stalled.iterrows():
-            text = "never" if row["ttft_ms"] != row["ttft_ms"] else f"{row['ttft_ms'] / 1e3:.1f} s"
-            ax.annotate(
-                text,
-                (row["n_open"], row["index"] + 1),
-                xytext=(7, -3),
-                textcoords="offset points",
-                fontsize=6.5,
-                color="#d62728",
-            )
-        ax.axhline(6.5, color="0.4", linestyle=":", linewidth=1)
-        ax.annotate(
-            "Chrome: 6 HTTP/1.1 connections per origin",
-            (0.01, 6.6),
-            xycoords=("axes fraction", "data"),
-            fontsize=7,
-            color="0.35",
-        )
+    if "path" not in table:
+        table = table.assign(path="http1.1")
+    paths = list(dict.fromkeys(table["path"]))
+    transports = transport_order(t.removeprefix("browser-") for t in table["transport"].unique())
+    fig, axes = figure(len(paths), width_in=5.4, height_in=4.4)
+    deadline = float(table["deadline_ms"].iloc[0])
+    for ax, path in zip(axes, paths, strict=True):
+        rows = table[table["path"] == path]
+        _connections_panel(ax, rows, transports, deadline)
+        used = [
+            f"{t}: {int(u)}"
+            for t in transports
+            if "connections_used" in rows
+            and len(sel := rows[rows["transport"] == f"browser-{t}"])
+            and (u := sel[sel["n_open"] == sel["n_open"].max()]["connections_used"].max()) >= 0
+        ]
         top = int(rows["n_open"].max())
-        ax.set_xticks(sorted(rows["n_open"].unique()))
-        ax.set_xlim(rows["n_open"].min() - 0.6, top + 0.9)
-        ax.set_ylim(0.3, top + 1.6)
-        ax.set(
-            title=transport,
-            xlabel="streams opened at once in one tab",
-            ylabel="stream (in start order)",
-        )
-        ax.title.set_color(colour(transport.removeprefix("browser-")))
-        ax.grid(True, alpha=0.25)
-        ax.legend(fontsize=7, loc="upper left")
+        ax.set_title(f"{path}" + (f" (connections at n={top}: {', '.join(used)})" if used else ""))
     fig.suptitle("Which streams got their first token in time (one Chromium tab, one origin)")
     return [save(fig, run.path / "browser_connections.png")]
+
+
+def _connections_panel(
+    ax: Axes, rows: pd.DataFrame, transports: list[str], deadline_ms: float
+) -> None:
+    """One path's streams: x is n (each transport a little apart), y the stream's index."""
+    width = 0.36 / max(len(transports) - 1, 1)
+    for i, transport in enumerate(transports):
+        sel = rows[rows["transport"] == f"browser-{transport}"]
+        dx = (i - (len(transports) - 1) / 2) * width
+        ok, stalled = sel[~sel["stalled"].astype(bool)], sel[sel["stalled"].astype(bool)]
+        ax.scatter(ok["n_open"] + dx, ok["index"] + 1, s=40, color=colour(transport),
+                   label=f"{transport}: first token in time" if len(ok) else None)  # fmt: skip
+        ax.scatter(stalled["n_open"] + dx, stalled["index"] + 1, marker="X", s=70,
+                   color="#d62728", edgecolors=colour(transport), linewidths=0.8)  # fmt: skip
+    late = rows[rows["stalled"].astype(bool)]["ttft_ms"]
+    if len(late):  # their first tokens' times in the legend: labels by each point would crowd
+        came, never = late.dropna(), int(late.isna().sum())
+        span = list(dict.fromkeys(f"{t / 1e3:.1f}" for t in (came.min(), came.max())))
+        when = f"; came at {'-'.join(span)} s" if len(came) else ""
+        label = f"stalled: no first token within {deadline_ms:g} ms{when}"
+        ax.scatter([], [], marker="X", s=70, color="#d62728",
+                   label=label + (f"; {never} never" if never else ""))  # fmt: skip
+    path = str(rows["path"].iloc[0])
+    limit = path.rpartition("-max")[2] if "-max" in path else ""  # "nginx-h2-max8": 8
+    if path == "http1.1" or limit.isdigit():
+        y = int(limit) + 0.5 if limit.isdigit() else 6.5
+        what = (
+            f"server's SETTINGS_MAX_CONCURRENT_STREAMS = {limit}"
+            if limit.isdigit()
+            else "Chrome: 6 HTTP/1.1 connections per origin"
+        )
+        ax.axhline(y, color="0.4", linestyle=":", linewidth=1)
+        ax.annotate(what, (0.01, y + 0.1), xycoords=("axes fraction", "data"), fontsize=7,
+                    color="0.35")  # fmt: skip
+    top = int(rows["n_open"].max())
+    ax.set_xticks(sorted(rows["n_open"].unique()))
+    ax.set_xlim(rows["n_open"].min() - 0.6, top + 0.9)
+    ax.set_ylim(0.3, top + 1.6)
+    ax.set(xlabel="streams opened at once in one tab", ylabel="stream (in start order)")
+    ax.grid(True, alpha=0.25)
+    ax.legend(fontsize=7, loc="upper left")

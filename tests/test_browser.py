@@ -301,8 +301,10 @@ def child_server() -> Iterator[Target]:
 def test_browser_connections_eventsource_stalls_beyond_six_websocket_does_not(
     child_server: Target, tmp_path: Path
 ) -> None:
-    spec = dataclasses.replace(
-        browser_connections.quick(browser_connections.Spec()), server=child_server.url
+    spec = dataclasses.replace(  # cleartext HTTP/1.1 only: tests/test_browser_h2.py has HTTP/2
+        browser_connections.quick(browser_connections.Spec()),
+        server=child_server.url,
+        paths=(browser_connections.DIRECT,),
     )
     tables = browser_connections.run(spec, run_id="test")
     table = tables.extra["connections"].set_index(["transport", "n_open", "index"])
