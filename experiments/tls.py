@@ -1,0 +1,253 @@
+"""Experiment `tls`: what TLS costs each transport, and where the cost lands.
+
+Every transport over the paths of netem/fronts.py: clear text straight to aiohttp (the
+baseline), TLS terminated by aiohttp itself, by nginx and by Caddy (HTTP/1.1 over TLS: the
+HTTP/2 question is the `http2` experiment's). Per point, in one measured window:
+
+- first token with and without the handshake: `ttft_ms` runs from the request, before the
+  TCP connect; `connect_ms` and `tls_handshake_ms` are recorded beside it
+- bytes per token in layers, each counted (analysis/layers.py): payload, transport framing,
+  HTTP framing, TLS records (22 bytes a TLS 1.3 record) and TLS setup, against the kernel's
+  TCP count; `record_check` compares the kernel's TLS overhead with 22 x records counted
+- CPU per token of the server and of the front (/proc, the children's own CPU, sampled
+  around the measured fleet only, after its warm-up)
+- recovery after a cut: a fault proxy (a TCP relay) between client and TLS endpoint resets
+  every connection after `cut_after_s`; each reconnect pays a new TCP and TLS handshake,
+  resumed with the previous session's ticket where the client offers it (it does: the
+  `tls_connections` table says which handshakes resumed and what each cost)
+
+Extra tables: `tls_cpu` (one row per point: CPU seconds of server and front, tokens) and
+`tls_connections` (one row per connection: handshake time and bytes, resumed or not).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+from analysis.layers import byte_layers, record_check
+from analysis.matrix import count_of
+from clients.base import ClientOptions
+from clients.fleet import FleetSpec, run_fleet
+from clients.recorder import StreamRecord, measuring, to_tables
+from experiments.descriptor import Experiment
+from experiments.engine import WARMUP, Point, condition_keys, run_sync
+from experiments.spec import RunSpec
+from harness.children import proxied
+from netem.fronts import FRONTS, ServedPath, label, serve
+from presentation import charts_tls
+from records.schema import Tables, concat
+from streams.params import GenParams
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from records.store import StoredRun
+
+NAME = "tls"
+CUT_FRONTS = ("none", "aiohttp")  # recovery: clear text against TLS, same server
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec(RunSpec):
+    fronts: tuple[str, ...] = FRONTS
+    tokens: int = 200
+    rate: float = 100.0
+    ttft_ms: float = 50.0
+    clients: int = 8
+    cut_after_s: float = 0.5  # 0: no cut points
+    cut_transports: tuple[str, ...] = ("sse", "websocket", "longpoll", "ndjson")
+    options: ClientOptions = dataclasses.field(
+        default_factory=lambda: ClientOptions(max_reconnects=20, backoff_ms=10.0)
+    )
+
+
+def quick(spec: Spec) -> Spec:
+    return dataclasses.replace(spec, tokens=30, rate=100.0, clients=2, cut_after_s=0.15,
+                               cut_transports=("sse", "websocket"))  # fmt: skip
+
+
+def _params(spec: Spec) -> GenParams:
+    return GenParams(tokens=spec.tokens, rate=spec.rate, ttft_ms=spec.ttft_ms, seed=spec.seed)
+
+
+def _point(spec: Spec, transport: str, path: ServedPath, cut: bool) -> Point:
+    condition = label(path.front) + (f", cut every {spec.cut_after_s:g}s" if cut else "")
+    return Point(transport, _params(spec), condition=condition,
+                 sweep=("front", float(FRONTS.index(path.front))), clients=spec.clients,
+                 net=f"cut_after={spec.cut_after_s:g}s,cut_mode=rst" if cut else "",
+                 options=spec.options, stack=path.stack())  # fmt: skip
+
+
+def _measure(point: Point, path: ServedPath) -> tuple[list[StreamRecord], dict[str, float]]:
+    """Warm up, then the fleet in the measured window, with the CPU the server and the front
+    spent in it (the warm-up's CPU stays out)."""
+    with proxied(path.target, point.net) as relay:
+        target = dataclasses.replace(relay, secure=path.target.secure)
+        fleet = FleetSpec(point.transport, point.clients, stack=point.stack)
+        if not point.net:  # a warm-up through the cutting proxy would itself be cut
+            run_sync(run_fleet(dataclasses.replace(fleet, clients=1), target, WARMUP,
+                               point.options))  # fmt: skip
+        before = path.cpu_s()
+        with measuring():
+            records = run_sync(run_fleet(fleet, target, point.params, point.options))
+        after = path.cpu_s()
+    return records, {f"{k}_cpu_s": after[k] - before[k] for k in after}
+
+
+def connection_rows(records: list[StreamRecord], keys: dict[str, object]) -> list[dict]:
+    """One row per connection: its handshake time and bytes, resumed or not."""
+    rows = []
+    for rec in records:
+        for conn in rec.conns:
+            rows.append({
+                **keys, "transport": rec.transport, "stream_id": rec.stream_id,
+                "index": conn.index, "http_version": conn.http_version,
+                "tls_version": conn.tls_version, "connect_ms": conn.connect_ns / 1e6,
+                "handshake_ms": conn.handshake_ns / 1e6 if conn.handshake_ns >= 0 else None,
+                "resumed": conn.tls_resumed,
+                "handshake_bytes": conn.tls_handshake_bytes_up + conn.tls_handshake_bytes_down
+                if conn.tls_version else 0,
+            })  # fmt: skip
+    return rows
+
+
+def run(spec: Spec, run_id: str = "", progress: bool = False) -> Tables:
+    import pandas as pd
+    from tqdm import tqdm
+
+    plan = [(front, t, False) for front in spec.fronts for t in spec.transports]
+    if spec.cut_after_s > 0:
+        plan += [(front, t, True) for front in spec.fronts if front in CUT_FRONTS
+                 for t in spec.cut_transports if t in spec.transports]  # fmt: skip
+    parts, cpu_rows, conn_rows = [], [], []
+    with tqdm(total=len(plan), desc=NAME, unit="point", disable=not progress) as bar:
+        for front in spec.fronts:
+            with serve(front) as path:
+                for _, transport, cut in [p for p in plan if p[0] == front]:
+                    point = _point(spec, transport, path, cut)
+                    records, cpu = _measure(point, path)
+                    keys = condition_keys(run_id, NAME, point)
+                    tables = to_tables(records, keys)
+                    parts.append(tables)
+                    cpu_rows.append({**keys, "front": front, "transport": transport, **cpu,
+                                     "tokens": int(tables.streams["tokens_received"].sum())})
+                    conn_rows += connection_rows(records, {**keys, "front": front})
+                    bar.update()
+    extra = {"tls_cpu": pd.DataFrame(cpu_rows), "tls_connections": pd.DataFrame(conn_rows)}
+    return dataclasses.replace(concat(parts), extra=extra)
+
+
+def cpu_table(run: StoredRun) -> pd.DataFrame:
+    """CPU microseconds per token delivered, server and front, per path and transport."""
+    cpu = run.extra["tls_cpu"]
+    cpu = cpu[~cpu["condition"].str.contains("cut")]
+    tokens = cpu["tokens"].where(cpu["tokens"] > 0)
+    return cpu.assign(
+        server_us_per_token=cpu["server_cpu_s"] / tokens * 1e6,
+        front_us_per_token=cpu["front_cpu_s"] / tokens * 1e6,
+        total_us_per_token=(cpu["server_cpu_s"] + cpu["front_cpu_s"]) / tokens * 1e6,
+    )[["condition", "transport", "tokens", "server_us_per_token", "front_us_per_token",
+       "total_us_per_token"]]  # fmt: skip
+
+
+def handshake_table(run: StoredRun) -> pd.DataFrame:
+    """Per path: handshakes, how many resumed, and what a full and a resumed one cost."""
+    conns = run.extra["tls_connections"]
+    conns = conns[conns["tls_version"].fillna("") != ""]
+    return conns.groupby(["condition", "resumed"], sort=False).agg(
+        connections=("stream_id", "size"),
+        handshake_ms_p50=("handshake_ms", "median"),
+        handshake_ms_max=("handshake_ms", "max"),
+        handshake_bytes_p50=("handshake_bytes", "median"),
+    ).reset_index()
+
+
+def _rows(run: StoredRun, condition: str) -> pd.DataFrame:
+    return run.streams[run.streams["condition"] == condition]
+
+
+def facts(run: StoredRun) -> dict[str, dict[str, float]]:
+    """Per transport, TLS in aiohttp against clear text on the same server: handshake time,
+    first-token time added, bytes per token added, and recovery through cuts with TLS."""
+    clear, tls = _rows(run, label("none")), _rows(run, label("aiohttp"))
+    out: dict[str, dict[str, float]] = {}
+    for transport, rows in tls.groupby("transport"):
+        base = clear[clear["transport"] == transport]
+        entry = out.setdefault(str(transport), {})
+        entry["tls_handshake_ms"] = float(rows["tls_handshake_ms"].median())
+        entry[count_of("tls_handshake_ms")] = float(len(rows))
+        per_token = rows["bytes_down"].sum() / max(1, rows["tokens_received"].sum())
+        if not base.empty:
+            entry["tls_ttft_added_ms"] = float(rows["ttft_ms"].median() - base["ttft_ms"].median())
+            entry[count_of("tls_ttft_added_ms")] = float(len(rows) + len(base))
+            base_per_token = base["bytes_down"].sum() / max(1, base["tokens_received"].sum())
+            entry["tls_bytes_per_token"] = float(per_token - base_per_token)
+            entry[count_of("tls_bytes_per_token")] = float(rows["tokens_received"].sum())
+        entry["tls_conns_per_answer"] = float(rows["connections"].sum() / len(rows))
+        entry[count_of("tls_conns_per_answer")] = float(len(rows))
+    cut = run.streams[run.streams["condition"].str.startswith(label("aiohttp") + ", cut")]
+    for transport, rows in cut.groupby("transport"):
+        entry = out.setdefault(str(transport), {})
+        entry["tls_cut_recovery_ms"] = float(rows["recovery_max_ms"].max())
+        entry[count_of("tls_cut_recovery_ms")] = float(rows["reconnects"].sum())
+    return out
+
+
+def reading(run: StoredRun, f: pd.DataFrame) -> str:
+    added = f["tls_bytes_per_token"].dropna().sort_values()
+    hs = f["tls_handshake_ms"].dropna()
+    text = (
+        f"TLS (1.3, terminated by aiohttp) added {added.iloc[0]:.0f} to {added.iloc[-1]:.0f} "
+        f"bytes per token ({added.index[0]} to {added.index[-1]}) and a handshake of "
+        f"{hs.median():.1f} ms (median over transports) to the first token on loopback."
+    )
+    check = record_check(run.streams, ["condition"])
+    if not check.empty:
+        text += (
+            f" The kernel's TLS overhead is {check['ratio'].min():.2f} to "
+            f"{check['ratio'].max():.2f} times 22 bytes per record counted."
+        )
+    cpu = cpu_table(run).groupby("condition")["total_us_per_token"].median()
+    if len(cpu) > 1:
+        text += " CPU per token, server and front together (median over transports): " + (
+            ", ".join(f"{c} {v:.0f} µs" for c, v in cpu.items())
+        ) + "."
+    return text
+
+
+def tables(run: StoredRun) -> list[tuple[str, pd.DataFrame]]:
+    plain = run.streams[~run.streams["condition"].str.contains("cut")]
+    out = [
+        ("Bytes per token received, by layer (counted)",
+         byte_layers(plain, ["condition", "transport"])),
+        ("TLS overhead: kernel bytes against 22 bytes x records counted",
+         record_check(run.streams, ["condition", "transport"])),
+    ]  # fmt: skip
+    if "tls_cpu" in run.extra:
+        out.append(("CPU per token delivered (µs), server and front", cpu_table(run)))
+    if "tls_connections" in run.extra:
+        out.append(("TLS handshakes: full and resumed", handshake_table(run)))
+    return out
+
+
+EXPERIMENT = Experiment(
+    NAME,
+    "what TLS costs each transport: handshake, bytes per token by layer, CPU, reconnects",
+    Spec,
+    quick,
+    run,
+    generic_charts=False,
+    figures={
+        "tls_handshake_ms": ("ms", "TLS 1.3 handshake before the first token (aiohttp TLS)"),
+        "tls_ttft_added_ms": ("ms", "first-token time added by TLS, median (tls)"),
+        "tls_bytes_per_token": ("B", "bytes on the wire per token added by TLS (tls)"),
+        "tls_conns_per_answer": ("", "TLS connections (handshakes) per answer (tls)"),
+        "tls_cut_recovery_ms": ("ms", "longest recovery through cuts over TLS (tls)"),
+    },
+    facts=facts,
+    charts=(charts_tls.byte_layers_chart,),
+    captions={"byte_layers.png": "Bytes per token received, by layer, clear text and TLS"},
+    tables=tables,
+    reading=reading,
+)

@@ -1,0 +1,136 @@
+"""The paths production traffic takes to the server: who terminates TLS, and how.
+
+    front      TLS ends in          the client speaks           the server behind it
+    none       (no TLS)             HTTP/1.1 in clear text      aiohttp, direct
+    aiohttp    the server itself    HTTP/1.1 over TLS           aiohttp (ssl context)
+    nginx      nginx 1.22           HTTP/1.1 or HTTP/2 (ALPN)   aiohttp, HTTP/1.1 in clear
+    caddy      Caddy 2.6            HTTP/1.1 or HTTP/2 (ALPN)   aiohttp, HTTP/1.1 in clear
+
+`serve(front)` starts the server and its front as child processes with one lab CA
+(netem/pki.py) for all of them, yields a `ServedPath` (the address clients use, the CA file
+they trust, the pids whose CPU the TLS work lands on), and stops every process by its own
+pid. aiohttp speaks no HTTP/2, so HTTP/2 only ever comes from a front, as in production.
+With `link` (a `NetnsLink`), the server and its front run inside the lab's namespace and
+listen on its address, so the namespace's loss lies between the client and the front.
+
+Behind nginx the server runs with `--no-accel-header` off (the header is sent) and nginx
+with `proxy_buffering off`: the question here is TLS and HTTP/2, not buffering (which the
+`proxy` experiment measures); Caddy flushes any response without a Content-Length at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from clients.net import Target
+from clients.stack import Stack
+from harness import procstat
+from harness.children import ServerProcess
+from netem.pki import LabPKI, make_lab_pki
+
+if TYPE_CHECKING:
+    from netem.netns import NetnsLink
+
+FRONTS = ("none", "aiohttp", "nginx", "caddy")
+HTTP2_FRONTS = ("nginx", "caddy")
+
+
+@dataclasses.dataclass
+class ServedPath:
+    front: str
+    target: Target
+    ca_file: str  # "" in clear text
+    server_pid: int
+    front_pids: list[int]  # nginx's master and workers, Caddy's process; [] without a front
+    pki: LabPKI | None
+
+    def stack(self, http: str = "1.1", multiplex: int = 1) -> Stack:
+        """The client stack for this path: TLS with its CA unless it is clear text."""
+        if self.front == "none":
+            return Stack()
+        return Stack(http=http, tls=True, ca_file=self.ca_file, multiplex=multiplex)
+
+    def cpu_s(self) -> dict[str, float]:
+        """CPU seconds so far of the server and (summed) of the front's processes, from the
+        scheduler's nanosecond clock (procstat.cpu_ns: short windows resolve)."""
+
+        def cpu(pid: int) -> float:
+            return (procstat.cpu_ns(pid) or 0) / 1e9
+
+        return {"server": cpu(self.server_pid), "front": sum(map(cpu, self.front_pids))}
+
+
+def label(front: str) -> str:
+    """How a table names the path: "clear", "TLS in aiohttp", "TLS in nginx", ..."""
+    return "clear" if front == "none" else f"TLS in {front}"
+
+
+@contextlib.contextmanager
+def serve(
+    front: str,
+    *,
+    server_args: Sequence[str] = (),
+    max_concurrent_streams: int | None = None,
+    link: NetnsLink | None = None,
+) -> Iterator[ServedPath]:
+    """The server behind `front` (one of FRONTS), for the duration; every process stopped."""
+    if front not in FRONTS:
+        raise ValueError(f"unknown front {front!r}, expected one of {', '.join(FRONTS)}")
+    host = link.server_host if link is not None else "127.0.0.1"
+    prefix = ["ip", "netns", "exec", link.name] if link is not None else None
+    with contextlib.ExitStack() as stack:
+        pki = None
+        if front != "none":
+            directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pushlab-")))
+            pki = make_lab_pki(directory / "pki")
+        args = list(server_args)
+        if front == "aiohttp":
+            assert pki is not None
+            args += ["--tls-cert", str(pki.cert), "--tls-key", str(pki.key)]
+        server = ServerProcess(args, host=host, prefix=prefix)
+        upstream = server.start()
+        stack.callback(server.stop)
+        target, front_pids = upstream, list[int]()
+        if front in HTTP2_FRONTS:
+            assert pki is not None
+            target, front_pids = _start_front(stack, front, upstream, pki, max_concurrent_streams,
+                                              prefix)  # fmt: skip
+        elif front == "aiohttp":
+            target = dataclasses.replace(upstream, secure=True)
+        yield ServedPath(front, target, str(pki.ca_cert) if pki else "", server.pid,
+                         front_pids, pki)  # fmt: skip
+
+
+def _start_front(
+    stack: contextlib.ExitStack,
+    front: str,
+    upstream: Target,
+    pki: LabPKI,
+    max_concurrent_streams: int | None,
+    prefix: list[str] | None,
+) -> tuple[Target, list[int]]:
+    if front == "nginx":
+        from netem.nginx import Nginx, NginxSpec
+
+        spec = NginxSpec(buffering=False, tls=True, http2=True,
+                         max_concurrent_streams=max_concurrent_streams)  # fmt: skip
+        nginx = Nginx(spec, upstream.host, upstream.port, pki=pki, listen_host=upstream.host,
+                      command_prefix=prefix or ())  # fmt: skip
+        target = nginx.start()
+        stack.callback(nginx.stop)
+        return dataclasses.replace(target, secure=True), [nginx.pid, *nginx.worker_pids()]
+    from netem.caddy import Caddy, CaddySpec
+
+    if prefix is not None:
+        raise ValueError("Caddy runs on loopback only here (no namespace support)")
+    if max_concurrent_streams is not None:
+        raise ValueError("Caddy 2.6 cannot set its HTTP/2 concurrent-stream limit (Go's 250)")
+    caddy = Caddy(CaddySpec(), upstream.host, upstream.port, pki=pki)
+    target = caddy.start()
+    stack.callback(caddy.stop)
+    return dataclasses.replace(target, secure=True), [caddy.pid]
