@@ -92,6 +92,11 @@ FIGURES: dict[str, Figure] = {
     "cancel_wasted": Figure("tokens after a cancel", "", "streams"),
     "cancel_extra_requests": Figure("extra requests to cancel", "", ""),
     "relay_added_p50_ms": Figure("latency added to a model's stream, p50", "ms", "tokens"),
+    "tab_stalled": Figure("streams of one tab that waited", "frac", "streams"),
+    "tls_bytes_per_token": Figure("TLS record bytes per token", "B", "tokens"),
+    "tls_conns_per_answer": Figure("TLS handshakes per answer", "", "streams"),
+    "tls_handshake_ms": Figure("handshake", "ms", "streams"),
+    "tls_ttft_added_ms": Figure("first token later by", "ms", "streams"),
 }
 
 
@@ -215,6 +220,18 @@ def _control(f: Facts) -> str:
     return FAIR if f["cancel_wasted"] <= 2 else POOR
 
 
+def _tab(f: Facts) -> str:
+    if f["tab_stalled"] == 0:
+        return GOOD
+    return FAIR if f["tab_stalled"] <= 0.25 else POOR
+
+
+def _tls(f: Facts) -> str:
+    if f["tls_bytes_per_token"] <= 30 and f["tls_conns_per_answer"] <= 1:
+        return GOOD
+    return FAIR if f["tls_bytes_per_token"] <= 60 else POOR
+
+
 def _relay(f: Facts) -> str:
     if f["relay_added_p50_ms"] <= 5 and f["requests_per_answer"] <= 2:
         return GOOD
@@ -232,6 +249,12 @@ PROXY_SETTINGS = Setting(
     "proxy_http_version 1.1 or the app's X-Accel-Buffering: no, and heartbeats shorter than "
     "proxy_read_timeout",
     applies_to=("proxy_min_spread", "idle_timeout_ok"),
+)
+HTTP_VERSION = Setting(
+    "the HTTP version the browser gets",
+    "HTTP/1.1 (clear text, or TLS without h2): six connections per origin",
+    "HTTP/2 through a TLS front (nginx or Caddy): streams share one connection",
+    applies_to=("tab_stalled",),
 )
 
 RULES: tuple[Rule, ...] = (
@@ -256,6 +279,15 @@ RULES: tuple[Rule, ...] = (
          "good: an explicit cancel stops generation within 2 tokens without another request; "
          "fair: within 2 tokens with one; else poor",
          ("cancel_wasted", "cancel_extra_requests"), _control),
+    Rule("Many streams in one browser tab",
+         "good: no stream waits for a connection when a tab opens more than six; fair: at "
+         "most a quarter wait; else poor",
+         ("tab_stalled",), _tab, setting=HTTP_VERSION),
+    Rule("Production behind TLS",
+         "good: <= 30 bytes of TLS records per token and one handshake per answer; fair: "
+         "<= 60 bytes per token; else poor",
+         ("tls_bytes_per_token", "tls_conns_per_answer"), _tls,
+         shows=("tls_handshake_ms", "tls_ttft_added_ms")),
     Rule("Server-to-server relay",
          "good: adds <= 5 ms (p50) to a model's stream in <= 2 requests; fair: <= 50 ms; else poor",
          ("relay_added_p50_ms", "requests_per_answer"), _relay),

@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from analysis.derived import stalled_summary
+from analysis.matrix import FIXED, count_of
 from clients.base import Target
 from clients.browser import (
     BrowserSession,
@@ -288,6 +289,25 @@ def tables(run: StoredRun) -> list[tuple[str, pd.DataFrame]]:
     return [(title, stalled_summary(table))]
 
 
+def facts(run: StoredRun) -> dict[str, dict[str, float]]:
+    """Per transport: the share of streams that stalled at the largest n over HTTP/1.1
+    (`tab_stalled`) and (`@fixed`) over HTTP/2 through a TLS front at its default stream
+    limit (the `-maxN` paths lower it on purpose and are left out)."""
+    table = run.extra.get("connections")
+    if table is None or table.empty:
+        return {}
+    table = table.assign(path=table.get("path", DIRECT))
+    out: dict[str, dict[str, float]] = {}
+    for figure, paths in (("tab_stalled", [DIRECT]), ("tab_stalled" + FIXED, list(FRONT_PATHS))):
+        rows = table[table["path"].isin(paths)]
+        for transport, group in rows.groupby("transport"):
+            widest = group[group["n_open"] == group["n_open"].max()]
+            entry = out.setdefault(str(transport), {})
+            entry[figure] = float(widest["stalled"].mean())
+            entry[count_of(figure)] = float(len(widest))
+    return out
+
+
 EXPERIMENT = Experiment(
     NAME,
     "Chromium: EventSource streams beyond 6 per origin stall over HTTP/1.1, not over HTTP/2 "
@@ -298,6 +318,11 @@ EXPERIMENT = Experiment(
     generic_charts=False,
     charts=(charts_net.connections_chart,),
     captions={"browser_connections.png": "Which streams got their first token in time"},
+    figures={
+        "tab_stalled": ("frac", "streams of one tab that waited for a connection, at the "
+                        "largest n (browser-connections)"),
+    },
+    facts=facts,
     tables=tables,
     # in the default suite (quick: about 30 s); without Chromium, nginx or Caddy, `run` raises
     # EnvironmentUnavailable and the suite skips it with that reason

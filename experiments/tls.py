@@ -16,8 +16,12 @@ HTTP/2 question is the `http2` experiment's). Per point, in one measured window:
   resumed with the previous session's ticket where the client offers it (it does: the
   `tls_connections` table says which handshakes resumed and what each cost)
 
-Extra tables: `tls_cpu` (one row per point: CPU seconds of server and front, tokens) and
-`tls_connections` (one row per connection: handshake time and bytes, resumed or not).
+Extra tables: `tls_cpu` (one row per point: CPU seconds of server and front, tokens),
+`tls_connections` (one row per connection: handshake time and bytes, resumed or not) and
+`byte_check`: after the measured points of each path, one more stream per transport with
+our own packet capture on the endpoint's port (harness/capture.py), outside the measured
+windows since its thread shares this process: the clients' kernel counts against the
+capture's count of the same connections.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from clients.fleet import FleetSpec, run_fleet
 from clients.recorder import StreamRecord, measuring, to_tables
 from experiments.descriptor import Experiment
 from experiments.engine import WARMUP, Point, condition_keys, run_sync
-from experiments.spec import RunSpec
+from experiments.spec import RunSpec, all_transports
 from harness.children import proxied
 from netem.fronts import FRONTS, ServedPath, label, serve
 from presentation import charts_tls
@@ -57,14 +61,16 @@ class Spec(RunSpec):
     clients: int = 8
     cut_after_s: float = 0.5  # 0: no cut points
     cut_transports: tuple[str, ...] = ("sse", "websocket", "longpoll", "ndjson")
+    check_transports: tuple[str, ...] = dataclasses.field(default_factory=all_transports)
     options: ClientOptions = dataclasses.field(
         default_factory=lambda: ClientOptions(max_reconnects=20, backoff_ms=10.0)
     )
 
 
 def quick(spec: Spec) -> Spec:
-    return dataclasses.replace(spec, tokens=30, rate=100.0, clients=2, cut_after_s=0.15,
-                               cut_transports=("sse", "websocket"))  # fmt: skip
+    return dataclasses.replace(spec, tokens=20, rate=200.0, clients=2, cut_after_s=0.08,
+                               cut_transports=("sse", "websocket"),
+                               check_transports=("sse", "websocket"))  # fmt: skip
 
 
 def _params(spec: Spec) -> GenParams:
@@ -112,6 +118,34 @@ def connection_rows(records: list[StreamRecord], keys: dict[str, object]) -> lis
     return rows
 
 
+def byte_check(path: ServedPath, transports: tuple[str, ...], params: GenParams,
+               run_id: str) -> list[dict[str, object]]:  # fmt: skip
+    """One stream per transport with the capture on: kernel counts against the capture's."""
+    from harness.capture import Capture
+    from streams.errors import EnvironmentUnavailable
+
+    rows: list[dict[str, object]] = []
+    for transport in transports:
+        fleet = FleetSpec(transport, 1, stack=path.stack())
+        try:
+            with Capture(path.target.port) as capture:
+                records = run_sync(run_fleet(fleet, path.target, params))
+        except EnvironmentUnavailable as exc:  # no root or no AF_PACKET: say so in the table
+            return [{"run_id": run_id, "front": path.front, "transport": "", "note": str(exc)}]
+        up, down = capture.totals()
+        kernel_up = sum(c.bytes_up for r in records for c in r.conns)
+        kernel_down = sum(c.bytes_down for r in records for c in r.conns)
+        rows.append({
+            "run_id": run_id, "condition": label(path.front), "front": path.front,
+            "transport": transport, "connections": sum(len(r.conns) for r in records),
+            "kernel_up": kernel_up, "capture_up": up, "kernel_down": kernel_down,
+            "capture_down": down, "down_ratio": kernel_down / down if down else float("nan"),
+            "up_ratio": kernel_up / up if up else float("nan"),
+            "capture_dropped": capture.dropped, "note": "",
+        })  # fmt: skip
+    return rows
+
+
 def run(spec: Spec, run_id: str = "", progress: bool = False) -> Tables:
     import pandas as pd
     from tqdm import tqdm
@@ -120,7 +154,7 @@ def run(spec: Spec, run_id: str = "", progress: bool = False) -> Tables:
     if spec.cut_after_s > 0:
         plan += [(front, t, True) for front in spec.fronts if front in CUT_FRONTS
                  for t in spec.cut_transports if t in spec.transports]  # fmt: skip
-    parts, cpu_rows, conn_rows = [], [], []
+    parts, cpu_rows, conn_rows, check_rows = [], [], [], []
     with tqdm(total=len(plan), desc=NAME, unit="point", disable=not progress) as bar:
         for front in spec.fronts:
             with serve(front) as path:
@@ -134,7 +168,10 @@ def run(spec: Spec, run_id: str = "", progress: bool = False) -> Tables:
                                      "tokens": int(tables.streams["tokens_received"].sum())})
                     conn_rows += connection_rows(records, {**keys, "front": front})
                     bar.update()
-    extra = {"tls_cpu": pd.DataFrame(cpu_rows), "tls_connections": pd.DataFrame(conn_rows)}
+                checked = tuple(t for t in spec.check_transports if t in spec.transports)
+                check_rows += byte_check(path, checked, _params(spec), run_id)
+    extra = {"tls_cpu": pd.DataFrame(cpu_rows), "tls_connections": pd.DataFrame(conn_rows),
+             "byte_check": pd.DataFrame(check_rows)}  # fmt: skip
     return dataclasses.replace(concat(parts), extra=extra)
 
 
@@ -177,13 +214,14 @@ def facts(run: StoredRun) -> dict[str, dict[str, float]]:
         entry = out.setdefault(str(transport), {})
         entry["tls_handshake_ms"] = float(rows["tls_handshake_ms"].median())
         entry[count_of("tls_handshake_ms")] = float(len(rows))
-        per_token = rows["bytes_down"].sum() / max(1, rows["tokens_received"].sum())
+        tokens = max(1, int(rows["tokens_received"].sum()))
+        # the records' overhead, counted per record: what every token pays however long the
+        # answer; the handshake is paid once per connection and is its own figure
+        entry["tls_bytes_per_token"] = float(rows["tls_overhead_down"].sum() / tokens)
+        entry[count_of("tls_bytes_per_token")] = float(tokens)
         if not base.empty:
             entry["tls_ttft_added_ms"] = float(rows["ttft_ms"].median() - base["ttft_ms"].median())
             entry[count_of("tls_ttft_added_ms")] = float(len(rows) + len(base))
-            base_per_token = base["bytes_down"].sum() / max(1, base["tokens_received"].sum())
-            entry["tls_bytes_per_token"] = float(per_token - base_per_token)
-            entry[count_of("tls_bytes_per_token")] = float(rows["tokens_received"].sum())
         entry["tls_conns_per_answer"] = float(rows["connections"].sum() / len(rows))
         entry[count_of("tls_conns_per_answer")] = float(len(rows))
     cut = run.streams[run.streams["condition"].str.startswith(label("aiohttp") + ", cut")]
@@ -198,10 +236,19 @@ def reading(run: StoredRun, f: pd.DataFrame) -> str:
     added = f["tls_bytes_per_token"].dropna().sort_values()
     hs = f["tls_handshake_ms"].dropna()
     text = (
-        f"TLS (1.3, terminated by aiohttp) added {added.iloc[0]:.0f} to {added.iloc[-1]:.0f} "
-        f"bytes per token ({added.index[0]} to {added.index[-1]}) and a handshake of "
-        f"{hs.median():.1f} ms (median over transports) to the first token on loopback."
+        f"TLS 1.3 (terminated by aiohttp) cost {added.iloc[0]:.1f} to {added.iloc[-1]:.1f} "
+        f"bytes of record overhead per token ({added.index[0]} to {added.index[-1]}: fewer "
+        "where one response carries several tokens) and a handshake of "
+        f"{hs.median():.1f} ms (median over transports, loopback, Python client) before the "
+        "first token."
     )
+    if "byte_check" in run.extra and "down_ratio" in run.extra["byte_check"]:
+        ratio = run.extra["byte_check"]["down_ratio"].dropna()
+        if not ratio.empty:
+            text += (
+                f" The clients' kernel byte counts were {ratio.min():.4f} to {ratio.max():.4f} "
+                "times our packet capture's count of the same connections."
+            )
     check = record_check(run.streams, ["condition"])
     if not check.empty:
         text += (
@@ -228,6 +275,9 @@ def tables(run: StoredRun) -> list[tuple[str, pd.DataFrame]]:
         out.append(("CPU per token delivered (µs), server and front", cpu_table(run)))
     if "tls_connections" in run.extra:
         out.append(("TLS handshakes: full and resumed", handshake_table(run)))
+    if "byte_check" in run.extra:
+        out.append(("Kernel byte counts against our packet capture (one stream each)",
+                    run.extra["byte_check"]))  # fmt: skip
     return out
 
 
@@ -241,7 +291,7 @@ EXPERIMENT = Experiment(
     figures={
         "tls_handshake_ms": ("ms", "TLS 1.3 handshake before the first token (aiohttp TLS)"),
         "tls_ttft_added_ms": ("ms", "first-token time added by TLS, median (tls)"),
-        "tls_bytes_per_token": ("B", "bytes on the wire per token added by TLS (tls)"),
+        "tls_bytes_per_token": ("B", "TLS record overhead per token received, counted (tls)"),
         "tls_conns_per_answer": ("", "TLS connections (handshakes) per answer (tls)"),
         "tls_cut_recovery_ms": ("ms", "longest recovery through cuts over TLS (tls)"),
     },

@@ -24,7 +24,8 @@ def good_facts() -> pd.DataFrame:
            "loss_p99_ms": 50.0, "cut_recovery_ms": 60.0, "idle_timeout_ok": 1.0,
            "proxy_min_spread": 1.0, "idle_conn_kib": 14.0, "capacity_n": 2500.0,
            "cancel_wasted": 0.0, "cancel_extra_requests": 0.0,
-           "relay_added_p50_ms": 0.3}  # fmt: skip
+           "relay_added_p50_ms": 0.3, "tab_stalled": 0.0, "tls_bytes_per_token": 22.0,
+           "tls_conns_per_answer": 1.0}  # fmt: skip
     return pd.DataFrame([row], index=pd.Index(["x"], name="transport"))
 
 
@@ -46,6 +47,11 @@ def test_every_rule_says_good_for_good_numbers() -> None:
         ("cancel_wasted", 40.0, "Bidirectional control (cancel)", POOR),
         ("relay_added_p50_ms", 30.0, "Server-to-server relay", FAIR),
         ("relay_added_p50_ms", math.nan, "Server-to-server relay", NA),
+        ("tab_stalled", 0.2, "Many streams in one browser tab", FAIR),
+        ("tab_stalled", 0.4, "Many streams in one browser tab", POOR),
+        ("tls_bytes_per_token", 44.0, "Production behind TLS", FAIR),
+        ("tls_conns_per_answer", 6.0, "Production behind TLS", FAIR),
+        ("tls_bytes_per_token", 80.0, "Production behind TLS", POOR),
     ],
 )
 def test_cells_change_when_the_numbers_change(

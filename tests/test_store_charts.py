@@ -20,7 +20,14 @@ from analysis import stats
 from presentation import charts
 from presentation import markdown as report
 from records import meta, store
-from records.schema import SCHEMA_VERSION, STREAM_COLUMNS, TOKEN_COLUMNS, Tables, conform
+from records.schema import (
+    ADDED_IN_5,
+    SCHEMA_VERSION,
+    STREAM_COLUMNS,
+    TOKEN_COLUMNS,
+    Tables,
+    conform,
+)
 from transports import registry
 
 TRANSPORTS = ("sse", "websocket", "longpoll")
@@ -55,6 +62,7 @@ def _stream_row(keys: dict[str, object], **values: object) -> dict[str, object]:
         "packets_down": -1, "retransmits": -1, "gap_max_ms": math.nan, "recovery_max_ms": math.nan,
         "continuations": 0, "continuation_gap_max_ms": math.nan,
         "end_reason": "done", "error": "",
+        **ADDED_IN_5,  # what a cleartext HTTP/1.1 stream that counted no layers has
     }  # fmt: skip
     row.update(values)
     return row
