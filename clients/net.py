@@ -96,7 +96,7 @@ def read_tcp_info(sock: socket.socket) -> TcpInfo | None:
         return None
     try:
         raw = sock.getsockopt(socket.IPPROTO_TCP, opt, 256)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: uvloop's stand-in socket once its fd is gone
         return None
     if len(raw) < _TCPI_SIZE:
         return None
@@ -208,6 +208,7 @@ class Conn:
         self.last_recv_perf_ns = 0  # time.perf_counter_ns() of the latest read
         self.connect_ns = -1  # how long `open` took to connect (-1: handed an open socket)
         self.stats: ConnStats | None = None
+        self._eof_info: TcpInfo | None = None  # TCP_INFO when the peer's FIN arrived
         self.close_error = ""
         sock = writer.get_extra_info("socket")
         self._sock: socket.socket | None = sock
@@ -240,10 +241,16 @@ class Conn:
         self.last_recv_ns = time.time_ns()
         self.last_recv_perf_ns = time.perf_counter_ns()
         self.app_down += len(data)
+        if not data:
+            # the peer's FIN: count now. A write after it can draw a reset, and uvloop then
+            # closes the socket before aclose() could read TCP_INFO (seen with a WebSocket
+            # over TLS whose server closed first, our close_notify answered by RST)
+            self._eof_info = self.tcp_info()
         return data
 
     def tcp_info(self) -> TcpInfo | None:
-        return read_tcp_info(self._sock) if self._sock is not None else None
+        fresh = read_tcp_info(self._sock) if self._sock is not None else None
+        return fresh or self._eof_info
 
     async def aclose(self) -> ConnStats:
         """Count (waiting briefly for our last bytes to be acked), then close."""

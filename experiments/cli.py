@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import os
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from clients.base import ClientOptions
+from clients.base import ClientOptions, Target
+from clients.stack import Stack
 from experiments import spec as run_spec
 from experiments.catalog import EXPERIMENTS, SUITE
 from experiments.suite import save_run
@@ -101,6 +103,20 @@ def _add_client_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--ws-compress", action="store_true", help="WebSocket: offer permessage-deflate")
     g.add_argument(
+        "--ca",
+        metavar="FILE",
+        default="",
+        help="an https --server: the CA certificate to trust (`pushlab serve --tls` or "
+        "`--front` prints its path in the ready line)",
+    )
+    g.add_argument(
+        "--http",
+        choices=("1.1", "2"),
+        default="1.1",
+        help="HTTP version to an https --server; 2 needs a front (pushlab serve --front "
+        "nginx|caddy): aiohttp speaks HTTP/1.1 only (default %(default)s)",
+    )
+    g.add_argument(
         "--net",
         metavar="SPEC",
         type=run_spec.argtype("net"),
@@ -134,6 +150,25 @@ def _options(args: argparse.Namespace) -> ClientOptions:
     )
 
 
+def _stack(args: argparse.Namespace) -> Stack:
+    """The client stack for `--server`, `--ca` and `--http`, or a one-line ParamError."""
+    secure = bool(args.server) and Target.parse(args.server).secure
+    if secure and not args.ca:
+        raise ParamError(
+            f"--server {args.server} is https: give --ca FILE, the CA certificate to trust "
+            "(pushlab serve prints it as ca=...)",
+            param="ca",
+        )
+    if args.ca and not secure:
+        raise ParamError("--ca needs an https --server", param="ca")
+    if args.http == "2" and not secure:
+        raise ParamError("--http 2 needs an https --server (pushlab serve --front nginx|caddy)",
+                         param="http")  # fmt: skip
+    if args.ca and not os.access(args.ca, os.R_OK):
+        raise ParamError(f"--ca {args.ca}: no readable CA file there", param="ca")
+    return Stack(http=args.http, tls=secure, ca_file=os.path.abspath(args.ca) if args.ca else "")
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from experiments import engine as bench
     from records import meta
@@ -151,6 +186,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         workers=bench.auto_workers(args.clients) if args.workers == "auto" else args.workers,
         uvloop=bench.uvloop_available() if args.uvloop is None else args.uvloop,
         server_gc=args.server_gc or bench.auto_server_gc(args.clients),
+        stack=_stack(args),
     )
     started = dt.datetime.now(dt.UTC)
     run_id = meta.new_run_id("bench", started)
@@ -168,7 +204,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _print_summary(tables)
     print(record.harness_summary())
     print(f"results: {out}")
-    return 1 if (tables.streams["error"] != "").any() else 0
+    errors = tables.streams["error"][tables.streams["error"] != ""]
+    for message, count in errors.value_counts().head(3).items():  # what failed, in its words
+        print(f"pushlab bench: {count} stream(s) failed: {message}", file=sys.stderr)
+    return 1 if len(errors) else 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -119,6 +119,7 @@ class BenchSpec:
     workers: int = 1  # load-generator processes (1: clients run in this process)
     uvloop: bool = False  # uvloop for the server started here and for the clients
     server_gc: str = "auto"  # the server started here: "auto" (CPython's) or "scheduled"
+    stack: Stack = dataclasses.field(default_factory=Stack)  # TLS and HTTP/2 to `server`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,9 +214,11 @@ def measure_in_pool(
 ) -> tuple[list[StreamRecord], list[WorkerStats]]:
     """Like `measure_records`, with the clients spread over the pool's worker processes;
     also each worker's load."""
-    spec = FleetSpec(point.transport, point.clients, workers=pool.workers, uvloop=uvloop)
+    spec = FleetSpec(point.transport, point.clients, workers=pool.workers, uvloop=uvloop,
+                     stack=point.stack)  # fmt: skip
     if warmup:
-        pool.run(dataclasses.replace(spec, clients=1), target, WARMUP, point.options)
+        alone = dataclasses.replace(point.stack, multiplex=1)
+        pool.run(dataclasses.replace(spec, clients=1, stack=alone), target, WARMUP, point.options)
     with measuring():
         records, workers = pool.run(spec, target, point.params, point.options)
     warn_if_saturated(point.transport, workers)
@@ -228,7 +231,8 @@ async def measure_with_load(
     """`measure_records` in this thread, with the CPU this thread spent on the clients (the
     event loop runs every client here, so this thread is the load generator)."""
     if warmup:  # outside the load measured, as a pool worker's warm-up is
-        await run_fleet(FleetSpec(point.transport, 1), target, WARMUP, point.options)
+        alone = dataclasses.replace(point.stack, multiplex=1)
+        await run_fleet(FleetSpec(point.transport, 1, stack=alone), target, WARMUP, point.options)
     before = resource.getrusage(resource.RUSAGE_THREAD)
     wall0 = time.monotonic()
     records = await measure_records(point, target, warmup=False)
@@ -290,9 +294,12 @@ def run_measured(
     from tqdm import tqdm
 
     points = [
-        Point(t, spec.params, net=spec.net, clients=spec.clients, options=spec.options)
+        Point(
+            t, spec.params, net=spec.net, clients=spec.clients, options=spec.options,
+            stack=spec.stack,
+        )
         for t in spec.transports
-    ]
+    ]  # fmt: skip
     server_args = (
         *spec.server_args,
         *(["--uvloop"] if spec.uvloop else []),

@@ -43,6 +43,12 @@ def test_list_names_every_transport_and_experiment(capsys: pytest.CaptureFixture
         (["run", "rtt", "--net", "delay=5ms"], "rtt cannot take --net"),
         (["run", "idle", "--server", "http://127.0.0.1:9"], "idle cannot take --server"),
         (["run", "latency", "--set", "net=delay=5ms", "--set", "nonsense=1"], "--set takes"),
+        # an https server needs the CA to trust; HTTP/2 needs TLS (a front)
+        (["bench", "--server", "https://127.0.0.1:9"], "give --ca FILE"),
+        (["bench", "--server", "https://127.0.0.1:9", "--ca", "/nonexistent/ca.pem"],
+         "--ca /nonexistent/ca.pem: no readable CA file"),
+        (["bench", "--server", "http://127.0.0.1:9", "--http", "2"], "--http 2 needs an https"),
+        (["bench", "--ca", "/etc/hostname"], "--ca needs an https --server"),
         (["frobnicate"], "invalid choice"),
         ([], "required"),
     ],
