@@ -18,7 +18,10 @@ an estimate. For the bytes a client received, top to bottom:
 The layers add up: payload + transport + HTTP + TLS records + TLS setup = TCP payload, except
 where a client could not count a layer (a browser, an older run: -1 in the table, NaN here).
 `record_check` compares the measured TLS overhead (kernel bytes minus plaintext minus setup)
-with the record arithmetic (22 bytes times the records counted).
+with the record arithmetic (22 bytes times the records counted). What the arithmetic leaves
+over (`unread_per_stream`) arrived in the kernel after the client had its answer and stopped
+reading: measured in tests/test_tls.py, the server's close_notify (24 bytes: 5 header, 2
+alert, 1 content type, 16 tag) and, for a chunked response, its last chunk (27 bytes).
 """
 
 from __future__ import annotations
@@ -96,4 +99,7 @@ def record_check(streams: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     out["ratio"] = out["measured_overhead"] / out["record_arithmetic"].where(
         out["record_arithmetic"] > 0
     )
+    out["unread_per_stream"] = (out["measured_overhead"] - out["record_arithmetic"]) / out[
+        "streams"
+    ]
     return out.reset_index()
