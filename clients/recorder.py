@@ -255,6 +255,26 @@ def _first_arrival_perf(rec: StreamRecord) -> list[int]:
     return out
 
 
+def connection_rows(
+    records: Sequence[StreamRecord], keys: dict[str, object]
+) -> list[dict[str, object]]:
+    """One row per connection the records used: HTTP and TLS version, connect and handshake
+    time, the handshake's bytes, resumed or not (an experiment's extra table)."""
+    rows: list[dict[str, object]] = []
+    for rec in records:
+        for conn in rec.conns:
+            rows.append({
+                **keys, "transport": rec.transport, "stream_id": rec.stream_id,
+                "index": conn.index, "http_version": conn.http_version,
+                "tls_version": conn.tls_version, "connect_ms": conn.connect_ns / 1e6,
+                "handshake_ms": conn.handshake_ns / 1e6 if conn.handshake_ns >= 0 else None,
+                "resumed": conn.tls_resumed,
+                "handshake_bytes": conn.tls_handshake_bytes_up + conn.tls_handshake_bytes_down
+                if conn.tls_version else 0,
+            })  # fmt: skip
+    return rows
+
+
 def to_tables(records: Sequence[StreamRecord], keys: dict[str, object]) -> Tables:
     """The run's records as schema tables; `keys` fills the shared key columns."""
     import numpy as np

@@ -35,6 +35,7 @@ from netem.pki import LabPKI, make_lab_pki
 
 if TYPE_CHECKING:
     from netem.netns import NetnsLink
+    from transports.web.config import ServerConfig
 
 FRONTS = ("none", "aiohttp", "nginx", "caddy")
 HTTP2_FRONTS = ("nginx", "caddy")
@@ -134,3 +135,69 @@ def _start_front(
     target = caddy.start()
     stack.callback(caddy.stop)
     return dataclasses.replace(target, secure=True), [caddy.pid]
+
+
+def serve_until_stopped(front: str, front_port: int, config: ServerConfig) -> int:
+    """`pushlab serve --front`: start the server, then the front, print one ready line
+    (`pushlab serving on https://... ca=... front=...`), wait for SIGINT/SIGTERM; stop both
+    by their own pids. A failure is one line on stderr and exit 1."""
+    import shlex
+    import shutil
+    import signal
+    import sys
+    import threading
+
+    from harness.children import READY_PREFIX
+    from netem import caddy, nginx
+    from netem.caddy import Caddy, CaddySpec
+    from netem.nginx import Nginx, NginxSpec
+    from streams.errors import ChildStartError, EnvironmentUnavailable
+
+    # the binary first: a missing one is one line, before any child has started
+    binary, missing = {
+        "nginx": (nginx.nginx_binary, nginx.NOT_INSTALLED),
+        "caddy": (caddy.caddy_binary, caddy.NOT_INSTALLED),
+    }[front]
+    if binary() is None:
+        print(f"pushlab serve: environment unavailable: {missing}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGINT, signal.SIGTERM)}  # fmt: skip
+    pki_dir = Path(tempfile.mkdtemp(prefix="pushlab-pki-"))
+    child = ServerProcess(config=config)
+    proxy: Nginx | Caddy | None = None
+    try:
+        pki = make_lab_pki(pki_dir)
+        child.start()
+        host, port = child.target.host, child.target.port
+        if front == "nginx":
+            # streaming as an operator sets it up: buffering off, HTTP/1.1 to the upstream
+            spec = NginxSpec(buffering=False, tls=True, http2=True)
+            proxy = Nginx(spec, host, port, listen_port=front_port, pki=pki)
+        else:
+            proxy = Caddy(CaddySpec(), host, port, listen_port=front_port, pki=pki)
+        proxy.start()
+        ca = shlex.quote(str(pki.ca_cert))
+        print(f"{READY_PREFIX}{proxy.url} ca={ca} front={front}", flush=True)
+        while not stop.wait(0.2):
+            if child.proc is not None and child.proc.poll() is not None:
+                raise ChildStartError(f"the server exited ({child.proc.returncode})")
+            if proxy.proc is None or proxy.proc.poll() is not None:
+                raise ChildStartError(f"{front} exited")
+        return 0
+    except EnvironmentUnavailable as exc:
+        print(f"pushlab serve: environment unavailable: {exc.message}", file=sys.stderr)
+        return 1
+    except (ChildStartError, RuntimeError, OSError) as exc:
+        if stop.is_set():  # Ctrl-C reaches the children too: one may have gone first
+            return 0
+        print(f"pushlab serve: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        child.stop()
+        shutil.rmtree(pki_dir, ignore_errors=True)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
