@@ -192,6 +192,34 @@ def readme(doc: dict[str, Any], analysis: str = "", result_path: str = "") -> st
     return "\n".join(parts).rstrip() + "\n"
 
 
+def later_run(doc: dict[str, Any], result_path: str, notes: str = "") -> str:
+    """A section for a separate, later run of some benchmarks (`run.py --also`): its own
+    command, date and machine, its target rows (value and reference named per row: its
+    `side` and its reference side), its details, and the notes stored beside it."""
+    names = ", ".join(f"`{b}`" for b in dict.fromkeys(t["benchmark"] for t in doc["trials"]))
+    headers = [*HEADERS[:4], "value", "reference", *HEADERS[6:]]
+    rows = [target_cells(r) for r in doc["targets"]]
+    sides = "; ".join(f"{r['title']}: value = `{r['side']}`" for r in doc["targets"])
+    parts = [
+        f"## Later run: {names}",
+        "",
+        f"From `{result_path}`, measured separately from the run above.",
+        "",
+        *_meta_lines(doc["meta"]),
+        "",
+        f"{sides}. Median over repetitions [min–max]; `n` = repetitions per side.",
+        "",
+        markdown_rows(headers, rows),
+        "",
+        *_limits(doc, ""),
+        "",
+        notes.strip(),
+        "",
+        *_details(doc),
+    ]
+    return "\n".join(parts).rstrip() + "\n"
+
+
 METHOD = """## How it is measured
 
 - Servers are child processes on 127.0.0.1, started and stopped by pid; pushlab runs

@@ -5,6 +5,7 @@
                              [--client light|python]
     python benchmarks/run.py --render benchmarks/results/DATE.json    (summarise and present
                                                                        a stored run again)
+        [--also benchmarks/results/LATER.json ...]     (a separate later run's own section)
 
 Measuring (`benchmarks.suite`), summarising (`benchmarks.summary`), storing (here) and
 presenting (`benchmarks.report`) are separate steps; `main(argv)` only wires them together.
@@ -23,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="before the run and each trial, wait up to S seconds for other "
         "processes to use < 0.25 cores",
+    )
+    p.add_argument(
+        "--also",
+        type=Path,
+        action="append",
+        default=[],
+        help="a stored result of a separate, later run to add to the README as its own "
+        "section (with the notes in the .md file of the same name beside it, if any)",
     )
     p.add_argument(
         "--client",
@@ -141,13 +151,24 @@ def strict_json(value: Any) -> Any:
     return value
 
 
-def present(doc: dict[str, Any], out: Path, readme: Path | None) -> None:
-    """Render the README (unless None) from a stored result and print the table."""
+def _shown(path: Path) -> str:
+    return str(path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path)
+
+
+def present(doc: dict[str, Any], out: Path, readme: Path | None, also: Sequence[Path] = ()) -> None:
+    """Render the README (unless None) from a stored result, with a section for each later
+    run in `also` (its summary redone, the file left as stored), and print the table."""
     if readme is not None:
         analysis_path = BENCH_DIR / "analysis.md"
         analysis = analysis_path.read_text() if analysis_path.exists() else ""
-        shown = out.resolve().relative_to(ROOT) if out.resolve().is_relative_to(ROOT) else out
-        readme.write_text(report.readme(doc, analysis, str(shown)))
+        text = report.readme(doc, analysis, _shown(out))
+        for path in also:
+            notes = path.with_suffix(".md")
+            later = derive(json.loads(path.read_text()))
+            text += "\n" + report.later_run(
+                later, _shown(path), notes.read_text() if notes.exists() else ""
+            )
+        readme.write_text(text)
     print(report.text_table(doc))
     print(f"result: {out}" + ("" if readme is None else f"; README: {readme}"))
 
@@ -159,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:  # the measurements stay as stored; what derives from them is redone
         doc = derive(json.loads(args.render.read_text()))
         args.render.write_text(json.dumps(strict_json(doc), indent=1) + "\n")
-        present(doc, args.render, readme)
+        present(doc, args.render, readme, args.also)
         return 0
     profile = suite.QUICK if args.quick else suite.FULL
     profile = dataclasses.replace(profile, scale_client=args.client)
@@ -174,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or BENCH_DIR / "results" / f"{started:%Y-%m-%d}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(strict_json(doc), indent=1) + "\n")
-    present(doc, out, readme)
+    present(doc, out, readme, args.also)
     return 0
 
 

@@ -13,6 +13,7 @@ as plain dicts; it prints nothing (progress goes to a callback) and writes nothi
 | `longpoll` | 6 | server CPU per long-poll request, one token per response |
 | `streams1000` | 1, 3 | 1,000 streams x 20 tokens/s, SSE and WebSocket, per GC policy |
 | `streams5000` | 4 | 5,000 SSE streams x 10 tokens/s, per GC policy |
+| `h2_throughput` | h2 | pushlab's HTTP/2 client vs its HTTP/1.1 client, one SSE stream via nginx |
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ class Profile:
     gc_policies: tuple[str, ...] = ("scheduled", "auto")  # for the fleets at scale
     default_gc: str = "auto"  # for the single-connection, memory and polling benchmarks
     scale_client: str = "light"  # streams1000/5000: "light" readers or pushlab's "python" ones
+    h2_tokens: int = 20_000  # h2_throughput: one stream's tokens, at pushlab's highest rate
+    h2_reps: int = 5
 
 
 FULL = Profile()
@@ -78,6 +81,8 @@ QUICK = Profile(
     poll_tokens=10,
     poll_stagger_ms=5.0,
     gc_policies=("scheduled",),
+    h2_tokens=5000,
+    h2_reps=1,
 )
 
 
@@ -211,6 +216,13 @@ def idle_memory(ctx: Ctx) -> list[Trial]:
     return out
 
 
+def h2_throughput(ctx: Ctx) -> list[Trial]:
+    """HTTP/2 against HTTP/1.1 in pushlab's own client (`benchmarks.h2_throughput`)."""
+    from benchmarks import h2_throughput as h2t
+
+    return h2t.measure(ctx.profile.h2_tokens, ctx.profile.h2_reps, ctx.record)
+
+
 BENCHMARKS: dict[str, Callable[[Ctx], list[Trial]]] = {
     "raw_ceiling": raw_ceiling,
     "throughput": throughput,
@@ -218,6 +230,7 @@ BENCHMARKS: dict[str, Callable[[Ctx], list[Trial]]] = {
     "longpoll": longpoll,
     "streams1000": streams1000,
     "streams5000": streams5000,
+    "h2_throughput": h2_throughput,
 }
 
 

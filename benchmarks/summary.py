@@ -68,6 +68,9 @@ GOALS = (
          "duration_ratio_max", "x", "value", "<=", math.inf, ("sse",)),
     Goal("context", "raw asyncio write+drain ceiling (reference: bare aiohttp)", "raw_ceiling",
          "tokens_per_s", "tokens/s", "ratio", ">=", 0.0, ("sse",), side="raw"),
+    Goal("h2", "HTTP/2 client single-connection throughput through nginx with TLS "
+         "(reference: the HTTP/1.1 client)", "h2_throughput", "tokens_per_s", "tokens/s",
+         "ratio", ">=", 0.5, ("sse",), side="h2", reference="h1"),
 )  # fmt: skip
 
 
@@ -192,6 +195,9 @@ DETAIL_METRICS = {
                  "client_cpu_max_fraction", "other_cores"),
     "streams1000": SCALE_METRICS,
     "streams5000": SCALE_METRICS,
+    "h2_throughput": ("tokens_per_s", "client_cpu_per_token_us", "client_cores",
+                      "server_cpu_per_token_us", "front_cpu_per_token_us",
+                      "bytes_down_per_token", "connections", "other_cores"),
 }  # fmt: skip
 
 
