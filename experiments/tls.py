@@ -202,9 +202,13 @@ def reading(run: StoredRun, f: pd.DataFrame) -> str:
         f"TLS 1.3 (terminated by aiohttp) cost {added.iloc[0]:.1f} to {added.iloc[-1]:.1f} "
         f"bytes of record overhead per token ({added.index[0]} to {added.index[-1]}: fewer "
         "where one response carries several tokens) and a handshake of "
-        f"{hs.median():.1f} ms (median over transports, loopback, Python client) before the "
-        "first token."
+        f"{hs.median():.1f} ms (median over transports, loopback) before the first token"
     )
+    clients = run.streams.groupby("condition")["stream_id"].nunique()
+    peers = int(clients.max()) // max(1, run.streams["transport"].nunique())
+    if peers > 1:  # handshakes started together share the one client process's CPU
+        text += f", with {peers} clients per point handshaking at once from one Python process"
+    text += "."
     if "byte_check" in run.extra and "down_ratio" in run.extra["byte_check"]:
         ratio = run.extra["byte_check"]["down_ratio"].dropna()
         if not ratio.empty:
