@@ -8,11 +8,13 @@ a resumed handshake sends no certificate), not from this machine.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
 from analysis.layers import TLS13_RECORD_OVERHEAD, byte_layers
 from experiments import tls
+from experiments.cli import main
 from records.schema import Tables
 from tests.support import UNIT
 
@@ -73,3 +75,16 @@ def test_cpu_is_measured_for_the_server_and_the_front(tables: Tables) -> None:
     assert (cpu["server_cpu_s"] > 0).all()
     assert (cpu.loc["nginx", "front_cpu_s"] > 0).all()
     assert (cpu.loc["aiohttp", "front_cpu_s"] == 0).all()  # no front: TLS is the server's
+
+
+def test_pushlab_run_tls_quick_writes_its_tables_chart_and_report(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    code = main(["run", "tls", "--quick", "--transport", "sse", "--out", str(out),
+                 "--no-progress"])  # fmt: skip
+    assert code == 0
+    for name in ("tls_cpu.parquet", "tls_connections.parquet", "byte_check.parquet",
+                 "byte_layers.png", "report.md"):  # fmt: skip
+        assert (out / name).is_file(), name
+    report = (out / "report.md").read_text()
+    assert "Bytes per token received, by layer" in report
+    assert "Kernel byte counts against our packet capture" in report
