@@ -34,3 +34,22 @@ def handshake_table(run: StoredRun) -> pd.DataFrame:
         handshake_ms_max=("handshake_ms", "max"),
         handshake_bytes_p50=("handshake_bytes", "median"),
     ).reset_index()
+
+
+def first_token_table(streams: pd.DataFrame) -> pd.DataFrame:
+    """Per path and transport, medians over streams: the first token as the client saw it
+    (from the request, before the TCP connect), the TCP connect and the TLS handshake it
+    includes, and the first token without them: what a client on a warm connection sees."""
+    rows = streams[~streams["condition"].str.contains("cut", na=False)]
+    rows = rows.assign(
+        handshake=rows["tls_handshake_ms"].fillna(0.0),
+        without=rows["ttft_ms"] - rows["connect_ms"].fillna(0.0)
+        - rows["tls_handshake_ms"].fillna(0.0),
+    )
+    return rows.groupby(["condition", "transport"], sort=False).agg(
+        streams=("stream_id", "size"),
+        ttft_ms=("ttft_ms", "median"),
+        connect_ms=("connect_ms", "median"),
+        tls_handshake_ms=("handshake", "median"),
+        ttft_without_handshakes_ms=("without", "median"),
+    ).reset_index()

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from analysis.layers import byte_layers, record_check
 from analysis.matrix import count_of
-from analysis.tls import cpu_table, handshake_table
+from analysis.tls import cpu_table, first_token_table, handshake_table
 from clients.base import ClientOptions
 from clients.fleet import FleetSpec, run_fleet
 from clients.recorder import StreamRecord, connection_rows, measuring, to_tables
@@ -242,6 +242,8 @@ def reading(run: StoredRun, f: pd.DataFrame) -> str:
 def tables(run: StoredRun) -> list[tuple[str, pd.DataFrame]]:
     plain = run.streams[~run.streams["condition"].str.contains("cut")]
     out = [
+        ("First token with and without the connection's handshakes (medians)",
+         first_token_table(run.streams)),
         ("Bytes per token received, by layer (counted)",
          byte_layers(plain, ["condition", "transport"])),
         ("TLS overhead: kernel bytes against 22 bytes x records counted",
