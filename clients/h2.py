@@ -495,10 +495,8 @@ class H2Session:
             if current is None or not current.usable:
                 conn = await self.connector(self.target)
                 conn.index = next(self._indices)
-                # RFC 9113 3.2: over TLS the server must have chosen "h2"; a connection
-                # that does not say (plain TCP: h2c with prior knowledge) is taken as h2.
-                # TODO(lead): TLSConn names its ALPN only in its ConnStats; an `alpn`
-                # attribute (selected_alpn_protocol() after the handshake) makes this bite.
+                # RFC 9113 3.2: over TLS the server must have chosen "h2" (TLSConn.alpn); a
+                # connection that does not say (plain TCP: h2c with prior knowledge) is h2.
                 alpn = getattr(conn, "alpn", None)
                 if isinstance(alpn, str) and alpn != "h2":
                     self._rejected.append(await conn.aclose())

@@ -276,6 +276,11 @@ class TLSConn:
         return self.stats
 
     @property
+    def alpn(self) -> str:
+        """The protocol the server chose by ALPN ("h2", "http/1.1"), "" if none or not yet."""
+        return (self._obj.selected_alpn_protocol() or "") if self.handshaken else ""
+
+    @property
     def session(self) -> ssl.SSLSession | None:
         """The session to resume next time: in TLS 1.3 it comes in a NewSessionTicket after
         the handshake (RFC 8446 4.6.1), so it is worth taking only once the ticket was read."""

@@ -268,3 +268,25 @@ async def test_clients_stream_over_tls(pki: LabPKI, client_class: type) -> None:
     # what we read is all accounted for; the kernel may hold a little more that we never
     # read (the server's last chunk or close_notify, in flight when the client closed)
     assert tls_down(conn) <= conn.bytes_down and tls_up(conn) == conn.bytes_up
+
+
+async def test_http2_refuses_a_tls_server_that_does_not_choose_h2(tmp_path: Path) -> None:
+    """A server offering only http/1.1 by ALPN: the HTTP/2 layer fails at once, never
+    retried, naming the ALPN it got, instead of speaking HTTP/2 to an HTTP/1.1 server."""
+    from clients.h2 import HTTP2
+
+    pki = make_lab_pki(tmp_path)
+    server = await asyncio.start_server(
+        lambda r, w: None, "127.0.0.1", 0, ssl=pki.server_context(alpn=("http/1.1",))
+    )
+    port = server.sockets[0].getsockname()[1]
+    try:
+        layer = HTTP2(Target("127.0.0.1", port, secure=True),
+                      tls_connector(str(pki.ca_cert), alpn=("h2",)))  # fmt: skip
+        with pytest.raises(TransportError, match="did not negotiate HTTP/2") as info:
+            await layer.request("GET", "/")
+        assert not info.value.retryable
+        await layer.aclose()
+    finally:
+        server.close()
+        await server.wait_closed()
