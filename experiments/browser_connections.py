@@ -72,6 +72,7 @@ from presentation import charts_net
 from records.schema import Tables, concat
 from streams.errors import EnvironmentUnavailable
 from streams.params import GenParams
+from transports.registry import TRANSPORTS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -289,6 +290,14 @@ def tables(run: StoredRun) -> list[tuple[str, pd.DataFrame]]:
     return [(title, stalled_summary(table))]
 
 
+def _transport_of(client: str) -> str:
+    """The registry transport a page client ("browser-sse") belongs to ("sse"), so its
+    figures land in that transport's column of the matrix."""
+    key = client.removeprefix("browser-")
+    owners = [t.key for t in TRANSPORTS.values() if key in t.browser_clients]
+    return owners[0] if owners else client
+
+
 def facts(run: StoredRun) -> dict[str, dict[str, float]]:
     """Per transport: the share of streams that stalled at the largest n over HTTP/1.1
     (`tab_stalled`) and (`@fixed`) over HTTP/2 through a TLS front at its default stream
@@ -300,9 +309,9 @@ def facts(run: StoredRun) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for figure, paths in (("tab_stalled", [DIRECT]), ("tab_stalled" + FIXED, list(FRONT_PATHS))):
         rows = table[table["path"].isin(paths)]
-        for transport, group in rows.groupby("transport"):
+        for client, group in rows.groupby("transport"):
             widest = group[group["n_open"] == group["n_open"].max()]
-            entry = out.setdefault(str(transport), {})
+            entry = out.setdefault(_transport_of(str(client)), {})
             entry[figure] = float(widest["stalled"].mean())
             entry[count_of(figure)] = float(len(widest))
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import types
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -196,3 +197,32 @@ def test_behind_proxies_shows_what_heartbeats_and_nginx_settings_change() -> Non
     assert [v.grade for v in row.cells["openai"]] == [POOR, GOOD]
     assert [v.grade for v in row.cells["sse"]] == [FAIR, GOOD]
     assert "heartbeats shorter than proxy_read_timeout" in row.cells["sse"][1].setting
+
+
+def test_browser_tab_facts_land_in_their_transports_columns(tmp_path: Path) -> None:
+    """The page's clients ("browser-sse") grade their transport ("sse"); the share that
+    stalled is read at the largest n, over HTTP/1.1 and (the fix) over HTTP/2 fronts, and
+    the lowered-limit path is left out."""
+    from experiments import browser_connections
+    from records import store
+    from records.schema import empty_tables
+
+    rows = [
+        {"path": path, "n_open": n, "transport": client, "stalled": stalled, "index": i}
+        for path, n, client, stalled in [
+            ("http1.1", 6, "browser-sse", [False] * 6),
+            ("http1.1", 8, "browser-sse", [False] * 6 + [True] * 2),
+            ("nginx-h2", 8, "browser-sse", [False] * 8),
+            ("nginx-h2-max4", 8, "browser-sse", [False] * 4 + [True] * 4),
+            ("http1.1", 8, "browser-websocket", [False] * 8),
+        ]
+        for i, stalled in enumerate(stalled)
+    ]
+    base = empty_tables()
+    tables = type(base)(base.tokens, base.streams, extra={"connections": pd.DataFrame(rows)})
+    run = store.load(store.save(tables, {"experiment": "browser-connections"}, tmp_path / "r"))
+    facts = browser_connections.facts(run)
+    assert facts["sse"]["tab_stalled"] == 0.25 and facts["sse"]["n:tab_stalled"] == 8
+    assert facts["sse"]["tab_stalled@fixed"] == 0.0  # the max4 path is not the fix
+    assert facts["websocket"]["tab_stalled"] == 0.0
+    assert "browser-sse" not in facts
