@@ -211,7 +211,12 @@ def reading(run: StoredRun, f: pd.DataFrame) -> str:
     text += "."
     if "byte_check" in run.extra and "down_ratio" in run.extra["byte_check"]:
         ratio = run.extra["byte_check"]["down_ratio"].dropna()
-        if not ratio.empty:
+        if not ratio.empty and ratio.min() == ratio.max() == 1.0:
+            text += (
+                f" The clients' kernel byte counts equalled our packet capture's count on "
+                f"every one of the {len(ratio)} connections checked."
+            )
+        elif not ratio.empty:
             text += (
                 f" The clients' kernel byte counts were {ratio.min():.4f} to {ratio.max():.4f} "
                 "times our packet capture's count of the same connections."
