@@ -499,7 +499,18 @@ class BrowserSession:
         streams = {str(r["stream"]) for r in reports if r["stream"]}
         await self._settle(ledger, streams)
         self.requests = by_stream = ledger.by_stream()
-        return [to_record(key, params, r, by_stream.get(str(r["stream"]), [])) for r in reports]
+        records = [to_record(key, params, r, by_stream.get(str(r["stream"]), [])) for r in reports]
+        # streams sharing an HTTP/2 connection (all of a tab's, on one): what the record's
+        # `streams_per_conn` says, as the Python fleet records it for a shared session. An
+        # HTTP/1.1 connection reused by a later stream carried them one after the other
+        sharing: dict[str, set[str]] = {}
+        for stream, requests in by_stream.items():
+            for conn in connection_keys([r for r in requests if r.protocol == "h2"]):
+                sharing.setdefault(conn, set()).add(stream)
+        for rec in records:
+            conns = connection_keys(by_stream.get(rec.stream_id, []))
+            rec.streams_per_conn = max([1, *(len(sharing.get(c, ())) for c in conns)])
+        return records
 
     async def _settle(self, ledger: CdpLedger, streams: set[str]) -> None:
         """Wait (up to SETTLE_S) until CDP has reported the end of every request of `streams`."""

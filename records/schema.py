@@ -108,8 +108,9 @@ STREAM_COLUMNS: dict[str, str] = {
     "http_version": "string",  # "1.1", "2"; "mixed"; "" when no HTTP (none, or unknown)
     "tls_version": "string",  # "TLSv1.3", ...; "" in clear
     "tls_cipher": "string",  # e.g. TLS_AES_256_GCM_SHA384; "" in clear
-    # most streams one of its connections carried at once: 1 for HTTP/1.1; N when N streams
-    # share an HTTP/2 connection. Then the shared connection's counts (connections, bytes_*,
+    # most streams that shared one of its connections: 1 for HTTP/1.1; N when N streams
+    # share an HTTP/2 connection (beyond the server's concurrent-stream limit some of them
+    # waited for a slot on it). Then the shared connection's counts (connections, bytes_*,
     # packets_*, tls_*) are recorded once, on the stream that opened it, and 0 on the others:
     # sums over a condition are exact, one stream's bytes are not its own share
     "streams_per_conn": "int64",

@@ -199,6 +199,8 @@ def test_browser_connections_http2_holds_every_eventsource_up_to_the_stream_limi
     assert list(table.loc["nginx-h2-max4", "stalled"]) == [False] * 4 + [True] * 2
     assert (table["connections_used"] == 1).all() and (table["http_version"] == "2").all()
     assert (tables.streams["error"] == "").all() and (tables.streams["lost"] == 0).all()
+    # the streams table says so too: six streams on the one connection each used
+    assert (tables.streams["streams_per_conn"] == 6).all()
     summary = stalled_summary(tables.extra["connections"])
     assert list(summary["path"]) == list(spec.paths)
     assert list(summary["stalled"]) == [0, 0, 2]
