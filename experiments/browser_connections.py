@@ -70,9 +70,9 @@ from experiments.engine import run_sync, server_target
 from experiments.spec import RunSpec
 from presentation import charts_net
 from records.schema import Tables, concat
-from streams.errors import EnvironmentUnavailable
+from streams.errors import EnvironmentUnavailable, ParamError
 from streams.params import GenParams
-from transports.registry import TRANSPORTS
+from transports.registry import by_browser_client
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -128,7 +128,10 @@ class Spec(RunSpec):
 
     def __post_init__(self) -> None:
         for path in self.paths:
-            parse_path(path)
+            try:
+                parse_path(path)
+            except ValueError as exc:  # one line from the CLI, not a traceback
+                raise ParamError(str(exc), param="paths") from None
 
 
 def quick(spec: Spec) -> Spec:
@@ -293,9 +296,10 @@ def tables(run: StoredRun) -> list[tuple[str, pd.DataFrame]]:
 def _transport_of(client: str) -> str:
     """The registry transport a page client ("browser-sse") belongs to ("sse"), so its
     figures land in that transport's column of the matrix."""
-    key = client.removeprefix("browser-")
-    owners = [t.key for t in TRANSPORTS.values() if key in t.browser_clients]
-    return owners[0] if owners else client
+    try:
+        return by_browser_client(client.removeprefix("browser-")).key
+    except ValueError:  # a client the registry no longer has (an older run): its own column
+        return client
 
 
 def facts(run: StoredRun) -> dict[str, dict[str, float]]:

@@ -37,6 +37,7 @@ from netem.fronts import ServedPath, serve
 from netem.netns import LinkSpec, NetnsLink
 from presentation import charts_tls
 from records.schema import Tables, concat
+from streams.errors import ParamError
 from streams.params import GenParams
 
 if TYPE_CHECKING:
@@ -59,6 +60,13 @@ class Spec(RunSpec):
     options: ClientOptions = dataclasses.field(
         default_factory=lambda: ClientOptions(max_reconnects=10, interval_ms=100.0)
     )
+
+
+    def __post_init__(self) -> None:
+        if self.streams < 1:
+            raise ParamError("streams must be at least 1", param="streams")
+        if any(not 0 <= loss < 100 for loss in self.losses_pct):
+            raise ParamError("losses_pct: each loss must be in [0, 100)", param="losses_pct")
 
 
 def quick(spec: Spec) -> Spec:

@@ -33,7 +33,7 @@ from experiments.spec import RunSpec
 from netem.fronts import HTTP2_FRONTS, ServedPath, serve
 from presentation import charts_tls
 from records.schema import Tables, concat
-from streams.errors import TransportError
+from streams.errors import ParamError, TransportError
 from streams.params import GenParams
 
 if TYPE_CHECKING:
@@ -59,6 +59,15 @@ class Spec(RunSpec):
     # never had more than 94 open at once, so none waited)
     concurrency_tokens: int = 40
     concurrency_rate: float = 20.0
+
+
+    def __post_init__(self) -> None:
+        unknown = [f for f in self.fronts if f not in HTTP2_FRONTS]
+        if unknown or not self.fronts:
+            raise ParamError(f"fronts: {', '.join(unknown) or 'none given'}; HTTP/2 comes "
+                             f"from {', '.join(HTTP2_FRONTS)}", param="fronts")  # fmt: skip
+        if any(n < 1 for n in self.ns):
+            raise ParamError("ns: concurrent streams must be at least 1", param="ns")
 
 
 def quick(spec: Spec) -> Spec:

@@ -42,7 +42,9 @@ from harness.children import proxied
 from netem.fronts import FRONTS, ServedPath, label, serve
 from presentation import charts_tls
 from records.schema import Tables, concat
+from streams.errors import ParamError
 from streams.params import GenParams
+from transports.registry import keys_where
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -65,11 +67,21 @@ class Spec(RunSpec):
     ttft_ms: float = 50.0
     clients: int = 8
     cut_after_s: float = 0.5  # 0: no cut points
-    cut_transports: tuple[str, ...] = ("sse", "websocket", "longpoll", "ndjson")
+    # recovery through cuts: the transports that resume on a connection they hold
+    cut_transports: tuple[str, ...] = dataclasses.field(
+        default_factory=lambda: keys_where(lambda t: t.resumable and t.holds and t.incremental)
+    )
     check_transports: tuple[str, ...] = dataclasses.field(default_factory=all_transports)
     options: ClientOptions = dataclasses.field(
         default_factory=lambda: ClientOptions(max_reconnects=20, backoff_ms=10.0)
     )
+
+
+    def __post_init__(self) -> None:
+        unknown = [f for f in self.fronts if f not in FRONTS]
+        if unknown or not self.fronts:
+            raise ParamError(f"fronts: {', '.join(unknown) or 'none given'}; choose from "
+                             f"{', '.join(FRONTS)}", param="fronts")  # fmt: skip
 
 
 def quick(spec: Spec) -> Spec:

@@ -49,6 +49,11 @@ def test_list_names_every_transport_and_experiment(capsys: pytest.CaptureFixture
          "--ca /nonexistent/ca.pem: no readable CA file"),
         (["bench", "--server", "http://127.0.0.1:9", "--http", "2"], "--http 2 needs an https"),
         (["bench", "--ca", "/etc/hostname"], "--ca needs an https --server"),
+        # the TLS and HTTP/2 experiments' own settings, checked when the spec is made
+        (["run", "tls", "--set", "fronts=apache"], "fronts: apache; choose from"),
+        (["run", "http2", "--set", "fronts=aiohttp"], "HTTP/2 comes from nginx, caddy"),
+        (["run", "hol-blocking", "--set", "streams=0"], "streams must be at least 1"),
+        (["run", "browser-connections", "--set", "paths=foo"], "unknown path 'foo'"),
         (["frobnicate"], "invalid choice"),
         ([], "required"),
     ],
