@@ -31,6 +31,7 @@ from netem.pki import LabPKI, make_lab_pki, spki_sha256
 from presentation import charts_net
 from records import store
 from records.schema import concat
+from streams.errors import ParamError
 from streams.generator import texts
 from streams.params import GenParams
 from tests.support import UNIT
@@ -228,5 +229,5 @@ def test_runs_stored_before_paths_read_as_http11(tmp_path: Path) -> None:
     store.save(tables, {"experiment": browser_connections.NAME, "run_id": "old"}, tmp_path)
     [png] = charts_net.connections_chart(tmp_path)
     assert png.stat().st_size > 10_000
-    with pytest.raises(ValueError, match="unknown path"):
+    with pytest.raises(ParamError, match="unknown path"):
         browser_connections.Spec(paths=("quic",))
