@@ -5,6 +5,8 @@
 #   nginx              the real reverse proxy in front of the server    (proxy, idle-timeout)
 #   caddy              the other real reverse proxy: TLS and HTTP/2 in front of the server
 #                      (`pushlab serve --front caddy`, tests/test_fronts.py)
+#   redis-server       the shared stream log of the scale-out mode (`pushlab serve --log
+#                      redis://...`, netem/redis.py, netem/cluster.py; redis-cli comes with it)
 #   chromium           the real browser for the page's tests and the browser clients
 #                      (driven by Playwright with executable_path; no browser download)
 #                                                                       (browser-connections)
@@ -17,7 +19,7 @@ advise=0
 [ "${1:-}" = "--or-advise" ] && advise=1
 need=()
 # command:package pairs; PUSHLAB_SYSTEM_NEEDS replaces them (the tests name a missing one)
-read -r -a pairs <<< "${PUSHLAB_SYSTEM_NEEDS:-ip:iproute2 tc:iproute2 nft:nftables nginx:nginx caddy:caddy chromium:chromium}"
+read -r -a pairs <<< "${PUSHLAB_SYSTEM_NEEDS:-ip:iproute2 tc:iproute2 nft:nftables nginx:nginx caddy:caddy redis-server:redis-server chromium:chromium}"
 for cmd_pkg in "${pairs[@]}"; do
   cmd=${cmd_pkg%%:*}; pkg=${cmd_pkg##*:}
   if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ]; then
@@ -49,11 +51,18 @@ if ! { apt-get update -qq &&
          "${need[@]}" >/dev/null; }; then
   cannot "apt-get failed"
 fi
-# Debian's nginx and caddy packages start a system service on port 80 (where systemd runs);
-# pushlab runs its own, on loopback ports of its choosing, so stop the packaged services if
-# the install started them.
+# Debian's nginx and caddy packages start a system service on port 80, redis-server one on
+# 6379 (where systemd runs); pushlab runs its own, on loopback ports of its choosing, so stop
+# the packaged services if the install started them (redis also disabled: nothing of the
+# lab should find a stranger's Redis on 6379 after a reboot).
 if command -v systemctl >/dev/null 2>&1; then
   systemctl stop nginx >/dev/null 2>&1 || true
   systemctl stop caddy >/dev/null 2>&1 || true
+  systemctl stop redis-server >/dev/null 2>&1 || true
+  systemctl disable redis-server >/dev/null 2>&1 || true
 fi
 if [ -f /run/nginx.pid ]; then kill "$(cat /run/nginx.pid)" 2>/dev/null || true; fi
+# without systemd, Debian's init script started it: it writes this pid file
+if [ -f /run/redis/redis-server.pid ]; then
+  kill "$(cat /run/redis/redis-server.pid)" 2>/dev/null || true
+fi
