@@ -4,14 +4,18 @@
     ├── ParamError          bad generation or request parameter      -> HTTP 400
     ├── StreamNotFound      unknown or expired stream id             -> HTTP 404
     ├── StreamLimitError    the hub holds as many streams as allowed -> HTTP 503
+    ├── HistoryGone         a resume from before what the shared log still keeps -> HTTP 410
+    ├── LogUnavailable      the shared log (Redis) cannot be reached      -> HTTP 503
     ├── ProtocolError       bytes from the peer break a wire format (client side)
     │   └── SSEError        an event stream that cannot be interpreted
     ├── TransportError      a client could not complete a stream (connect, HTTP status, close)
     ├── EnvironmentUnavailable  this machine lacks what a run needs (nginx, network
     │                       namespaces, Chromium): the one error the suite skips an experiment for
-    └── ChildStartError     a child process we started (server, proxy) did not become ready
+    ├── ChildStartError     a child process we started (server, proxy) did not become ready
+    └── ClusterError        a Dask cluster cannot run a fleet as asked
+        └── ClusterUnavailable  its scheduler does not answer, or it has no worker
 
-Server handlers turn the first three into JSON error bodies
+Server handlers turn the first five into JSON error bodies
 `{"error": {"message", "type", "param"}}` (built by transports/errors.py); clients record
 the last two in the `error` column of the streams table.
 """
@@ -50,6 +54,22 @@ class StreamLimitError(PushlabError):
 
     status = 503
     type = "overloaded_error"
+
+
+class HistoryGone(PushlabError):
+    """The tokens a resume asks for were trimmed from the shared log: the client is told of
+    the gap (and where the kept history starts) instead of being served a silent hole."""
+
+    status = 410
+    type = "history_gone_error"
+
+
+class LogUnavailable(PushlabError):
+    """The shared stream log (Redis) cannot be reached: at start a one-line error; mid-run
+    running streams end with this reason and new ones get 503 until it is back."""
+
+    status = 503
+    type = "log_unavailable_error"
 
 
 class ProtocolError(PushlabError):
@@ -93,3 +113,16 @@ class ChildStartError(PushlabError):
     """
 
     type = "child_start_error"
+
+
+class ClusterError(PushlabError):
+    """A Dask cluster cannot run a fleet as asked (clients/cluster.py): e.g. a target on
+    loopback that its workers on other machines cannot reach."""
+
+    type = "cluster_error"
+
+
+class ClusterUnavailable(ClusterError):
+    """The Dask scheduler does not answer, or has no worker (the CLI: one line, exit 1)."""
+
+    type = "cluster_unavailable"
