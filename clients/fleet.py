@@ -7,6 +7,11 @@ worker takes its share of a ramp at once. Each worker reports its own CPU time, 
 can say when the measuring side itself was saturated and the numbers describe the harness,
 not the transport.
 
+With a cluster (`FleetPool(n, cluster="tcp://HOST:PORT")`, or `clients.cluster.set_default`,
+which `--cluster` sets) the workers are a Dask cluster's, one share per Dask worker, and
+each `WorkerStats` says which host ran it (clients/cluster.py: how, and what clocks mean
+across machines).
+
 Two readers: pushlab's full clients (`FleetPool.run`, every transport, every column of the
 record) and the light reader (`FleetPool.run_light`, `clients.light`: SSE and WebSocket at a
 fraction of the CPU per token, for thousands of streams on two cores).
@@ -21,6 +26,7 @@ import functools
 import gc
 import multiprocessing
 import resource
+import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
@@ -58,6 +64,8 @@ class WorkerStats:
     cpu_s: float  # user + system CPU of the worker process during its fleet
     wall_s: float
     uvloop: bool
+    host: str = ""  # hostname of the machine that ran the share
+    address: str = ""  # the Dask worker's address ("" in a local pool)
 
     @property
     def cpu_fraction(self) -> float:
@@ -201,38 +209,52 @@ def _worker(
     fleet: Callable[..., Awaitable[list[R]]],
     indices: range,
     start_at_s: float,
+    cpu_of: int = resource.RUSAGE_SELF,
 ) -> tuple[list[R], WorkerStats]:
-    """One worker process's share, `fleet(indices=, start_at_s=)`, with the collector off
-    (the measuring client's collector stays out of the measurement)."""
+    """One worker's share, `fleet(indices=, start_at_s=)`, on an event loop of its own, with
+    the collector off (the measuring client's collector stays out of the measurement). CPU
+    is `cpu_of`'s: the process (a pool worker) or the calling thread (a Dask task)."""
     raise_fd_limit()
+    loop_factory = None
     if spec.uvloop:
         import uvloop
 
-        uvloop.install()
+        loop_factory = uvloop.new_event_loop
     gc.collect()
     gc.disable()
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    cpu0, wall0 = usage.ru_utime + usage.ru_stime, time.monotonic()
+    try:
+        usage = resource.getrusage(cpu_of)
+        cpu0, wall0 = usage.ru_utime + usage.ru_stime, time.monotonic()
 
-    async def main() -> list[R]:  # asyncio.run takes a coroutine, `fleet` returns an awaitable
-        return await fleet(indices=indices, start_at_s=start_at_s)
+        async def main() -> list[R]:  # a Runner takes a coroutine, `fleet` returns an awaitable
+            return await fleet(indices=indices, start_at_s=start_at_s)
 
-    records = asyncio.run(main())
-    usage = resource.getrusage(resource.RUSAGE_SELF)
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            records = runner.run(main())
+        usage = resource.getrusage(cpu_of)
+    finally:
+        gc.enable()
     cpu_s = usage.ru_utime + usage.ru_stime - cpu0
-    stats = WorkerStats(worker, len(indices), cpu_s, time.monotonic() - wall0, spec.uvloop)
-    gc.enable()
+    wall_s = time.monotonic() - wall0
+    stats = WorkerStats(worker, len(indices), cpu_s, wall_s, spec.uvloop, socket.gethostname())
     return records, stats
 
 
 class FleetPool:
-    """Worker processes kept for a whole experiment or benchmark run."""
+    """Worker processes kept for a whole experiment or benchmark run; with `cluster` (default:
+    `clients.cluster.default()`), a Dask cluster's workers instead, `workers` their number."""
 
-    def __init__(self, workers: int) -> None:
-        self.workers = workers
+    def __init__(self, workers: int, cluster: str | None = None) -> None:
+        from clients import cluster as dask_cluster
+
+        address = cluster or dask_cluster.default()
+        self._dask = dask_cluster.DaskFleet(address) if address else None
+        self.workers = len(self._dask.worker_addresses) if self._dask else workers
         # fork: no re-import of the caller's __main__ (scripts, notebooks); call from sync code
         ctx = multiprocessing.get_context("fork")
-        self._pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx)
+        self._pool = (
+            None if self._dask else concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx)
+        )
 
     def run(
         self,
@@ -243,33 +265,48 @@ class FleetPool:
     ) -> tuple[list[StreamRecord], list[WorkerStats]]:
         """pushlab's clients: `spec.clients` over the workers, started together, records in
         client order."""
-        return self._dispatch(spec, functools.partial(run_fleet, spec, target, params, options))
+        fleet = functools.partial(run_fleet, spec, target, params, options)
+        return self._dispatch(spec, target, params, fleet)
 
     def run_light(
         self, spec: FleetSpec, target: Target, params: GenParams
     ) -> tuple[list[LightRecord], list[WorkerStats]]:
         """`run` with the light reader (`clients.light`): sse or websocket, at scale."""
-        return self._dispatch(spec, functools.partial(run_light_fleet, spec, target, params))
+        fleet = functools.partial(run_light_fleet, spec, target, params)
+        return self._dispatch(spec, target, params, fleet)
 
     def _dispatch(
-        self, spec: FleetSpec, fleet: Callable[..., Awaitable[list[R]]]
+        self,
+        spec: FleetSpec,
+        target: Target,
+        params: GenParams,
+        fleet: Callable[..., Awaitable[list[R]]],
     ) -> tuple[list[R], list[WorkerStats]]:
         """Client i goes to worker i mod workers; every worker starts at one instant."""
         start_at_s = time.time() + 0.5  # time for every worker to be ready
         shares = [range(w, spec.clients, self.workers) for w in range(self.workers)]
-        futures = [
-            self._pool.submit(_worker, w, spec, fleet, share, start_at_s)
-            for w, share in enumerate(shares)
-            if share
-        ]
-        results = [future.result() for future in futures]
+        if self._dask is not None:
+            timeout_s = fleet_timeout_s(spec, params, range(spec.clients), slack=3)
+            work = [(w, share) for w, share in enumerate(shares) if share]
+            results = self._dask.run_shares(spec, target, fleet, work, start_at_s, timeout_s)
+        else:
+            assert self._pool is not None
+            futures = [
+                self._pool.submit(_worker, w, spec, fleet, share, start_at_s)
+                for w, share in enumerate(shares)
+                if share
+            ]
+            results = [future.result() for future in futures]
         by_index: dict[int, R] = {}
         for share, (recs, _) in zip([s for s in shares if s], results, strict=True):
             by_index.update(zip(share, recs, strict=True))
         return [by_index[i] for i in range(spec.clients)], [stats for _, stats in results]
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._dask is not None:
+            self._dask.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> FleetPool:
         return self

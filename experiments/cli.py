@@ -17,13 +17,14 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+from clients import cluster
 from clients.base import ClientOptions, Target
 from clients.stack import Stack
 from experiments import spec as run_spec
 from experiments.catalog import EXPERIMENTS, SUITE
 from experiments.suite import save_run
 from records.schema import Tables
-from streams.errors import ParamError
+from streams.errors import ClusterError, ClusterUnavailable, ParamError
 from streams.params import CORPORA, ENVELOPES, GenParams, parse_params
 from transports.registry import TRANSPORTS
 from transports.web.config import ServerConfig
@@ -169,10 +170,25 @@ def _stack(args: argparse.Namespace) -> Stack:
     return Stack(http=args.http, tls=secure, ca_file=os.path.abspath(args.ca) if args.ca else "")
 
 
+# experiments whose fleets go through FleetPool or run_points (the others' clients run in
+# this process, so a cluster would be ignored: they refuse --cluster instead)
+CLUSTER_EXPERIMENTS = ("latency", "rtt", "reconnect", "relay", "scale", "idle")
+
+
+def _use_cluster(args: argparse.Namespace) -> None:
+    """`--cluster`: every FleetPool of this run is the cluster's (clients/cluster.py)."""
+    if args.cluster and args.command == "run" and args.experiment not in CLUSTER_EXPERIMENTS:
+        takes = ", ".join(CLUSTER_EXPERIMENTS)
+        message = f"{args.experiment} runs its clients in this process: --cluster takes {takes}"
+        raise ParamError(message, param="cluster")
+    cluster.set_default(args.cluster)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from experiments import engine as bench
     from records import meta
 
+    _use_cluster(args)
     # the clean measurement unless told otherwise: uvloop where importable, enough client
     # processes for the clients, and the server's collector out of the way when they are many
     spec = bench.BenchSpec(
@@ -214,6 +230,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from records import meta
 
     experiment = EXPERIMENTS[args.experiment]
+    _use_cluster(args)
     spec = experiment.spec()
     if args.quick:
         spec = experiment.quick(spec)
@@ -379,6 +396,22 @@ def _workers_arg(value: str) -> int | str:
     return workers
 
 
+def _add_cluster_flag(p: argparse.ArgumentParser) -> None:
+    def address(text: str) -> str:
+        try:
+            return cluster.parse_address(text)
+        except ParamError as exc:
+            raise argparse.ArgumentTypeError(exc.message) from None
+
+    p.add_argument(
+        "--cluster",
+        metavar="tcp://HOST:PORT",
+        type=address,
+        help="run the client fleets on this Dask scheduler's workers (one share per worker) "
+        "instead of local processes; give a --server they can reach",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="pushlab", description="Measure server-push transports for LLM token streaming."
@@ -427,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
         "clients, else auto)",
     )
     b.add_argument("--no-charts", action="store_true", help="write tables and meta only")
+    _add_cluster_flag(b)
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     r = sub.add_parser("run", help="run an experiment: tables, charts and report under results/")
     r.add_argument("experiment", choices=list(EXPERIMENTS), help="see pushlab list")
@@ -452,6 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--set rtts_ms=0,50 (repeatable; the fields are the spec in meta.json)",
     )
     r.add_argument("--out", type=Path, help="run directory (default results/<run-id>)")
+    _add_cluster_flag(r)
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     rep = sub.add_parser(
         "report", help="run the default suite (or read stored runs) and write report.html"
@@ -492,6 +527,9 @@ def main(argv: list[str] | None = None) -> int:
         return commands[args.command](args)
     except ParamError as exc:
         parser.exit(2, f"pushlab {args.command}: error: {exc.message}\n")
+    except ClusterError as exc:  # unreachable: 1; a cluster that cannot reach the target: 2
+        code = 1 if isinstance(exc, ClusterUnavailable) else 2
+        parser.exit(code, f"pushlab {args.command}: error: {exc.message}\n")
     except KeyboardInterrupt:
         return 130
 

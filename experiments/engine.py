@@ -22,6 +22,7 @@ import time
 from collections.abc import Coroutine, Iterator, Sequence
 from typing import Any, TypeVar
 
+from clients import cluster
 from clients.base import ClientOptions, Target
 from clients.fleet import FleetPool, FleetSpec, WorkerStats, run_fleet, saturated
 from clients.recorder import StreamRecord, measuring, to_tables
@@ -135,10 +136,9 @@ class BenchRecord(BenchSpec):
         """The measuring setup in one line, and a loud second one if a client was saturated."""
         server = "a given server" if self.server else f"server gc {self.server_gc}"
         loop = "on" if self.uvloop else "off"
-        line = (
-            f"harness: {self.workers} client process(es), uvloop {loop}, {server}, "
-            f"client gc {self.client_gc}"
-        )
+        where = {str(row["address"]) for row in self.load_generators if row.get("address")}
+        clients = f"{len(where)} Dask worker(s)" if where else f"{self.workers} client process(es)"
+        line = f"harness: {clients}, uvloop {loop}, {server}, client gc {self.client_gc}"
         if self.load_generator_saturated:
             line += (
                 "\nWARNING: a load-generator process was saturated (see above and meta.json):"
@@ -267,18 +267,24 @@ def run_points(
     """Measure every point in order against one server; the tables of all of them."""
     from tqdm import tqdm
 
-    parts = []
+    parts, loads = [], []
     with (
         server_target(server, server_args) as direct,
         tqdm(total=len(points), desc=experiment, unit="point", disable=not progress) as bar,
+        FleetPool(1) if cluster.default() else contextlib.nullcontext() as pool,
     ):
         for net, group in itertools.groupby(points, key=lambda p: p.net):
             with proxied(direct, net) as target:
                 for point in group:
-                    records = run_sync(measure_records(point, target, warmup))
-                    parts.append(to_tables(records, condition_keys(run_id, experiment, point)))
+                    keys = condition_keys(run_id, experiment, point)
+                    if pool is None:  # the embedded default: the clients in this process
+                        records = run_sync(measure_records(point, target, warmup))
+                    else:  # on the cluster's workers, which say where the load came from
+                        records, stats = measure_in_pool(point, target, pool, False, warmup)
+                        loads.append(cluster.load_frame(stats, keys, point.transport))
+                    parts.append(to_tables(records, keys))
                     bar.update()
-    return concat(parts)
+    return cluster.with_load(concat(parts), loads)
 
 
 def run(spec: BenchSpec, run_id: str = "", progress: bool = False) -> Tables:
@@ -309,7 +315,8 @@ def run_measured(
     with contextlib.ExitStack() as stack:
         direct = stack.enter_context(server_target(spec.server, server_args))
         target = stack.enter_context(proxied(direct, spec.net))
-        pool = stack.enter_context(FleetPool(spec.workers)) if spec.workers > 1 else None
+        many = spec.workers > 1 or cluster.default()
+        pool = stack.enter_context(FleetPool(spec.workers)) if many else None
         for point in tqdm(points, desc="bench", unit="transport", disable=not progress):
             if pool is None:
                 records, stat = run_sync(
