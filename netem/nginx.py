@@ -53,6 +53,14 @@ HTTP/1.1 TLS connection for /ws: a client offering only `http/1.1` in ALPN gets 
 same listener (tests/test_fronts.py checks that, and the upgrade through it). HTTP/2 needs
 TLS here: browsers speak HTTP/2 only over TLS (h2c, cleartext HTTP/2, is curl's and gRPC's).
 
+Several upstreams (`NginxSpec(upstreams=("H:P", ...))`, netem/cluster.py): one `upstream`
+block lists them all with `max_fails=1 fail_timeout=` and `proxy_next_upstream error timeout
+http_502 http_503`, so a request whose node was killed is retried on the next one before any
+byte reached the client (a stream already flowing is cut; the client resumes). Round robin by
+default; `sticky=True` hashes the stream id the request names (`?stream=`, `Last-Event-ID`,
+`/longpoll/ID`; `_STICKY_MAPS` says why `$arg_stream` alone is not enough). Every response
+then says which member answered in `X-Pushlab-Upstream`.
+
 nginx directive names are cited at the line, as in https://nginx.org/en/docs/ (core module,
 ngx_http_proxy_module, ngx_http_gzip_module, ngx_http_headers_module, ngx_http_log_module,
 ngx_http_upstream_module, ngx_http_ssl_module, ngx_http_v2_module).
@@ -102,8 +110,21 @@ class NginxSpec:
     tls: bool = False  # listen ... ssl, with the lab certificate
     http2: bool = False  # listen ... http2 (needs tls)
     max_concurrent_streams: int | None = None  # http2_max_concurrent_streams; None: nginx's 128
+    # a load-balanced pool ("HOST:PORT" each, netem/cluster.py): when set, it replaces the one
+    # upstream given to render_config/Nginx, and a request that fails to reach a server is
+    # passed to the next (proxy_next_upstream); see "Several upstreams" in the docstring
+    upstreams: tuple[str, ...] = ()
+    sticky: bool = False  # hash $pushlab_stream consistent: a stream's requests on one server
+    fail_timeout_s: int = 10  # server ... max_fails=1 fail_timeout=: out of the pool this long
 
     def __post_init__(self) -> None:
+        if self.sticky and not self.upstreams:
+            raise ValueError("sticky needs upstreams: a pool to choose a server from")
+        # nginx parses fail_timeout in whole seconds ("500ms" is an invalid parameter)
+        if not (isinstance(self.fail_timeout_s, int) and self.fail_timeout_s >= 1):
+            raise ValueError(
+                f"fail_timeout_s must be whole seconds >= 1, got {self.fail_timeout_s}"
+            )
         if self.http2 and not self.tls:
             raise ValueError("http2 needs tls: browsers speak HTTP/2 only over TLS")
         if self.max_concurrent_streams is not None:
@@ -183,11 +204,24 @@ def _duration(seconds: float) -> str:
     return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
 
 
+def _next_upstream(spec: NginxSpec) -> list[str]:
+    """With a pool: which failures send a request on to the next server."""
+    if not spec.upstreams:
+        return []
+    # proxy_next_upstream: error = could not connect/send/read the header (a killed node:
+    # connection refused), timeout, or the node said 502/503 (503: its stream limit, or a
+    # node shutting down). Only before any response byte went to the client: a stream cut
+    # mid-body is not retried (the client resumes). POST is retried only when the request
+    # was never sent, which is the killed-node case (nginx's non_idempotent rule).
+    return ["proxy_next_upstream error timeout http_502 http_503;"]
+
+
 def _proxy_directives(spec: NginxSpec) -> list[str]:
     """The `location /` body: how responses of the plain HTTP routes are passed on."""
     timeout = _duration(spec.read_timeout_s)
     lines = [
         "proxy_pass http://pushlab_upstream;",
+        *_next_upstream(spec),
         # proxy_http_version: 1.0 means no chunked encoding and one connection per request
         f"proxy_http_version {spec.upstream_http};",
     ]
@@ -235,6 +269,7 @@ def _ws_directives(spec: NginxSpec) -> list[str]:
     timeout = _duration(spec.read_timeout_s)
     return [
         "proxy_pass http://pushlab_upstream;",
+        *_next_upstream(spec),
         # proxy_http_version: an Upgrade needs HTTP/1.1 to the upstream
         "proxy_http_version 1.1;",
         # proxy_set_header: hop-by-hop headers are not passed on; send them explicitly
@@ -277,6 +312,58 @@ def _listen_directives(
     return lines
 
 
+def _addr(host: str, port: int | str) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# The stream id a request names, wherever it names it, first match wins: `?stream=ID` (a
+# poll's or a resumed stream's query), the `Last-Event-ID: ID:SEQ` header of a reconnecting
+# EventSource (text before the last ':'), the URI `/longpoll/ID` or `/shortpoll/ID`; a
+# request naming none (a new stream) hashes its own random $request_id, so new streams spread
+# over the pool instead of all hashing "" to one node. `hash $arg_stream` alone would miss
+# an EventSource's resume: the browser repeats the URL it first opened, without the id.
+_STICKY_MAPS = r"""# sticky: $pushlab_stream is the stream id a request names (netem/nginx.py,
+# _STICKY_MAPS); ngx_http_map_module: map (evaluated when used, first matching regex wins)
+map $http_last_event_id $pushlab_resume_stream {
+    "~^(?<pushlab_eid>.+):[^:]*$" $pushlab_eid;
+    default "";
+}
+map $uri $pushlab_poll_stream {
+    "~^/(?:longpoll|shortpoll)/(?<pushlab_pid>[^/]+)$" $pushlab_pid;
+    default "";
+}
+map $pushlab_poll_stream $pushlab_stream_or_new {
+    "" $request_id;
+    default $pushlab_poll_stream;
+}
+map $pushlab_resume_stream $pushlab_stream_unasked {
+    "" $pushlab_stream_or_new;
+    default $pushlab_resume_stream;
+}
+map $arg_stream $pushlab_stream {
+    "" $pushlab_stream_unasked;
+    default $arg_stream;
+}
+"""
+
+
+def _upstream_block(spec: NginxSpec, upstream: tuple[str, int]) -> list[str]:
+    """The `upstream pushlab_upstream` body: one server, or the pool of `spec.upstreams`."""
+    if not spec.upstreams:
+        return [f"server {_addr(*upstream)};  # ngx_http_upstream_module: server"]
+    fail = f"{spec.fail_timeout_s}s"
+    lines = []
+    if spec.sticky:
+        # hash ... consistent: ketama, so a node that leaves moves only its own streams
+        # (must come before keepalive, which wraps the balancer)
+        lines.append("hash $pushlab_stream consistent;  # ngx_http_upstream_module: hash")
+    # max_fails=1 fail_timeout=T: one failed attempt takes the server out of the pool for T
+    # (then one request probes it again); a killed node costs one retried connect, not one
+    # per request
+    lines += [f"server {addr} max_fails=1 fail_timeout={fail};" for addr in spec.upstreams]
+    return lines
+
+
 def render_config(
     spec: NginxSpec,
     *,
@@ -289,11 +376,15 @@ def render_config(
     """A complete nginx.conf: foreground, one worker, every file under `prefix`, loopback only.
     `pki` gives the certificate and key of a TLS listener (needed when `spec.tls`)."""
     p = prefix.resolve()
-    host, port = upstream
-    upstream_addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def block(lines: list[str], indent: str) -> str:
         return "\n".join(f"{indent}{line}" if line else "" for line in lines)
+
+    sticky = block(_STICKY_MAPS.splitlines(), " " * 4) + "\n" if spec.sticky else ""
+    # add_header: which pool member answered ($upstream_addr: "A, B" when A failed first)
+    served_by = "\n        add_header X-Pushlab-Upstream $upstream_addr always;" * bool(
+        spec.upstreams
+    )
 
     return f"""\
 # pushlab: nginx in front of the server, rendered by netem/nginx.py ({spec})
@@ -332,8 +423,8 @@ http {{
 
     default_type application/octet-stream;  # http: default_type
 
-    upstream pushlab_upstream {{
-        server {upstream_addr};  # ngx_http_upstream_module: server
+{sticky}    upstream pushlab_upstream {{
+{block(_upstream_block(spec, upstream), " " * 8)}
         keepalive 8;  # ngx_http_upstream_module: keepalive (idle connections kept per worker)
     }}
 
@@ -342,7 +433,7 @@ http {{
         server_name localhost;
         # add_header ... always: on every response, errors included, so a client can prove
         # that nginx is in the path (ngx_http_headers_module)
-        add_header X-Pushlab-Proxy nginx always;
+        add_header X-Pushlab-Proxy nginx always;{served_by}
 
         location /ws {{
 {block(_ws_directives(spec), " " * 12)}
