@@ -31,7 +31,13 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import NamedTuple
 
-from streams.errors import ParamError, PushlabError, StreamLimitError, StreamNotFound
+from streams.errors import (
+    HistoryGone,
+    ParamError,
+    PushlabError,
+    StreamLimitError,
+    StreamNotFound,
+)
 from streams.generator import Plan, plan
 from streams.params import GenParams
 
@@ -94,7 +100,11 @@ class Stream:
         self.finished_ns = 0  # time.time_ns() when it ended: comparable with clients' clocks
         self.last_listened_s = now_s
         self.listeners = 0
+        # the first seq still held: 1 here; a stream read back from a trimmed shared log
+        # starts later, and a resume from before it is told of the gap (Hub.readable)
+        self.first_seq = 1
         self._waiters: list[asyncio.Future[bool]] = []
+        self._pushers: tuple[Callable[[], None], ...] = ()  # see attach(); a shared () when none
         self._timer: asyncio.TimerHandle | None = None  # the next emission, while running
 
     @property
@@ -152,11 +162,25 @@ class Stream:
         self.finished_ns = time.time_ns()
         self._wake()
 
+    def attach(self, push: Callable[[], None]) -> None:
+        """Call `push()` synchronously, from the callback that appended them, each time new
+        tokens are in the log or the stream ended, until `detach(push)`. For a reader that
+        writes its socket itself (transports/web/common.py `deliver`): the token reaches the
+        socket in the emitting callback instead of after the loop has run every other
+        callback due in the same tick. `push` must not raise."""
+        self._pushers += (push,)
+
+    def detach(self, push: Callable[[], None]) -> None:
+        self._pushers = tuple(p for p in self._pushers if p != push)  # ==: bound methods
+
     def _wake(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(True)
+        if self._waiters:  # most wakes have none: no new list per token
+            waiters, self._waiters = self._waiters, []
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(True)
+        for push in self._pushers:  # a tuple: a push may detach itself meanwhile
+            push()
 
     def describe(self) -> dict[str, object]:
         return {
@@ -195,6 +219,9 @@ class Hub:
         self._reaper: asyncio.Task[None] | None = None
         self._counts = {"created": 0, "done": 0, "cancelled": 0, "idle": 0, "expired": 0}
         self._tokens_emitted = 0
+        # sink(stream, token): called with each token just before it is appended (None: no
+        # shared log; set by a subclass that mirrors the log elsewhere, streams/redislog.py)
+        self._sink: Callable[[Stream, Token], None] | None = None
 
     async def start(self) -> None:
         self._reaper = asyncio.create_task(self._reap_forever(), name="hub-reaper")
@@ -212,7 +239,7 @@ class Hub:
             await asyncio.gather(self._reaper, return_exceptions=True)
         self._reaper = None
 
-    def create(
+    async def create(
         self,
         params: GenParams,
         messages: list[dict[str, object]] | None = None,
@@ -235,6 +262,7 @@ class Hub:
         )
         self._streams[stream_id] = stream
         self._counts["created"] += 1
+        self._register(stream, messages)
         if self._source is not None:
             task = asyncio.create_task(self._relay(stream, self._source(params, messages)))
             self._relays[stream_id] = task
@@ -244,28 +272,43 @@ class Hub:
             self._emit(stream, 0, loop.time(), loop)
         return stream
 
-    async def _relay(self, stream: Stream, texts: AsyncIterator[str]) -> None:
-        """Append the upstream's tokens as they arrive: t_emit_ns is their arrival here, so
-        what clients measure is what the transport adds to the model's own timing."""
-        seq = 0
+    async def _relay(self, stream: Stream, texts: AsyncIterator[str], seq: int = 0) -> None:
+        """Append the upstream's tokens as they arrive, after seq `seq` (a continuation):
+        t_emit_ns is their arrival here, so what clients measure is what the transport adds
+        to the model's own timing."""
+        sink = self._sink
         try:
             async for text in texts:
                 seq += 1
                 t_emit_ns = self._clock_ns()
                 payload = stream.encode(stream.id, seq, t_emit_ns, text, stream.params)
-                stream._append(Token(seq, t_emit_ns, text, payload))
+                token = Token(seq, t_emit_ns, text, payload)
+                if sink is not None:
+                    sink(stream, token)
+                stream._append(token)
                 self._tokens_emitted += 1
                 if seq >= stream.params.tokens:
                     break
         except PushlabError as exc:
             stream._finish(CANCELLED, f"upstream: {exc.message}"[:200])
             self._counts["cancelled"] += 1
+            self._ended(stream)
             return
         if not stream.done:
             stream._finish(DONE, "done")
             self._counts["done"] += 1
+            self._ended(stream)
 
-    def get(self, stream_id: str) -> Stream:
+    async def get(self, stream_id: str) -> Stream:
+        """The stream `stream_id`; StreamNotFound when unknown or past retention."""
+        return self.local(stream_id)
+
+    async def describe(self, stream_id: str) -> dict[str, object]:
+        """The stream's state, as `GET /streams/{id}` shows it."""
+        return (await self.get(stream_id)).describe()
+
+    def local(self, stream_id: str) -> Stream:
+        """The stream `stream_id` as this process holds it (no I/O)."""
         try:
             return self._streams[stream_id]
         except KeyError:
@@ -273,17 +316,29 @@ class Hub:
                 f"no stream '{stream_id}' (unknown or expired)", param="stream"
             ) from None
 
-    def readable(self, stream_id: str) -> Stream:
-        """`get` for a reader that frames the payloads (a resume); ParamError when the stream
-        has none (a whole /v1 answer, which only /v1 reads)."""
-        stream = self.get(stream_id)
+    async def readable(self, stream_id: str, after: int = 0) -> Stream:
+        """`get` for a reader that frames the payloads from seq `after` on (a resume);
+        ParamError when the stream has none (a whole /v1 answer, which only /v1 reads);
+        HistoryGone when tokens after `after` are no longer held (a shared log trims)."""
+        stream = await self.get(stream_id)
+        if after < stream.first_seq - 1:
+            raise HistoryGone(
+                f"stream '{stream_id}' keeps tokens from seq {stream.first_seq} on; "
+                f"{after + 1}..{stream.first_seq - 1} are gone (resume with after="
+                f"{stream.first_seq - 1} to continue past the gap)",
+                param="after",
+            )
         if stream.encode is no_payload:
             raise ParamError(f"stream '{stream_id}' can only be read at /v1", param="stream")
         return stream
 
-    def cancel(self, stream_id: str, reason: str = "cancelled") -> Stream:
+    async def cancel(self, stream_id: str, reason: str = "cancelled") -> Stream:
         """Stop generating `stream_id` now; readers see the end with state `cancelled`."""
-        stream = self.get(stream_id)
+        return self.cancel_local(stream_id, reason)
+
+    def cancel_local(self, stream_id: str, reason: str = "cancelled") -> Stream:
+        """`cancel` of a stream this process holds (no I/O)."""
+        stream = self.local(stream_id)
         if not stream.done:
             self._counts["cancelled"] += 1
             stream._finish(CANCELLED, reason)
@@ -293,24 +348,36 @@ class Hub:
             if stream._timer is not None:
                 stream._timer.cancel()
                 stream._timer = None
+            self._ended(stream)
         return stream
+
+    def _register(self, stream: Stream, messages: list[dict[str, object]] | None) -> None:
+        """Called once for each new stream, before its first token; the shared log records
+        the stream there."""
+
+    def _ended(self, stream: Stream) -> None:
+        """Called once when a stream this hub generates ends (done or cancelled); the shared
+        log records the end there."""
 
     def _emit(self, stream: Stream, i: int, start: float, loop: asyncio.AbstractEventLoop) -> None:
         """Append every token due by now from index `i` on, then set a timer for the next.
 
         A chain of loop timers rather than a task per stream: one callback per token, no
         coroutine switch, and cancelling is cancelling the pending timer."""
-        plan_, params, encode = stream.plan, stream.params, stream.encode
-        n = len(plan_.texts)
+        plan_, params, encode, sink = stream.plan, stream.params, stream.encode, self._sink
+        n, first, log = len(plan_.texts), i, stream.log
         now = loop.time()
         while i < n and start + plan_.offsets_ns[i] / 1e9 <= now:
             t_emit_ns = self._clock_ns()
             text, seq = plan_.texts[i], i + 1
-            stream._append(
-                Token(seq, t_emit_ns, text, encode(stream.id, seq, t_emit_ns, text, params))
-            )
-            self._tokens_emitted += 1
+            token = Token(seq, t_emit_ns, text, encode(stream.id, seq, t_emit_ns, text, params))
+            if sink is not None:  # the shared log, written before any reader is woken
+                sink(stream, token)
+            log.append(token)
             i += 1
+        if i > first:  # one wake for every token due together: a pushing reader writes them
+            self._tokens_emitted += i - first  # in one write, as a woken one reads them
+            stream._wake()
         if i < n:
             stream._timer = loop.call_at(
                 start + plan_.offsets_ns[i] / 1e9, self._emit, stream, i, start, loop
@@ -319,6 +386,7 @@ class Hub:
             stream._timer = None
             stream._finish(DONE, "done")
             self._counts["done"] += 1
+            self._ended(stream)
 
     def reap(self, now_s: float | None = None) -> None:
         """Cancel streams nobody listens to and forget streams past retention (one pass)."""
@@ -330,7 +398,7 @@ class Hub:
                     self._counts["expired"] += 1
             elif stream.listeners == 0 and now_s - stream.last_listened_s >= self.idle_timeout_s:
                 self._counts["idle"] += 1
-                self.cancel(stream.id, reason="idle")
+                self.cancel_local(stream.id, reason="idle")
 
     async def _reap_forever(self) -> None:
         interval_s = max(0.05, min(1.0, self.idle_timeout_s / 4, self.retention_s / 4))

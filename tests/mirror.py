@@ -52,7 +52,7 @@ __all__ = ["KEY", "MIRROR", "MirrorClient", "add_routes", "registered"]
 async def handle(request: web.Request) -> web.StreamResponse:
     counters = request.app[COUNTERS].by_transport[KEY]
     counters["requests"] += 1
-    stream, after = open_stream(request, await request_values(request))
+    stream, after = await open_stream(request, await request_values(request))
     config = request.app[CONFIG]
     resp = web.StreamResponse(headers=streaming_headers(config, "application/x-ndjson", stream))
     return await serve_stream(

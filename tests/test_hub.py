@@ -25,7 +25,7 @@ async def hub() -> Hub:
 
 
 async def test_tokens_have_seq_1_to_n_and_the_generators_texts(hub: Hub) -> None:
-    stream = hub.create(FAST)
+    stream = await hub.create(FAST)
     async with asyncio.timeout(5 * UNIT):
         while not stream.done:
             await stream.wait_beyond(stream.last_seq)
@@ -37,7 +37,7 @@ async def test_tokens_have_seq_1_to_n_and_the_generators_texts(hub: Hub) -> None
 
 
 async def test_since_replays_from_any_cursor(hub: Hub) -> None:
-    stream = hub.create(FAST)
+    stream = await hub.create(FAST)
     async with asyncio.timeout(5 * UNIT):
         while not stream.done:
             await stream.wait_beyond(stream.last_seq)
@@ -46,17 +46,17 @@ async def test_since_replays_from_any_cursor(hub: Hub) -> None:
 
 
 async def test_wait_beyond_times_out_without_a_token(hub: Hub) -> None:
-    stream = hub.create(GenParams(tokens=2, rate=1.0, ttft_ms=60_000))
+    stream = await hub.create(GenParams(tokens=2, rate=1.0, ttft_ms=60_000))
     assert await stream.wait_beyond(0, timeout_s=0.02 * UNIT) is False
     assert stream._waiters == []  # a timed-out waiter leaves nothing behind
 
 
 async def test_cancel_stops_generation_and_wakes_readers(hub: Hub) -> None:
-    stream = hub.create(GenParams(tokens=1000, rate=50.0, ttft_ms=0.0))
+    stream = await hub.create(GenParams(tokens=1000, rate=50.0, ttft_ms=0.0))
     waiter = asyncio.create_task(stream.wait_beyond(10_000))
     await wait_until_async(lambda: stream.last_seq >= 2, what="the stream has emitted 2 tokens")
     next_token = stream._timer  # tokens are emitted only by this chain of loop timers
-    hub.cancel(stream.id)
+    await hub.cancel(stream.id)
     async with asyncio.timeout(2 * UNIT):
         assert await waiter is True
     emitted = stream.last_seq
@@ -70,8 +70,8 @@ async def test_a_stream_nobody_listens_to_is_cancelled_after_the_idle_timeout() 
     hub = Hub(encode_token, idle_timeout_s=0.2 * UNIT, retention_s=3600)
     await hub.start()
     try:
-        watched = hub.create(GenParams(tokens=1000, rate=20.0))
-        orphan = hub.create(GenParams(tokens=1000, rate=20.0))
+        watched = await hub.create(GenParams(tokens=1000, rate=20.0))
+        orphan = await hub.create(GenParams(tokens=1000, rate=20.0))
         with watched.listening():
             async with asyncio.timeout(5 * UNIT):
                 while not orphan.done:
@@ -84,28 +84,28 @@ async def test_a_stream_nobody_listens_to_is_cancelled_after_the_idle_timeout() 
 
 
 async def test_finished_streams_are_forgotten_after_retention(hub: Hub) -> None:
-    stream = hub.create(FAST)
+    stream = await hub.create(FAST)
     async with asyncio.timeout(5 * UNIT):
         while not stream.done:
             await stream.wait_beyond(stream.last_seq)
     assert stream.finished_s is not None
     hub.reap(now_s=stream.finished_s + hub.retention_s - 1)
-    assert hub.get(stream.id) is stream
+    assert await hub.get(stream.id) is stream
     hub.reap(now_s=stream.finished_s + hub.retention_s + 1)  # +1: clear of float rounding
     with pytest.raises(StreamNotFound):
-        hub.get(stream.id)
+        await hub.get(stream.id)
     assert hub.statistics().streams_expired == 1
 
 
 async def test_the_hub_refuses_streams_beyond_its_limit(hub: Hub) -> None:
     for _ in range(4):
-        hub.create(GenParams(tokens=5, rate=1.0, ttft_ms=10_000))
+        await hub.create(GenParams(tokens=5, rate=1.0, ttft_ms=10_000))
     with pytest.raises(StreamLimitError):
-        hub.create(FAST)
+        await hub.create(FAST)
 
 
 async def test_payload_is_encoded_once_and_shared(hub: Hub) -> None:
-    stream = hub.create(FAST)
+    stream = await hub.create(FAST)
     async with asyncio.timeout(5 * UNIT):
         while not stream.done:
             await stream.wait_beyond(stream.last_seq)

@@ -23,7 +23,7 @@ async def test_a_streamed_answer_sends_the_hubs_payloads_as_they_are(served: Ser
         async with http.post(url, json={**BODY, "stream": True}) as resp:
             stream_id = resp.headers["X-Pushlab-Stream"]
             sent = await resp.read()
-    log = served.app[HUB].get(stream_id).log
+    log = served.app[HUB].local(stream_id).log
     assert len(log) == 6
     framed = b"".join(codec.event(t.payload) for t in log)
     assert sent.startswith(framed)  # the payload *is* the chunk: no second encoding
@@ -39,6 +39,6 @@ async def test_a_whole_answer_leaves_the_payloads_empty(served: Served) -> None:
         http.post(url, json=BODY) as resp,
     ):
         answer = await resp.json()
-    log = served.app[HUB].get(answer["id"].removeprefix("chatcmpl-")).log
+    log = served.app[HUB].local(answer["id"].removeprefix("chatcmpl-")).log
     assert [t.payload for t in log] == [b""] * 6
     assert "".join(t.text for t in log) == answer["choices"][0]["message"]["content"]

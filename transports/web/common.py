@@ -3,10 +3,12 @@ errors, counters."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections import defaultdict
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator, Mapping
+from typing import Any
 
 from aiohttp import web
 
@@ -55,7 +57,7 @@ async def request_values(request: web.Request) -> dict[str, object]:
     return values
 
 
-def open_stream(
+async def open_stream(
     request: web.Request, values: Mapping[str, object], extra: frozenset[str] = frozenset()
 ) -> tuple[Stream, int]:
     """Create a stream from generation params, or find the one to resume (`stream`, `after`)."""
@@ -64,10 +66,13 @@ def open_stream(
         unknown = sorted(set(values) - RESUME_PARAMS - extra)
         if unknown:
             raise ParamError(f"unknown parameter '{unknown[0]}' with 'stream'", param=unknown[0])
-        stream = hub.readable(str(values["stream"]))
-        return stream, checked_after(values, stream)
+        stream = await hub.readable(str(values["stream"]))
+        after = checked_after(values, stream)
+        if after < stream.first_seq - 1:
+            stream = await hub.readable(stream.id, after)  # raises HistoryGone
+        return stream, after
     params: GenParams = parse_params(values, allowed_extra=extra)
-    return hub.create(params), 0
+    return await hub.create(params), 0
 
 
 def checked_after(values: Mapping[str, object], stream: Stream) -> int:
@@ -141,12 +146,170 @@ async def follow(
                 yield []
 
 
-def reader_gone(request: web.Request, stream: Stream) -> None:
+# write(batch) -> the coroutine that writes `batch` ([] = a keep-alive) to one connection
+Write = Callable[[list[Token]], Coroutine[Any, Any, None]]
+
+
+class _Unfinished:
+    """Awaiting it finishes a coroutine that `_run_now` ran until it first suspended on
+    `pending`: the awaiting task takes the coroutine over where it stopped (cancellation and
+    results are passed through as `await coro` would pass them)."""
+
+    __slots__ = ("coro", "pending")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], pending: object) -> None:
+        self.coro, self.pending = coro, pending
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coro, pending = self.coro, self.pending
+        while True:
+            try:
+                value = yield pending
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # a cancellation: the coroutine decides
+                try:
+                    pending = coro.throw(exc)
+                except StopIteration:
+                    return
+                continue
+            try:
+                pending = coro.send(value)
+            except StopIteration:
+                return
+
+
+def _run_now(coro: Coroutine[Any, Any, None]) -> _Unfinished | None:
+    """Run `coro` right here until it finishes (None) or suspends (what finishes it)."""
+    try:
+        pending = coro.send(None)
+    except StopIteration:
+        return None
+    return _Unfinished(coro, pending)
+
+
+class _Deliverer:
+    """One reader of `deliver`: the task half (`run`) and the synchronous half (`push`,
+    attached to the stream while the reader is caught up).
+
+    Why: a token used to reach its socket only after the emitting timer callback returned,
+    the reader's future woke its task and the loop had run every other callback due in the
+    same tick first; libuv fires timers at millisecond granularity, so at 20,000 tokens/s
+    about twenty emissions run back to back, then twenty tasks: 0.3 ms between a token's
+    stamp and its write at the median (benchmarks/analysis.md, 2026-11-30). `push` writes
+    in the emitting callback itself, with the transport's own write coroutine run to its
+    end right there: aiohttp's `write()`/`send_frame()` only suspend to wait for a full
+    socket buffer to drain (or to compress), and when one does suspend, the task takes
+    that coroutine over (`_Unfinished`) and writes the rest itself, awaiting as before.
+    Nothing is written twice or skipped: `sent` is the one cursor, and only one half holds
+    it at a time (push only while attached and the task asleep). A write that raises (the
+    connection closed) hands the error to the task, which raises it where `await write`
+    would have; the emitting callback never sees it.
+    """
+
+    __slots__ = ("error", "heartbeat_s", "last_s", "loop", "sent", "stream", "timer",
+                 "unfinished", "wakeup", "write")  # fmt: skip
+
+    def __init__(self, stream: Stream, after: int, write: Write, heartbeat_s: float) -> None:
+        self.stream, self.sent, self.write, self.heartbeat_s = stream, after, write, heartbeat_s
+        self.loop = asyncio.get_running_loop()
+        self.last_s = self.loop.time()  # the last write: the keep-alive counts from it
+        self.wakeup: asyncio.Future[None] | None = None  # set while the task sleeps
+        self.unfinished: _Unfinished | None = None
+        self.error: Exception | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    async def run(self) -> None:
+        stream, loop = self.stream, self.loop
+        while True:
+            batch = stream.since(self.sent)
+            if batch:
+                self.sent += len(batch)
+                await self.write(batch)  # aiohttp waits for the socket here as it needs
+                self.last_s = loop.time()
+                continue
+            if stream.done:
+                return
+            self.wakeup = loop.create_future()  # caught up: push writes from now on
+            stream.attach(self.push)
+            if self.heartbeat_s:
+                self.timer = loop.call_at(self.last_s + self.heartbeat_s, self.beat)
+            try:
+                await self.wakeup
+                if self.unfinished is not None:
+                    unfinished, self.unfinished = self.unfinished, None
+                    await unfinished
+            finally:
+                stream.detach(self.push)
+                self.wakeup = None
+                if self.timer is not None:
+                    self.timer.cancel()
+                    self.timer = None
+                if self.unfinished is not None:  # cancelled before taking it over
+                    self.unfinished.coro.close()
+                    self.unfinished = None
+            if self.error is not None:
+                error, self.error = self.error, None
+                raise error
+
+    def push(self) -> None:
+        """From the callback that appended tokens or ended the stream (Stream.attach)."""
+        if self.wakeup is None or self.wakeup.done():
+            return  # the task holds the cursor now
+        batch = self.stream.since(self.sent)
+        if batch:
+            self._send(batch)
+        if self.stream.done:
+            self._hand_over()
+
+    def beat(self) -> None:
+        """The keep-alive timer: one per reader, moved on by each write, not one per wait."""
+        self.timer = None
+        if self.wakeup is None or self.wakeup.done():
+            return
+        due = self.last_s + self.heartbeat_s
+        if self.loop.time() < due:  # something was written since this timer was set
+            self.timer = self.loop.call_at(due, self.beat)
+            return
+        self._send([])
+        if not self.wakeup.done():
+            self.timer = self.loop.call_at(self.last_s + self.heartbeat_s, self.beat)
+
+    def _send(self, batch: list[Token]) -> None:
+        self.sent += len(batch)
+        self.last_s = self.loop.time()
+        try:
+            self.unfinished = _run_now(self.write(batch))
+        except Exception as exc:  # the connection is gone, mostly: the task raises it
+            self.error = exc
+            self._hand_over()
+            return
+        if self.unfinished is not None:  # waiting for the socket: the task finishes it
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        self.stream.detach(self.push)
+        if self.wakeup is not None and not self.wakeup.done():
+            self.wakeup.set_result(None)
+
+
+async def deliver(stream: Stream, after: int, write: Write, heartbeat_s: float = 0.0) -> None:
+    """Write the stream's tokens after `after` with `write(batch)` as they appear, while
+    counted as a listener, until the stream has ended and every token was written;
+    `write([])` is the keep-alive, each time `heartbeat_s` (0: never) passes without a
+    write. `follow` without the async generator, the future per token and the task switch:
+    while the reader is caught up, the emitting callback writes (`_Deliverer`)."""
+    with stream.listening():
+        await _Deliverer(stream, after, write, heartbeat_s).run()
+
+
+async def reader_gone(request: web.Request, stream: Stream) -> None:
     """A streaming reader's connection ended before the stream did: with
     `cancel_on_disconnect` the stream stops now (nothing to resume later); otherwise it keeps
     generating for a reconnect until the idle timeout."""
     if request.app[CONFIG].cancel_on_disconnect and not stream.done:
-        request.app[HUB].cancel(stream.id, reason="disconnect")
+        await request.app[HUB].cancel(stream.id, reason="disconnect")
 
 
 async def serve_stream(
@@ -165,5 +328,5 @@ async def serve_stream(
         counters["errors"] += 1
     finally:
         counters["open"] -= 1
-        reader_gone(request, stream)
+        await reader_gone(request, stream)
     return resp

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from contextlib import aclosing
+from collections.abc import Coroutine
+from typing import Any
 
 from aiohttp import web
 
-from streams.hub import Stream
+from streams.hub import Stream, Token
 from transports import ndjson as codec
 from transports.web.common import (
     CONFIG,
     COUNTERS,
-    follow,
+    deliver,
     open_stream,
     request_values,
     serve_stream,
@@ -24,7 +25,7 @@ KEY = "ndjson"
 async def handle(request: web.Request) -> web.StreamResponse:
     counters = request.app[COUNTERS].by_transport[KEY]
     counters["requests"] += 1
-    stream, after = open_stream(request, await request_values(request))
+    stream, after = await open_stream(request, await request_values(request))
     config = request.app[CONFIG]
     resp = web.StreamResponse(headers=streaming_headers(config, "application/x-ndjson", stream))
     # No enable_chunked_encoding(): aiohttp chunks HTTP/1.1 responses without a length by
@@ -47,13 +48,16 @@ async def pump(
     counters: dict[str, int],
 ) -> None:
     await resp.write(codec.encode_started(stream.id, after))
-    async with aclosing(follow(stream, after, heartbeat_s)) as batches:
-        async for batch in batches:
-            # an empty line is the keep-alive: readers skip it
-            data = b"".join(codec.encode_line(t.payload) for t in batch) if batch else b"\n"
-            await resp.write(data)
-            counters["tokens_sent"] += len(batch)
-            counters["bytes_sent"] += len(data)
+
+    def write(batch: list[Token]) -> Coroutine[Any, Any, None]:
+        # often run by the hub's emitting callback itself (common.deliver): keep it plain;
+        # an empty line is the keep-alive: readers skip it
+        data = b"".join([codec.encode_line(t.payload) for t in batch]) if batch else b"\n"
+        counters["tokens_sent"] += len(batch)
+        counters["bytes_sent"] += len(data)
+        return resp.write(data)
+
+    await deliver(stream, after, write, heartbeat_s)
     await resp.write(codec.encode_done(stream.id, stream.last_seq, stream.reason))
     await resp.write_eof()
 

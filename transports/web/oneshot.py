@@ -14,7 +14,7 @@ KEY = "oneshot"
 async def handle(request: web.Request) -> web.Response:
     counters = request.app[COUNTERS].by_transport[KEY]
     counters["requests"] += 1
-    stream, after = open_stream(request, await request_values(request))
+    stream, after = await open_stream(request, await request_values(request))
     counters["open"] += 1
     try:
         with stream.listening():

@@ -49,7 +49,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         reason = "length" if tokens < chat.params.tokens else "stop"
         created_s = int(time.time())
         encoder = codec.ChunkEncoder(chat, created_s)
-        stream = request.app[HUB].create(
+        stream = await request.app[HUB].create(
             dataclasses.replace(chat.params, tokens=tokens),
             messages=body["messages"],
             encode=encoder if chat.stream else no_payload,
@@ -101,7 +101,7 @@ async def _streamed(request: web.Request, encoder: codec.ChunkEncoder, stream: S
     finally:
         counters["open"] -= 1
         if not stream.done:  # nobody can resume a /v1 stream: stop generating for nobody
-            request.app[HUB].cancel(stream.id, reason="disconnect")
+            await request.app[HUB].cancel(stream.id, reason="disconnect")
     return resp
 
 

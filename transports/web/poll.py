@@ -35,7 +35,7 @@ def make_handlers(key: str, hold: bool) -> tuple[web.RouteDef, ...]:
         values = await request_values(request)
         if "stream" in values:
             raise ParamError(f"to resume, poll GET /{key}/{{stream}}?after=SEQ", param="stream")
-        stream, _ = open_stream(request, values)
+        stream, _ = await open_stream(request, values)
         body = encode_batch(stream.id, [], 0, False, "")
         return batch_response(body, status=201, stream_id=stream.id)
 
@@ -47,8 +47,10 @@ def make_handlers(key: str, hold: bool) -> tuple[web.RouteDef, ...]:
         if unknown or ("wait" in values and not hold):
             bad = unknown[0] if unknown else "wait"
             raise ParamError(f"unknown parameter '{bad}' for {key}", param=bad)
-        stream = request.app[HUB].readable(request.match_info["stream"])
+        stream = await request.app[HUB].readable(request.match_info["stream"])
         after = checked_after(values, stream)
+        if after < stream.first_seq - 1:
+            stream = await request.app[HUB].readable(stream.id, after)  # raises HistoryGone
         wait_s = parse_number(values, "wait", DEFAULT_WAIT_S, 0, MAX_WAIT_S) if hold else 0.0
         stream.touch()
         if wait_s > 0 and not stream.since(after) and not stream.done:
@@ -81,13 +83,13 @@ def add_routes(app: web.Application) -> None:
 
 async def describe(request: web.Request) -> web.Response:
     """GET /streams/{stream}: the stream's state (for experiments and debugging)."""
-    return json_response(request.app[HUB].get(request.match_info["stream"]).describe())
+    return json_response(await request.app[HUB].describe(request.match_info["stream"]))
 
 
 async def cancel(request: web.Request) -> web.Response:
     """DELETE /streams/{stream}: stop generating now (any transport's stream)."""
-    stream = request.app[HUB].cancel(request.match_info["stream"])
-    return json_response(stream.describe())
+    await request.app[HUB].cancel(request.match_info["stream"])
+    return json_response(await request.app[HUB].describe(request.match_info["stream"]))
 
 
 def add_stream_routes(app: web.Application) -> None:

@@ -5,19 +5,20 @@ Wire format in docs/PROTOCOL.md; bytes come from the sans-I/O codec in transport
 
 from __future__ import annotations
 
-from contextlib import aclosing
+from collections.abc import Coroutine
+from typing import Any
 
 from aiohttp import web
 
 from streams.errors import ParamError
-from streams.hub import Stream
+from streams.hub import Stream, Token
 from transports import sse
 from transports.token import dumps
 from transports.web.common import (
     CONFIG,
     COUNTERS,
     HUB,
-    follow,
+    deliver,
     open_stream,
     request_values,
     serve_stream,
@@ -44,7 +45,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     last_event_id = request.headers.get("Last-Event-ID")
     if last_event_id:
         stream_id, after = parse_last_event_id(last_event_id)
-        stream = request.app[HUB].readable(stream_id)
+        stream = await request.app[HUB].readable(stream_id, after)
         if after > stream.params.tokens:
             raise ParamError(
                 f"Last-Event-ID seq {after} is beyond the stream's end", param="Last-Event-ID"
@@ -53,7 +54,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
             # WHATWG SSE: a 204 response makes EventSource stop reconnecting for good.
             return web.Response(status=204, headers={"X-Pushlab-Stream": stream.id})
     else:
-        stream, after = open_stream(request, values)
+        stream, after = await open_stream(request, values)
     config = request.app[CONFIG]
     resp = web.StreamResponse(
         headers=streaming_headers(config, "text/event-stream; charset=utf-8", stream)
@@ -78,16 +79,23 @@ async def pump(
     """Write the stream's tokens after `after` as they appear, then the end marker."""
     first = sse.encode_open(stream.id, after, retry_ms)
     await resp.write(first)
-    written = len(first)
-    async with aclosing(follow(stream, after, heartbeat_s)) as batches:
-        async for batch in batches:
-            if batch:
-                data = b"".join(sse.encode_token(stream.id, t.seq, t.payload) for t in batch)
-                counters["tokens_sent"] += len(batch)
-            else:
-                data = sse.encode_comment("keep-alive")
-            await resp.write(data)
-            written += len(data)
+    counters["bytes_sent"] += len(first)
+    sid, keep_alive, encode = stream.id, sse.encode_comment("keep-alive"), sse.encode_token
+
+    def write(batch: list[Token]) -> Coroutine[Any, Any, None]:
+        # often run by the hub's emitting callback itself (common.deliver): keep it plain
+        if len(batch) == 1:
+            token = batch[0]
+            data = encode(sid, token.seq, token.payload)
+        elif batch:
+            data = b"".join([encode(sid, t.seq, t.payload) for t in batch])
+        else:
+            data = keep_alive
+        counters["tokens_sent"] += len(batch)
+        counters["bytes_sent"] += len(data)
+        return resp.write(data)
+
+    await deliver(stream, after, write, heartbeat_s)
     end = b""
     if stream.reason != "done":
         info = dumps(
@@ -97,7 +105,7 @@ async def pump(
     end += sse.DONE
     await resp.write(end)
     await resp.write_eof()
-    counters["bytes_sent"] += written + len(end)
+    counters["bytes_sent"] += len(end)
 
 
 def add_routes(app: web.Application) -> None:
