@@ -22,24 +22,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import importlib
 import os
 import resource
+import select
 import shlex
 import shutil
 import signal
+import socket
 import ssl
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
 
-from streams.errors import ParamError
+from streams.errors import ParamError, PushlabError
 from streams.hub import Hub
+from streams.redislog import RedisHub
 from streams.upstream import DEFAULT_PROMPT, UpstreamConfig
 from transports.registry import TRANSPORTS
 from transports.token import encode_token
@@ -68,13 +74,19 @@ async def _hub_context(app: web.Application) -> AsyncIterator[None]:
     if config.upstream:
         upstream = Upstream(_upstream_config(config))
         await upstream.start()
-    hub = Hub(
-        encode_token,
-        source=upstream,
-        retention_s=config.retention_s,
-        idle_timeout_s=config.idle_timeout_s,
-        max_streams=config.max_streams,
-    )
+    options = {
+        "source": upstream,
+        "retention_s": config.retention_s,
+        "idle_timeout_s": config.idle_timeout_s,
+        "max_streams": config.max_streams,
+    }
+    hub: Hub
+    if config.log == "memory":
+        hub = Hub(encode_token, **options)  # type: ignore[arg-type]
+    else:
+        hub = RedisHub(encode_token, config.log, node_id=config.node_id,
+                       lease_ms=config.lease_ms, max_len=config.log_max_len,
+                       **options)  # type: ignore[arg-type]  # fmt: skip
     app[HUB] = hub
     await hub.start()
     lag_task = asyncio.create_task(_watch_loop_lag(app[LOOP_LAG]))
@@ -137,6 +149,7 @@ async def stats(request: web.Request) -> web.Response:
             "pid": os.getpid(),
             "hub": hub_stats.__dict__ if hasattr(hub_stats, "__dict__") else _as_dict(hub_stats),
             "transports": request.app[COUNTERS].snapshot(),
+            "log": _log_statistics(request.app[HUB]),
             "loop_lag_ms": request.app[LOOP_LAG],
             "cpu_s": usage.ru_utime + usage.ru_stime,
             "max_rss_bytes": usage.ru_maxrss * 1024,
@@ -147,6 +160,12 @@ async def stats(request: web.Request) -> web.Response:
             },
         }
     )
+
+
+def _log_statistics(hub: Hub) -> dict[str, object]:
+    if isinstance(hub, RedisHub):
+        return hub.log_statistics()
+    return {"kind": "memory"}
 
 
 def _as_dict(record: object) -> dict[str, object]:
@@ -208,9 +227,9 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> Non
         runner = web.AppRunner(make_app(config), handler_cancellation=True, access_log=None)
         await runner.setup()
         try:
-            site = web.TCPSite(
-                runner, config.host, config.port, backlog=4096, ssl_context=ssl_context
-            )
+            reuse = config.reuse_port or None
+            site = web.TCPSite(runner, config.host, config.port, backlog=4096,
+                               ssl_context=ssl_context, reuse_port=reuse)  # fmt: skip
             await site.start()
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
@@ -262,12 +281,79 @@ def main(argv: list[str] | None = None) -> int:
         import uvloop
 
         uvloop.install()
+    if config.workers > 1:
+        return serve_workers(config)
     try:
         asyncio.run(serve(config))
     except OSError as exc:
         print(f"pushlab serve: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    except PushlabError as exc:  # the shared log unreachable at start
+        print(f"pushlab serve: {exc.message}", file=sys.stderr)
+        return 1
     return 0
+
+
+def serve_workers(config: ServerConfig, start_timeout_s: float = 30.0) -> int:
+    """`--workers N`: N server processes accepting on one port (SO_REUSEPORT: the kernel
+    spreads new connections over them by a hash of the 4-tuple), each a node of its own in
+    the shared log, so a stream outlives the worker that generated it. This process only
+    starts them, prints one ready line naming their pids, and stops them by their pids."""
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    holder = socket.socket(family, socket.SOCK_STREAM)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:  # hold the port (bound, never listening: the kernel gives it no connection)
+        holder.bind((config.host, config.port))
+    except OSError as exc:
+        print(f"pushlab serve: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    port = holder.getsockname()[1]
+    node = config.node_id or f"{socket.gethostname()}-{os.getpid()}"
+    children: list[subprocess.Popen[str]] = []
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        for i in range(config.workers):
+            worker = dataclasses.replace(config, workers=1, port=port, reuse_port=True,
+                                         node_id=f"{node}-w{i}")  # fmt: skip
+            children.append(subprocess.Popen(
+                [sys.executable, str(Path(__file__).resolve()), *worker.to_argv()],
+                stdout=subprocess.PIPE, text=True,
+            ))  # fmt: skip
+        lines = [_ready_line(child, start_timeout_s) for child in children]
+        if not all(lines):
+            print("pushlab serve: a worker did not start (its error is above)", file=sys.stderr)
+            return 1
+        pids = ",".join(str(child.pid) for child in children)
+        print(f"{lines[0]} workers={config.workers} pids={pids}", flush=True)
+        while not stop.wait(0.5):
+            if any(child.poll() is not None for child in children):
+                dead = [str(c.pid) for c in children if c.poll() is not None]
+                print(f"pushlab serve: worker {','.join(dead)} exited", file=sys.stderr)
+                children = [c for c in children if c.poll() is None]
+                if not children:
+                    return 1
+        return 0
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        for child in children:
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        holder.close()
+
+
+def _ready_line(child: subprocess.Popen[str], timeout_s: float) -> str:
+    """The child's ready line, or "" if it exits or stays silent for `timeout_s`."""
+    assert child.stdout is not None
+    ready, _, _ = select.select([child.stdout], [], [], timeout_s)
+    line = child.stdout.readline().strip() if ready else ""
+    return line if line.startswith("pushlab serving on ") else ""
 
 
 if __name__ == "__main__":

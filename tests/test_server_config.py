@@ -13,6 +13,7 @@ import pytest
 
 from experiments.cli import main as pushlab_main
 from harness.children import SERVER_PY, ServerProcess
+from server import main as server_main
 from tests.support import UNIT
 from transports.web.config import ServerConfig, build_parser, parse_config
 
@@ -22,7 +23,8 @@ FLAGS = [
     "--retention-s", "--idle-timeout-s",
     "--max-streams", "--ws-compress", "--cancel-on-disconnect", "--no-accel-header",
     "--uvloop", "--upstream", "--upstream-key-env", "--upstream-model", "--upstream-prompt",
-    "--upstream-extra", "--gc",
+    "--upstream-extra", "--gc", "--log", "--node-id", "--workers", "--reuse-port", "--lease-ms",
+    "--log-max-len",
 ]  # fmt: skip
 
 # A value other than the default for every field.
@@ -47,6 +49,12 @@ CHANGED = ServerConfig(
     upstream_prompt="say --port 1",
     upstream_extra='{"rate": 5}',
     gc="scheduled",
+    log="redis://127.0.0.1:6390/2",
+    node_id="node-7",
+    workers=3,
+    reuse_port=True,
+    lease_ms=500,
+    log_max_len=100,
 )
 
 
@@ -117,3 +125,24 @@ def test_server_process_starts_from_a_config() -> None:
             assert json.load(resp)["gc"]["policy"] == "scheduled"  # the config reached it
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--log", "redis:/x"], "--log must be 'memory' or a redis://HOST:PORT URL"),
+        (["--log", "redis://h:port"], "--log must be 'memory' or a redis://HOST:PORT URL"),
+        (["--log", "postgres://h"], "--log must be 'memory' or a redis://HOST:PORT URL"),
+        (["--workers", "2"], "--workers above 1 needs a shared log"),
+        (["--workers", "0"], "argument --workers: must be between 1 and 64"),
+        (["--lease-ms", "10"], "argument --lease-ms: must be between 100 and 600000"),
+    ],
+)
+def test_log_and_worker_flags_that_cannot_work_are_one_line(
+    argv: list[str], words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        server_main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err

@@ -90,6 +90,39 @@ class ServerConfig:
         choices=("auto", "scheduled"),
     )
 
+    log: str = _opt(
+        "memory",
+        "where streams live: 'memory' (this process only) or a Redis URL redis://HOST:PORT[/DB] "
+        "shared by every node, so a stream survives its node (default %(default)s)",
+        metavar="memory|URL",
+    )
+    node_id: str = _opt(
+        "", "this node's name in the shared log (default: host-pid)", metavar="NAME"
+    )
+    workers: int = _opt(
+        1,
+        "server processes on one port (SO_REUSEPORT); more than 1 needs a shared --log "
+        "(default %(default)s)",
+        min=1,
+        max=64,
+    )
+    reuse_port: bool = _opt(
+        False, "share the port with other server processes (SO_REUSEPORT; --workers sets it)"
+    )
+    lease_ms: int = _opt(
+        1000,
+        "a node's lease on the streams it generates: renewed every third of it; when it "
+        "lapses another node takes them over (default %(default)s ms)",
+        min=100,
+        max=600_000,
+    )
+    log_max_len: int = _opt(
+        0,
+        "tokens of each stream the shared log keeps (older ones are trimmed; a resume from "
+        "before them is told of the gap); 0 = the whole stream (default %(default)s)",
+        min=0,
+    )
+
     @property
     def https(self) -> bool:
         """Whether the server terminates TLS itself (a lab CA, or the given files)."""
@@ -102,6 +135,16 @@ class ServerConfig:
             return "--tls-cert and --tls-key go together: give both or neither"
         if self.tls and self.tls_cert:
             return "--tls generates a lab certificate: give it or --tls-cert/--tls-key, not both"
+        if self.log != "memory":
+            from streams.errors import ParamError
+            from streams.redislog import parse_url
+
+            try:
+                parse_url(self.log)
+            except ParamError:
+                return f"--log must be 'memory' or a redis://HOST:PORT URL, not {self.log!r}"
+        if self.workers > 1 and self.log == "memory":
+            return "--workers above 1 needs a shared log: add --log redis://HOST:PORT"
         return ""
 
     def to_argv(self) -> list[str]:
