@@ -71,16 +71,19 @@ def proxy_summary(run: Tables | StoredRun) -> pd.DataFrame:
     return out.reset_index()
 
 
-def capacity(scale: pd.DataFrame, target_p99_ms: float) -> pd.DataFrame:
-    """Per transport: the largest N with every token delivered and p99 under the target."""
+def capacity(
+    scale: pd.DataFrame, target_p99_ms: float, by: str | list[str] = "transport"
+) -> pd.DataFrame:
+    """Per transport (or `by`): the largest N with every token delivered and p99 under the
+    target."""
     df = pd.DataFrame(scale)
     ok = df[
         (df["delivered_ratio"] >= 1.0)
         & (df["errors"] == 0)
         & (df["latency_p99_ms"] < target_p99_ms)
     ]
-    best = ok.groupby("transport")["n"].max()
-    tried = df.groupby("transport")["n"].max()
+    best = ok.groupby(by)["n"].max()
+    tried = df.groupby(by)["n"].max()
     return pd.DataFrame(
         {"capacity_n": best.reindex(tried.index).fillna(0).astype(int), "largest_n_tried": tried}
     ).reset_index()

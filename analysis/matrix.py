@@ -97,6 +97,10 @@ FIGURES: dict[str, Figure] = {
     "tls_conns_per_answer": Figure("TLS handshakes per answer", "", "streams"),
     "tls_handshake_ms": Figure("handshake", "ms", "streams"),
     "tls_ttft_added_ms": Figure("first token later by", "ms", "streams"),
+    "failover_harm": Figure("lost + duplicated (+1 per failed stream), node killed", "", "streams"),
+    "failover_sticky_harm": Figure("the same with sticky routing", "", "streams"),
+    "failover_recovery_ms": Figure("recovery p99", "ms", "streams"),
+    "failover_retry_ms": Figure("own retry delay", "ms", ""),
 }
 
 
@@ -134,6 +138,8 @@ class Rule:
     decidable: Callable[[Facts], str | None] = lambda f: None
     setting: Setting | None = None
     shows: tuple[str, ...] = ()  # extra figures cited as evidence (besides `needs`)
+    # a sentence the scenario's answer ends with, computed from every transport's facts
+    remark: Callable[[Mapping[str, Facts]], str] | None = None
 
     def verdict(self, facts: Facts) -> str:
         """The grade at the default setting (what `matrix` shows)."""
@@ -238,6 +244,39 @@ def _relay(f: Facts) -> str:
     return FAIR if f["relay_added_p50_ms"] <= 50 else POOR
 
 
+def _node_death(f: Facts) -> str:
+    if f["failover_harm"] == 0:
+        fast = f["failover_recovery_ms"] <= 1000 + f["failover_retry_ms"]
+        return GOOD if fast else FAIR
+    return FAIR if f.get("failover_sticky_harm") == 0 else POOR
+
+
+def _node_death_decidable(f: Facts) -> str | None:
+    """A harmed stream is graded without its recovery; a clean one needs it."""
+    if f["failover_harm"] > 0 or _measured(f.get("failover_recovery_ms")):
+        return None
+    return "no token loss, but recovery not measured"
+
+
+def _node_death_remark(cells: Mapping[str, Facts]) -> str:
+    """Which transports need sticky routing with the Redis log, what the in-memory log lost."""
+    sticky = [t for t, f in cells.items() if f.get("failover_harm" + FIXED, 0) > 0
+              and f.get("failover_sticky_harm" + FIXED) == 0]  # fmt: skip
+    lost = {t: float(f["failover_lost"]) for t, f in cells.items()
+            if _measured(f.get("failover_lost"))}  # fmt: skip
+    text = f" Needs sticky routing with the Redis log: {', '.join(sticky)}." if sticky else ""
+    if lost:
+        text += " Each node's in-memory hub lost " + ", ".join(
+            f"{t} {v:.0f}" for t, v in lost.items()
+        )
+        text += " tokens."
+    return text
+
+
+SHARED_LOG = Setting(
+    "the stream log", "each node's own in-memory hub", "the shared Redis log",
+    applies_to=("failover_harm", "failover_sticky_harm", "failover_recovery_ms"),
+)  # fmt: skip
 SSE_RETRY = Setting(
     "SSE's reconnection delay", "retry: 1000 ms (pushlab's default)", "retry: 100 ms",
     applies_to=("cut_recovery_ms", "cut_completed", "cut_lost"),
@@ -291,6 +330,13 @@ RULES: tuple[Rule, ...] = (
     Rule("Server-to-server relay",
          "good: adds <= 5 ms (p50) to a model's stream in <= 2 requests; fair: <= 50 ms; else poor",
          ("relay_added_p50_ms", "requests_per_answer"), _relay),
+    Rule("Survives the death of a node",
+         "good: a node SIGKILLed mid-answer costs 0 lost, 0 duplicated tokens and recovery p99 "
+         "<= 1 s + the transport's own retry delay; fair: 0 lost and 0 duplicated but slower, "
+         "or only with sticky routing; else poor",
+         ("failover_harm", "failover_retry_ms"), _node_death, decidable=_node_death_decidable,
+         setting=SHARED_LOG, shows=("failover_recovery_ms", "failover_sticky_harm"),
+         remark=_node_death_remark),
 )  # fmt: skip
 
 
@@ -314,6 +360,7 @@ class VerdictRow:
 
     rule: Rule
     cells: dict[str, tuple[Verdict, ...]]
+    remark: str = ""  # the rule's remark on this run's facts ("" without one)
 
     def final(self, transport: str) -> Verdict:
         """The verdict a reader can reach: with the fix where one was measured."""
@@ -322,8 +369,13 @@ class VerdictRow:
 
 def verdict_rows(facts: pd.DataFrame, rules: tuple[Rule, ...] = RULES) -> list[VerdictRow]:
     """Every rule's verdicts for every transport, with their evidence."""
+    by_transport = {str(t): v.to_dict() for t, v in facts.iterrows()}
     return [
-        VerdictRow(rule, {str(t): rule.verdicts(v.to_dict()) for t, v in facts.iterrows()})
+        VerdictRow(
+            rule,
+            {t: rule.verdicts(f) for t, f in by_transport.items()},
+            rule.remark(by_transport) if rule.remark else "",
+        )
         for rule in rules
     ]
 
@@ -350,4 +402,4 @@ def answer(row: VerdictRow) -> str:
     rest = [g for g in (UNDECIDED, NA) if by_grade.get(g)]
     for grade in rest:
         text += f" {grade.capitalize()}: {', '.join(by_grade[grade])}."
-    return text
+    return text + row.remark

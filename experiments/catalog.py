@@ -13,7 +13,8 @@ from experiments.descriptor import Experiment
 # browser-connections follows the capacity experiments (scale, idle): how many streams one
 # browser tab holds to one origin; it needs Chromium (skipped with the reason without it)
 MODULES = ("latency", "rtt", "reconnect", "cancel", "proxy", "idle_timeout", "loss", "scale",
-           "idle", "browser_connections", "relay", "tls", "http2", "hol_blocking")  # fmt: skip
+           "idle", "scale_out", "browser_connections", "relay", "tls", "http2", "hol_blocking",
+           "failover", "storm")  # fmt: skip
 
 
 def _load() -> dict[str, Experiment]:

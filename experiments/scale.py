@@ -11,6 +11,7 @@ target: the largest N whose every token arrived with p99 under `target_p99_ms`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from typing import TYPE_CHECKING
@@ -25,6 +26,7 @@ from experiments.spec import RunSpec
 from harness import procstat
 from harness.children import ServerProcess
 from harness.sampler import Sampler, read_stats
+from netem.redis import RedisServer
 from presentation import charts_net
 from records.schema import Tables, concat
 from streams.params import GenParams
@@ -70,29 +72,65 @@ def _ns(spec: Spec) -> list[int]:
     return sorted({*spec.ns, *([spec.max_n] if spec.max_n else [])})
 
 
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """How the server runs: `processes` on one port, streams in the `log` ("memory": each
+    process its own; "redis": one Redis shared by all, started for the point)."""
+
+    processes: int = 1
+    log: str = "memory"
+
+    @property
+    def label(self) -> str:
+        return f"{self.processes} process{'es' if self.processes > 1 else ''}, {self.log} log"
+
+
 def measure_point(
-    spec: Spec, transport: str, n: int, pool: FleetPool, run_id: str
-) -> tuple[Tables, dict[str, object]]:
-    """One fresh server, one fleet of n clients; the tables and the point's server row."""
+    spec: Spec, transport: str, n: int, pool: FleetPool, run_id: str, setup: Setup = Setup(),
+    experiment: str = NAME,
+) -> tuple[Tables, dict[str, object]]:  # fmt: skip
+    """One fresh server (and Redis, for a shared log), one fleet of n clients; the tables and
+    the point's server row. CPU is summed over every server process (and Redis's is its
+    own column); tokens per CPU second use what the hub emitted with one process, and what
+    the clients received with several (one port cannot address each process's /stats)."""
     params = GenParams(tokens=spec.tokens, rate=spec.rate, ttft_ms=spec.ttft_ms, seed=spec.seed)
-    server = ServerProcess(config=ServerConfig(gc=spec.server_gc, uvloop=spec.uvloop))
-    target = server.start()
-    try:
+    with contextlib.ExitStack() as stack:
+        args: list[str] = []
+        redis = None
+        if setup.log == "redis":
+            redis = stack.enter_context(RedisServer())
+            args += ["--log", redis.url]
+        if setup.processes > 1:
+            args += ["--workers", str(setup.processes)]
+        server = ServerProcess(args, config=ServerConfig(gc=spec.server_gc, uvloop=spec.uvloop))
+        target = server.start()
+        stack.callback(server.stop)
+        pids = [int(p) for p in server.ready_fields.get("pids", "").split(",") if p]
+        pids = pids or [server.pid]
         fleet = warmed_fleet(pool, target, transport, n, spec.ramp_s, spec.uvloop, spec.options)
-        base = procstat.sample(server.pid)
+        base = [procstat.sample(pid) for pid in pids]
+        redis0 = redis.cpu_s() if redis is not None else 0.0
         stats0 = read_stats(target)
         started = time.monotonic()
-        with Sampler(target, server.pid, interval_s=0.25) as sampler, measuring():
+        with Sampler(target, pids[0], interval_s=0.25) as sampler, measuring():
             records, workers = pool.run(fleet, target, params, spec.options)
         wall_s = time.monotonic() - started
-        after = procstat.sample(server.pid)
-        stats1 = read_stats(target)
-    finally:
-        server.stop()
-    point = Point(transport, params, condition=f"n={n}", sweep=("clients", n), clients=n)
-    tables = to_tables(records, condition_keys(run_id, NAME, point))
-    tokens_sent = stats1["hub"]["tokens_emitted"] - stats0["hub"]["tokens_emitted"]
-    peak_rss = max([r["rss_bytes"] for r in sampler.rows] + [after.rss_bytes])
+        after = [procstat.sample(pid) for pid in pids]
+        redis_cpu_s = redis.cpu_s() - redis0 if redis is not None else 0.0
+        lags = [read_stats(target) for _ in range(4 * len(pids) - 3)]  # each process, likely
+    condition = f"n={n}" if setup == Setup() else f"{setup.label}, n={n}"
+    point = Point(transport, params, condition=condition, sweep=("clients", n), clients=n)
+    tables = to_tables(records, condition_keys(run_id, experiment, point))
+    if len(pids) == 1:
+        tokens_sent = lags[0]["hub"]["tokens_emitted"] - stats0["hub"]["tokens_emitted"]
+    else:
+        tokens_sent = int(tables.streams["tokens_received"].sum())
+    cpu_s = sum(a.cpu_s - b.cpu_s for a, b in zip(after, base, strict=True))
+    if len(pids) == 1:
+        peak_rss = max([r["rss_bytes"] for r in sampler.rows] + [after[0].rss_bytes])
+    else:  # the processes' RSS at the end (no per-process sampler behind one port)
+        peak_rss = sum(a.rss_bytes for a in after)
+    base_rss = sum(b.rss_bytes for b in base)
     lat = tables.tokens["latency_ms"]
     e2e_ratio = tables.streams["e2e_ms"] / (params.duration_s() * 1e3)
     row = {
@@ -109,13 +147,16 @@ def measure_point(
         "e2e_ratio_p50": float(e2e_ratio.quantile(0.5)),
         "e2e_ratio_max": float(e2e_ratio.max()),
         "wall_s": wall_s,
-        "server_cpu_s": after.cpu_s - base.cpu_s,
-        "server_cpu_per_token_us": (after.cpu_s - base.cpu_s) / tokens_sent * 1e6
-        if tokens_sent
-        else float("nan"),
-        "server_rss_per_conn_bytes": (peak_rss - base.rss_bytes) / n,
-        "loop_lag_max_ms": float(stats1["loop_lag_ms"]["max_ms"]),
-        "gc_collections": str(stats1.get("gc", {}).get("collections")),
+        "server_cpu_s": cpu_s,
+        "server_cpu_per_token_us": cpu_s / tokens_sent * 1e6 if tokens_sent else float("nan"),
+        "server_rss_per_conn_bytes": (peak_rss - base_rss) / n,
+        "loop_lag_max_ms": max(float(s["loop_lag_ms"]["max_ms"]) for s in lags),
+        "gc_collections": str(lags[0].get("gc", {}).get("collections")),
+        "setup": setup.label,
+        "processes": setup.processes,
+        "log": setup.log,
+        "redis_cpu_s": redis_cpu_s,
+        "redis_cpu_per_token_us": redis_cpu_s / tokens_sent * 1e6 if tokens_sent else 0.0,
         "fleet_cpu_max_fraction": max(w.cpu_fraction for w in workers),
         "fleet_saturated": len(saturated(workers)),
         "server_gc": spec.server_gc,

@@ -353,3 +353,37 @@ def _connections_panel(
     ax.set(xlabel="streams opened at once in one tab", ylabel="stream (in start order)")
     ax.grid(True, alpha=0.25)
     ax.legend(fontsize=7, loc="upper left")
+
+
+def scale_out(run_dir: RunLike) -> list[Path]:
+    """`scale_out.png`: p50/p99 latency and CPU per token (server, plus Redis stacked) vs N,
+    one line per server setup (processes and log)."""
+    run = as_run(run_dir)
+    if "scale_out" not in run.extra:
+        return []
+    df = run.extra["scale_out"]
+    fig, (ax_lat, ax_cpu) = figure(2, width_in=4.8, height_in=3.8)
+    styles = ("-o", "-s", "-^", "-D", "-v")
+    for i, (setup, rows) in enumerate(df.groupby("setup", sort=False)):
+        rows = rows.sort_values("n")
+        style = styles[i % len(styles)]
+        ax_lat.plot(rows["n"], rows["latency_p99_ms"].clip(lower=LATENCY_FLOOR_MS), style,
+                    markersize=4, label=f"{setup} p99")  # fmt: skip
+        ax_lat.plot(rows["n"], rows["latency_p50_ms"].clip(lower=LATENCY_FLOOR_MS), ":",
+                    color=ax_lat.lines[-1].get_color(), linewidth=1)  # fmt: skip
+        total = rows["server_cpu_per_token_us"] + rows["redis_cpu_per_token_us"]
+        ax_cpu.plot(rows["n"], total, style, markersize=4, label=f"{setup}: server + Redis")
+        if (rows["redis_cpu_per_token_us"] > 0).any():
+            ax_cpu.plot(rows["n"], rows["server_cpu_per_token_us"], "--",
+                        color=ax_cpu.lines[-1].get_color(), linewidth=1,
+                        label=f"{setup}: server only")  # fmt: skip
+    ax_lat.axhline(float(df["target_p99_ms"].iloc[0]), color="grey", linestyle=":", linewidth=1)
+    ax_lat.set(xscale="log", yscale="log", xlabel="concurrent SSE streams",
+               ylabel="token latency (ms)",
+               title="p99 (markers), p50 (dotted); grey: target")  # fmt: skip
+    ax_cpu.set(xscale="log", xlabel="concurrent SSE streams", ylabel="CPU per token (us)",
+               title="CPU per token delivered, all server processes (+ Redis)")  # fmt: skip
+    for ax in (ax_lat, ax_cpu):
+        ax.grid(True, which="both", alpha=0.25)
+        ax.legend(fontsize=7)
+    return [save(fig, run.path / "scale_out.png")]
