@@ -1,4 +1,5 @@
-"""The servers a benchmark compares: pushlab's, the bare aiohttp reference, the raw one.
+"""The servers a benchmark compares: pushlab's, the bare aiohttp reference, the raw one, and
+the peer stack (FastAPI + sse-starlette on uvicorn, `benchmarks/peer.py`).
 
 Each server is a child process on 127.0.0.1, started and stopped by its own pid
 (`harness.children`); what the machine does while they run is read by `harness.sampler`
@@ -16,7 +17,9 @@ from harness.children import READY_PREFIX, ROOT, ChildProcess, ServerProcess
 from transports.web.config import ServerConfig
 
 BARE_PY = ROOT / "benchmarks" / "bare.py"
-SIDES = ("pushlab", "bare", "raw")  # pushlab's server.py, bare aiohttp, raw asyncio.Protocol
+PEER_PY = ROOT / "benchmarks" / "peer.py"
+# pushlab's server.py, bare aiohttp, raw asyncio.Protocol, FastAPI + sse-starlette (SSE only)
+SIDES = ("pushlab", "bare", "raw", "peer")
 
 
 def server_process(side: str, gc_policy: str = "auto") -> ChildProcess:
@@ -24,6 +27,9 @@ def server_process(side: str, gc_policy: str = "auto") -> ChildProcess:
     if side == "pushlab":
         return ServerProcess(config=ServerConfig(uvloop=True, gc=gc_policy))
     flags = ["--uvloop", "--gc", gc_policy]  # bare.py's own flags, named like the server's
+    if side == "peer":
+        return ChildProcess([str(PEER_PY), "--host", "127.0.0.1", "--port", "0", *flags],
+                            READY_PREFIX)  # fmt: skip
     kind = {"bare": "aiohttp", "raw": "raw"}[side]
     argv = [str(BARE_PY), "--kind", kind, "--host", "127.0.0.1", "--port", "0", *flags]
     return ChildProcess(argv, READY_PREFIX)

@@ -50,6 +50,17 @@ def _verdict(row: dict[str, Any]) -> str:
     return "met" if row["met"] else f"**missed** by {row['miss']}"
 
 
+PEER_NAMES = {"peer": "FastAPI + sse-starlette", "bare": "bare aiohttp"}
+
+
+def _reference_note(row: dict[str, Any]) -> str:
+    """Which server a pushlab row's reference is, when it is not the bare aiohttp one."""
+    ref = row.get("reference_side", "bare")
+    if row["side"] != "pushlab" or (ref == "bare" and "best of" not in row["title"]):
+        return ""
+    return f" ({PEER_NAMES.get(ref, ref)})"
+
+
 def target_cells(row: dict[str, Any]) -> list[str]:
     unit = row["unit"]
     return [
@@ -58,7 +69,7 @@ def target_cells(row: dict[str, Any]) -> list[str]:
         _label(row["transport"]),
         row["gc"],
         f"{_spread(row['value'], unit)} {unit}",
-        f"{_spread(row['reference'], unit)} {unit}",
+        f"{_spread(row['reference'], unit)} {unit}{_reference_note(row)}",
         _spread(row["ratio"], "x"),
         row["goal"],
         _verdict(row),
@@ -138,13 +149,14 @@ def _limits(doc: dict[str, Any], analysis: str) -> list[str]:
         return ["Every target was met in this run."]
     out, warned = [], set()
     for r in missed:
-        facts = f"pushlab {_spread(r['value'], r['unit'])} {r['unit']} against bare "
+        ref = r.get("reference_side", "bare")
+        facts = f"pushlab {_spread(r['value'], r['unit'])} {r['unit']} against {ref} "
         facts += f"{_spread(r['reference'], r['unit'])} {r['unit']}"
         peak = r.get("peak_cores", {})
         if peak and peak["value"]["n"]:
             facts += (
                 f"; server process at its busiest second: pushlab {_spread(peak['value'], 'x')}"
-                f" cores, bare {_spread(peak['reference'], 'x')} cores"
+                f" cores, {ref} {_spread(peak['reference'], 'x')} cores"
             )
         transport = _label(r["transport"])
         out.append(
@@ -174,9 +186,10 @@ def readme(doc: dict[str, Any], analysis: str = "", result_path: str = "") -> st
         "",
         "Value = pushlab's `server.py`; reference = the bare aiohttp server of "
         "`benchmarks/bare.py` "
-        "(the raw asyncio one for the context row), measured in the same run, same GC policy, "
-        "both on uvloop. Median over repetitions [min–max]; the ratio's range is over repetitions "
-        "paired by index; `n` = repetitions per side.",
+        "(the raw asyncio one for the raw-ceiling row; where the row names it, the peer stack "
+        "of `benchmarks/peer.py`: FastAPI + sse-starlette on uvicorn), measured in the same "
+        "run, same GC policy, all on uvloop. Median over repetitions [min–max]; the ratio's "
+        "range is over repetitions paired by index; `n` = repetitions per side.",
         "",
         markdown_rows(HEADERS, rows),
         "",
@@ -226,7 +239,11 @@ METHOD = """## How it is measured
   `server.py --uvloop --gc POLICY`, the reference `benchmarks/bare.py --kind aiohttp --uvloop
   --gc POLICY` (same aiohttp runner settings: no access log, handler cancellation). Both run
   side by side; the one not being measured is idle. Each benchmark warms both up first.
-- Repetitions alternate which side goes first (pushlab, bare, then bare, pushlab, ...).
+- The peer stack (`streams1000`, SSE only): `benchmarks/peer.py --uvloop --gc POLICY`,
+  FastAPI + sse-starlette on uvicorn (uvloop, httptools, no access log), pacing and stamping
+  its tokens as the bare server does and sending the same bytes per token; it runs beside the
+  other two and takes its turn in each repetition.
+- Repetitions alternate which side goes first (pushlab, bare[, peer], then the reverse, ...).
 - Load generators run in two worker processes on uvloop with their garbage collector off,
   client i starting at i x stagger; a worker above 90% CPU, or a machine above 95% busy, is
   flagged. `longpoll` uses pushlab's own long-poll client (`clients.fleet.FleetPool`).

@@ -11,9 +11,12 @@ as plain dicts; it prints nothing (progress goes to a callback) and writes nothi
 | `throughput` | 2 | one unpaced stream per transport: pushlab vs bare aiohttp |
 | `idle_memory` | 5 | RSS per idle SSE / WebSocket connection, fresh server each time |
 | `longpoll` | 6 | server CPU per long-poll request, one token per response |
-| `streams1000` | 1, 3 | 1,000 streams x 20 tokens/s, SSE and WebSocket, per GC policy |
+| `streams1000` | 1, 3, 13.6 | 1,000 streams x 20 tokens/s, SSE and WebSocket, per GC policy |
 | `streams5000` | 4 | 5,000 SSE streams x 10 tokens/s, per GC policy |
 | `h2_throughput` | h2 | pushlab's HTTP/2 client vs its HTTP/1.1 client, one SSE stream via nginx |
+
+`streams1000` on SSE also measures the peer stack (`benchmarks/peer.py`, FastAPI +
+sse-starlette on uvicorn) as a second reference: issue 13's token latency p50 target.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from streams.params import GenParams
 PUSHLAB_MAX_RATE = 100_000.0  # the highest `rate` pushlab accepts (docs/PROTOCOL.md)
 UNPACED_RATE = 1e9  # the bare servers take any rate: every token is due at once
 PAIR = ("pushlab", "bare")
+TRIO = ("pushlab", "bare", "peer")  # the peer stack (benchmarks/peer.py) serves SSE only
 Progress = Callable[[str], None]
 
 
@@ -63,6 +67,7 @@ class Profile:
     scale_client: str = "light"  # streams1000/5000: "light" readers or pushlab's "python" ones
     h2_tokens: int = 20_000  # h2_throughput: one stream's tokens, at pushlab's highest rate
     h2_reps: int = 5
+    peer: bool = True  # streams1000 on SSE also measures the peer stack (benchmarks/peer.py)
 
 
 FULL = Profile()
@@ -105,6 +110,7 @@ class Ctx:
 
 
 def _order(sides: Sequence[str], rep: int) -> list[str]:
+    """Even repetitions in the given order, odd ones reversed (pushlab last, then first)."""
     return list(sides) if rep % 2 == 0 else list(reversed(sides))
 
 
@@ -138,16 +144,20 @@ def _fleets(
     policies: Sequence[str],
     shape: tuple[int, GenParams, float],
     client: str,
+    sides: Callable[[str], Sequence[str]] = lambda transport: PAIR,
 ) -> list[Trial]:
-    """`shape` = (clients, params, stagger_ms) for every transport and GC policy."""
+    """`shape` = (clients, params, stagger_ms) for every transport and GC policy; `sides`
+    says which servers each transport is measured on."""
     clients, params, stagger_ms = shape
+    everyone = list(dict.fromkeys(side for t in transports for side in sides(t)))
     out = []
     for policy in policies:
-        with running(PAIR, policy) as servers:
+        with running(everyone, policy) as servers:
             for transport in transports:
-                _warm(ctx, servers.values(), transport, client)
+                measured = sides(transport)
+                _warm(ctx, [servers[side] for side in measured], transport, client)
                 for rep in range(ctx.profile.reps):
-                    for pos, side in enumerate(_order(PAIR, rep)):
+                    for pos, side in enumerate(_order(measured, rep)):
                         args = (ctx.fleet, servers[side], transport, clients, params, stagger_ms)
                         run = functools.partial(fleet_trial, *args, client)
                         labels = _label(name, side, transport, policy, rep, pos)
@@ -160,7 +170,11 @@ def streams1000(ctx: Ctx) -> list[Trial]:
     params = GenParams(tokens=p.stream_tokens, rate=p.stream_rate, ttft_ms=p.ttft_ms)
     shape = (p.streams, params, p.stream_stagger_ms)
     transports = ("sse", "websocket")
-    return _fleets(ctx, "streams1000", transports, p.gc_policies, shape, p.scale_client)
+
+    def sides(transport: str) -> Sequence[str]:
+        return TRIO if transport == "sse" and p.peer else PAIR
+
+    return _fleets(ctx, "streams1000", transports, p.gc_policies, shape, p.scale_client, sides)
 
 
 def streams5000(ctx: Ctx) -> list[Trial]:
