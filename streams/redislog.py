@@ -33,18 +33,24 @@ Redis layout (one Redis, no cluster mode: the scripts touch several keys):
 Explicit entry ids are the fence. `XADD key 12-0` fails when the stream's top entry is 12-0
 or later, so two nodes can never both log seq 12, and an end entry (`tokens+1`) written by a
 cancel on another node makes the owner's next append fail: the owner then stops generating
-and follows the log as a replica. Nothing else needs a lock.
+and follows the log as a replica. Nothing else needs a lock. A lease is renewed with
+`SET ... XX`: a node that finds its own lease gone (it stalled past it) stops generating
+all its streams, takes a new lease and claims back those nobody took; a node whose append
+was refused asks once more, a third of a lease later, whether the stream is still its own
+(then the refused writer was a stalled node that has not noticed yet, and will stop).
 
 Takeover. A node whose lease lapsed (it was killed, or stalled past `lease_ms`) loses its
 streams to whichever survivor claims them first: a Lua script moves `owner` only if the old
-owner's lease key is gone. Survivors claim on two occasions: a reader asks for the stream
-(claimed then and there, so the reconnecting client waits for nothing else), and a sweep
-every half lease over the dead nodes' `owns` sets (streams nobody is reading at that moment,
-such as a long poll between two polls). The new owner reads the log, rebuilds the seeded
-plan and goes on from the last logged seq with the *original* schedule (`start_ns`): tokens
-that fell due during the outage are emitted at once, the rest on time, and the text is the
-one the dead node would have sent. A relayed stream asks its upstream for the rest of the
-answer, with the text so far as the assistant's message and `offset` for a pushlab upstream.
+owner's lease key is gone, and the history is read after the claim, not before. Survivors
+claim on two occasions: a reader asks for the stream (claimed then and there, so the
+reconnecting client waits for nothing else), and a sweep every half lease over the dead
+nodes' `owns` sets (streams nobody is reading at that moment, such as a long poll between
+two polls). The new owner reads the log, rebuilds the seeded plan and goes on from the last
+logged seq with the *original* schedule (`start_ns`): tokens that fell due during the
+outage are emitted at once (stamped with the time they are emitted), the rest on time, and
+the text is the one the dead node would have sent. A relayed stream asks its upstream for
+the rest of the answer, with the text so far as the assistant's message: what a real model
+continues from; an upstream that ignores it (a pushlab /v1) restarts its own text.
 
 Retention. The log of a finished stream expires `retention_s` after its end (`PEXPIRE`).
 `max_len` > 0 trims a running stream to its last `max_len` tokens (`XADD MAXLEN`); a resume
@@ -70,7 +76,7 @@ import os
 import socket
 import time
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from streams.errors import LogUnavailable, ParamError, PushlabError, StreamNotFound
@@ -83,6 +89,9 @@ RECONNECT_S = 0.5
 CONNECT_TIMEOUT_S = 3.0
 FOLLOW_BLOCK_MS = 5_000  # a blocked XREAD returns at least this often (or when unblocked)
 FOLLOW_COUNT = 1_000  # entries per stream per XREAD reply
+# an XADD after its head: "<seq>-0", then the fields t, x and p with their values
+_XADD_REST = (b"%s$%d\r\n%s\r\n$1\r\nt\r\n$%d\r\n%s\r\n$1\r\nx\r\n$%d\r\n%s\r\n"
+              b"$1\r\np\r\n$%d\r\n%s\r\n")  # fmt: skip
 _GONE = Token(0, 0, "", b"")  # stands for a trimmed token in a replica's log (never sent)
 
 # KEYS: meta, the claimer's owns set. ARGV: claimer, lease prefix, owns prefix, stream id.
@@ -273,9 +282,10 @@ class RedisHub(Hub):
         self.max_len = max_len
         self._sink = self._queue_append
         self._logged: set[str] = set()  # owned streams mirrored in the log
+        self._heads: dict[str, bytes] = {}  # stream id -> its XADD's first bytes
         self._replicas: dict[str, Stream] = {}  # followed from the log
         self._positions: dict[str, bytes] = {}  # replica id -> last entry id read
-        self._loading: dict[str, asyncio.Future[Stream]] = {}
+        self._loading: dict[str, asyncio.Future[Stream | None]] = {}
         self._messages: dict[str, list[dict[str, object]] | None] = {}
         self._buffer: list[bytes] = []
         self._buffer_ids: list[str] = []
@@ -289,7 +299,7 @@ class RedisHub(Hub):
         self._available = False
         self._lost_reason = ""
         self._log_counts = {"appends": 0, "claims": 0, "takeovers": 0, "fenced": 0,
-                            "replicas": 0, "lost": 0, "gaps": 0}  # fmt: skip
+                            "replicas": 0, "lost": 0, "gaps": 0, "lapsed": 0}  # fmt: skip
         self._scripts: dict[str, str] = {}
 
     # -- life cycle -------------------------------------------------------------------------
@@ -314,15 +324,15 @@ class RedisHub(Hub):
             "cancel": await ctl.call("SCRIPT", "LOAD", _CANCEL),
         }
         self._ctl, self._follower = ctl, follower
-        await self._renew()
+        await ctl.call("SET", f"pl:lease:{self.node}", self.node, "PX", self.lease_ms)
         await ctl.call("SADD", "pl:nodes", self.node)
         self._available, self._lost_reason = True, ""
 
     async def aclose(self) -> None:
-        for task in self._tasks:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._available and self._ctl is not None:
             # a clean stop hands this node's streams over at once: no lease to wait out
             with contextlib.suppress(PushlabError):
@@ -341,12 +351,13 @@ class RedisHub(Hub):
         why = f"log unavailable: {reason}"[:200]
         for stream_id in list(self._logged):
             self._logged.discard(stream_id)
+            self._heads.pop(stream_id, None)
             self.cancel_local(stream_id, why)
         for stream_id, stream in list(self._replicas.items()):
             self._drop_replica(stream_id)
             stream._finish(CANCELLED, why)
         self._buffer, self._buffer_ids = [], []
-        self._tasks.append(asyncio.create_task(self._reconnect_forever(), name="log-reconnect"))
+        self._spawn(self._reconnect_forever())
 
     async def _reconnect_forever(self) -> None:
         while not self._available:
@@ -410,17 +421,29 @@ class RedisHub(Hub):
         """The hub's sink: queue the token's XADD; one flush per loop iteration."""
         if stream.id not in self._logged:
             return
-        key = f"pl:s:{stream.id}"
-        if self.max_len:
-            cmd = encode_command("XADD", key, "MAXLEN", self.max_len, f"{token.seq}-0", "t",
-                                 token.t_emit_ns, "x", token.text, "p", token.payload)  # fmt: skip
-        else:
-            cmd = encode_command("XADD", key, f"{token.seq}-0", "t", token.t_emit_ns,
-                                 "x", token.text, "p", token.payload)  # fmt: skip
         self._log_counts["appends"] += 1
-        self._queue(cmd, stream.id)
+        self._queue(self.xadd(stream.id, token), stream.id)
         if self._source is not None:  # a relayed token cannot be made again: log it first
             self._flush()
+
+    def xadd(self, stream_id: str, token: Token) -> bytes:
+        """`XADD pl:s:<id> [MAXLEN n] <seq>-0 t <ns> x <text> p <payload>`, the bytes of
+        `encode_command` for it: the command, key and MAXLEN part are encoded once per stream
+        and the rest with one `%` (measured: 0.9-1.4 us a token against 3.5 us through
+        encode_command, benchmarks/analysis.md 2026-11-30)."""
+        head = self._heads.get(stream_id)
+        if head is None:
+            trim = ("MAXLEN", self.max_len) if self.max_len else ()
+            args = encode_command("XADD", f"pl:s:{stream_id}", *trim)  # then 7 arguments
+            head = b"*%d\r\n" % (len(trim) + 9) + args[args.index(b"\r\n") + 2 :]
+            self._heads[stream_id] = head
+        entry = b"%d-0" % token.seq
+        t_emit = b"%d" % token.t_emit_ns
+        text = token.text.encode()
+        payload = token.payload
+        return _XADD_REST % (
+            head, len(entry), entry, len(t_emit), t_emit, len(text), text, len(payload), payload,
+        )  # fmt: skip
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -435,11 +458,15 @@ class RedisHub(Hub):
             if isinstance(reply, ReplyError) and stream_id in self._logged:
                 self._fenced(stream_id)
 
-    def _fenced(self, stream_id: str) -> None:
+    def _fenced(self, stream_id: str, reclaim: bool = True) -> None:
         """Our append was refused: another node logged that seq (it took the stream over)
-        or a cancel wrote the end. Stop generating and follow the log from here on."""
+        or a cancel wrote the end. Stop generating and follow the log from here on; with
+        `reclaim`, ask again a third of a lease later, in case the other writer was a node
+        that stalled past its lease and has not noticed yet (the stream is still ours then,
+        and would otherwise be generated by nobody once that node stops)."""
         self._log_counts["fenced"] += 1
         self._logged.discard(stream_id)
+        self._heads.pop(stream_id, None)
         stream = self._streams.get(stream_id)
         if stream is None or stream.done:
             return
@@ -451,11 +478,29 @@ class RedisHub(Hub):
             relay.cancel()
         stream.plan = Plan((), ())
         self._follow(stream, stream.last_seq)
+        if reclaim:
+            self._spawn(self._reclaim_later(stream_id))
+
+    async def _reclaim_later(self, stream_id: str) -> None:
+        await asyncio.sleep(self.lease_ms / 3000)
+        with contextlib.suppress(PushlabError):
+            await self._load(stream_id, follow=False)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run `coro` as a task this hub cancels when it closes."""
+        task = asyncio.create_task(coro)
+        self._tasks.append(task)
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        if task in self._tasks:
+            self._tasks.remove(task)
 
     def _ended(self, stream: Stream) -> None:
         if stream.id not in self._logged:
             return
         self._logged.discard(stream.id)
+        self._heads.pop(stream.id, None)
         if not self._available:
             return
         meta, key = f"pl:m:{stream.id}", f"pl:s:{stream.id}"
@@ -478,45 +523,40 @@ class RedisHub(Hub):
         if stream is not None:
             return stream
         loading = self._loading.get(stream_id)
-        if loading is not None:  # another reader is reading it from the log already
-            return await asyncio.shield(loading)
-        fut: asyncio.Future[Stream] = asyncio.get_running_loop().create_future()
-        self._loading[stream_id] = fut
-        try:
-            stream = await self._load(stream_id)
-            assert stream is not None
-        except BaseException as exc:
-            if not fut.done():
-                fut.set_exception(exc)
-                fut.exception()  # retrieved: a lone loader must not warn
-            raise
-        else:
-            fut.set_result(stream)
-            return stream
-        finally:
-            del self._loading[stream_id]
+        if loading is None:  # one load per stream, whoever asks; a reader that goes away
+            # while it runs (a cancelled request) does not cancel it for the others
+            loading = asyncio.ensure_future(self._load(stream_id))
+            self._loading[stream_id] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(stream_id, None))
+        stream = await asyncio.shield(loading)
+        assert stream is not None
+        return stream
 
     async def _load(self, stream_id: str, follow: bool = True) -> Stream | None:
         """A stream held elsewhere: claimed if its owner is dead, else a replica (None with
         `follow` false: the sweep wants owners, not readers)."""
         ctl = self._require()
-        meta_raw, entries = await ctl.pipeline(
-            [("HGETALL", f"pl:m:{stream_id}"), ("XRANGE", f"pl:s:{stream_id}", "-", "+")]
-        )
+        # claim first (the script checks that it runs and that its owner's lease is gone),
+        # read after: a history read before the claim could miss a last append
+        meta_raw, claimed = await ctl.pipeline([
+            ("HGETALL", f"pl:m:{stream_id}"),
+            ("EVALSHA", self._scripts["claim"], 2, f"pl:m:{stream_id}", f"pl:owns:{self.node}",
+             self.node, "pl:lease:", "pl:owns:", stream_id),
+        ])  # fmt: skip
         if not meta_raw:
             raise StreamNotFound(f"no stream '{stream_id}' (unknown or expired)", param="stream")
-        assert isinstance(meta_raw, list) and isinstance(entries, list)
+        assert isinstance(meta_raw, list)
         meta = _fields(meta_raw)
         params = parse_params(json.loads(meta[b"params"]))
-        if meta.get(b"state") == RUNNING.encode():
-            claimed = await ctl.call(
-                "EVALSHA", self._scripts["claim"], 2, f"pl:m:{stream_id}",
-                f"pl:owns:{self.node}", self.node, "pl:lease:", "pl:owns:", stream_id,
-            )  # fmt: skip
-            if claimed == 1 and stream_id not in self._streams:
-                return self._take_over(stream_id, params, meta, entries)
+        if claimed == 1 and stream_id not in self._logged:
+            entries = await ctl.call("XRANGE", f"pl:s:{stream_id}", "-", "+")
+            return self._take_over(stream_id, params, meta, entries)
         stream = self._streams.get(stream_id) or self._replicas.get(stream_id)
         if stream is not None or not follow:  # claimed or followed meanwhile, or not wanted
+            return stream
+        entries = await ctl.call("XRANGE", f"pl:s:{stream_id}", "-", "+")
+        stream = self._streams.get(stream_id) or self._replicas.get(stream_id)
+        if stream is not None:
             return stream
         stream = Stream(stream_id, params, Plan((), ()), time.monotonic(), self._encode)
         last = self._fill(stream, entries)
@@ -568,6 +608,10 @@ class RedisHub(Hub):
         self._log_counts["takeovers"] += 1
         self._logged.add(stream_id)
         loop = asyncio.get_running_loop()
+        if meta.get(b"relay") == b"1" and self._source is None:  # nothing to continue it with
+            self._log_counts["takeovers"] -= 1
+            self.cancel_local(stream_id, "its node died; this node relays no upstream")
+            return stream
         if meta.get(b"relay") == b"1" and self._source is not None:
             messages = json.loads(meta.get(b"messages") or b"null")
             so_far = "".join(t.text for t in stream.log)
@@ -655,8 +699,21 @@ class RedisHub(Hub):
     # -- leases and takeover ---------------------------------------------------------------
 
     async def _renew(self) -> None:
+        """Extend our lease; if it had lapsed (we stalled past it), our streams may be
+        another node's now: stop generating them all, take a new lease, and claim back
+        those nobody took (the claim succeeds when the owner is still us)."""
         assert self._ctl is not None
-        await self._ctl.call("SET", f"pl:lease:{self.node}", self.node, "PX", self.lease_ms)
+        key = f"pl:lease:{self.node}"
+        if await self._ctl.call("SET", key, self.node, "PX", self.lease_ms, "XX") is not None:
+            return
+        self._log_counts["lapsed"] += 1
+        mine = list(self._logged)
+        for stream_id in mine:
+            self._fenced(stream_id, reclaim=False)
+        await self._ctl.call("SET", key, self.node, "PX", self.lease_ms)
+        for stream_id in mine:
+            with contextlib.suppress(StreamNotFound):
+                await self._load(stream_id, follow=False)
 
     async def _renew_forever(self) -> None:
         while True:

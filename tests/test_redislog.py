@@ -13,9 +13,10 @@ import pytest
 from netem.redis import RedisServer, redis_binary
 from streams.errors import HistoryGone, LogUnavailable, StreamNotFound
 from streams.generator import texts
-from streams.hub import CANCELLED, DONE, Stream
+from streams.hub import CANCELLED, DONE, Stream, Token
 from streams.params import GenParams
 from streams.redislog import RedisHub, parse_url
+from streams.resp import encode_command
 from tests.support import UNIT
 from transports.token import encode_token
 
@@ -254,3 +255,28 @@ async def test_a_relayed_stream_is_continued_by_asking_the_upstream_for_the_rest
     so_far = "".join(t for _, t in got[:k])
     assert asked[1] == (12 - k, [*prompt, {"role": "assistant", "content": so_far}])
     assert [t for _, t in got[k:]] == [f" w2.{i}" for i in range(12 - k)]
+
+
+async def test_a_node_that_finds_its_lease_lapsed_claims_back_what_nobody_took(
+    redis: RedisServer, nodes: list[RedisHub]
+) -> None:
+    a = await node(redis, "a")
+    nodes.append(a)
+    made = await a.create(SLOW)
+    await until(made, 4)
+    redis.call("DEL", "pl:lease:a")  # as if a had stalled: its next renewal finds no lease
+    got = await read_all(made)
+    assert [s for s, _ in got] == list(range(1, 31))
+    assert a.log_statistics()["lapsed"] == 1 and a.log_statistics()["takeovers"] == 1
+    assert made.state == DONE
+
+
+@pytest.mark.parametrize("max_len", [0, 7])
+def test_the_per_token_xadd_is_the_codecs_bytes(max_len: int) -> None:
+    hub = RedisHub(encode_token, "redis://127.0.0.1:1", max_len=max_len)
+    token = Token(12, 1_795_998_613_746_281_353, " ünï\r\n", b'{"seq":12,"text":"x"}')
+    trim = ("MAXLEN", max_len) if max_len else ()
+    expected = encode_command("XADD", "pl:s:abc", *trim, "12-0", "t", token.t_emit_ns,
+                              "x", token.text, "p", token.payload)  # fmt: skip
+    assert hub.xadd("abc", token) == expected
+    assert hub.xadd("abc", token._replace(seq=1)) == expected.replace(b"$4\r\n12-0", b"$3\r\n1-0")
