@@ -144,24 +144,35 @@ def _details(doc: dict[str, Any]) -> list[str]:
 
 
 def _limits(doc: dict[str, Any], analysis: str) -> list[str]:
-    missed = [r for r in doc["targets"] if r["met"] is False]
+    missed = [r for r in doc["targets"] if r["met"] is False or r.get("reps_missed")]
     if not missed:
         return ["Every target was met in this run."]
     out, warned = [], set()
     for r in missed:
-        ref = r.get("reference_side", "bare")
-        facts = f"pushlab {_spread(r['value'], r['unit'])} {r['unit']} against {ref} "
+        ref, side = r.get("reference_side", "bare"), r["side"]
+        facts = f"{side} {_spread(r['value'], r['unit'])} {r['unit']} against {ref} "
         facts += f"{_spread(r['reference'], r['unit'])} {r['unit']}"
         peak = r.get("peak_cores", {})
-        if peak and peak["value"]["n"]:
+        if "explain" in r:  # the row names what to read (summary.Goal.explain)
+            facts += "".join(
+                f"; {e['label']}: {side} {_spread(e['value'], '')}, {ref} "
+                f"{_spread(e['reference'], '')}"
+                for e in r["explain"]
+                if e["value"]["n"] or e["reference"]["n"]
+            )
+        elif peak and peak["value"]["n"]:
             facts += (
-                f"; server process at its busiest second: pushlab {_spread(peak['value'], 'x')}"
+                f"; server process at its busiest second: {side} {_spread(peak['value'], 'x')}"
                 f" cores, {ref} {_spread(peak['reference'], 'x')} cores"
             )
         transport = _label(r["transport"])
+        how = f"missed by {r['miss']}"
+        if r["met"]:  # met by the median, not by every repetition (summary.evaluate)
+            how = (
+                f"met by the median, missed by {r['reps_missed']} of {r['value']['n']} repetitions"
+            )
         out.append(
-            f"- Target {r['target']} ({r['title']}, {transport}, GC {r['gc']}): {facts}; "
-            f"missed by {r['miss']}."
+            f"- Target {r['target']} ({r['title']}, {transport}, GC {r['gc']}): {facts}; {how}."
         )
         group = (r["benchmark"], r["transport"], r["gc"])
         if group not in warned:  # the same trials' warnings once
@@ -212,7 +223,7 @@ def later_run(doc: dict[str, Any], result_path: str, notes: str = "") -> str:
     names = ", ".join(f"`{b}`" for b in dict.fromkeys(t["benchmark"] for t in doc["trials"]))
     headers = [*HEADERS[:4], "value", "reference", *HEADERS[6:]]
     rows = [target_cells(r) for r in doc["targets"]]
-    sides = "; ".join(f"{r['title']}: value = `{r['side']}`" for r in doc["targets"])
+    sides = "; ".join(dict.fromkeys(f"{r['title']}: value = `{r['side']}`" for r in doc["targets"]))
     parts = [
         f"## Later run: {names}",
         "",
@@ -272,6 +283,13 @@ METHOD = """## How it is measured
 - Idle memory: a fresh server per repetition; 50 streams opened and closed as warm-up, then
   N streams whose first token is a minute away, each opened until its first bytes (SSE
   `retry:`, WebSocket `started`) arrived; RSS growth (median of three samples) / N.
+- `redis_log` and `streams5000_workers` (later runs) measure pushlab against itself: the
+  in-memory hub in one process against `--log redis://...` on a redis-server started for
+  the block (one process, or `--workers 2` on one port). Their CPU is every server process's
+  (the `--workers` parent and each worker, by the pids of its ready line) plus Redis's
+  (scheduler clock), over the whole trial for the target row, since a slow ramp can leave a
+  side no steady window; /stats is polled four times a second on both sides for the loop lag
+  of whichever process answers, and delivery comes from the clients' own counts.
 - Other load: per trial, the CPU time (/proc/PID/stat) of every user-space process that is
   neither the benchmark nor one of its children, over the trial's wall time; above 0.25
   cores it is listed as a warning. `--wait-quiet-s S` waits up to S seconds before each

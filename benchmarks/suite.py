@@ -14,9 +14,17 @@ as plain dicts; it prints nothing (progress goes to a callback) and writes nothi
 | `streams1000` | 1, 3, 13.6 | 1,000 streams x 20 tokens/s, SSE and WebSocket, per GC policy |
 | `streams5000` | 4 | 5,000 SSE streams x 10 tokens/s, per GC policy |
 | `h2_throughput` | h2 | pushlab's HTTP/2 client vs its HTTP/1.1 client, one SSE stream via nginx |
+| `redis_log` | 13a | streams1000's SSE load: pushlab on the Redis log vs the in-memory hub |
+| `streams5000_workers` | 13b | streams5000's load: `--workers 2` on the Redis log vs one process |
 
 `streams1000` on SSE also measures the peer stack (`benchmarks/peer.py`, FastAPI +
 sse-starlette on uvicorn) as a second reference: issue 13's token latency p50 target.
+
+`redis_log` and `streams5000_workers` compare pushlab with itself: the reference is the
+one-process in-memory hub (side `pushlab`), the value `pushlab+redis` (one process, `--log`
+on a real redis-server started for the block) or `pushlab-w2+redis` (`--workers 2` on it).
+Their CPU per token is every server process's plus Redis's (`trials.GroupSampler`); the
+in-memory side is sampled the same way, so both pay the same /stats polling.
 """
 
 from __future__ import annotations
@@ -36,6 +44,8 @@ PUSHLAB_MAX_RATE = 100_000.0  # the highest `rate` pushlab accepts (docs/PROTOCO
 UNPACED_RATE = 1e9  # the bare servers take any rate: every token is due at once
 PAIR = ("pushlab", "bare")
 TRIO = ("pushlab", "bare", "peer")  # the peer stack (benchmarks/peer.py) serves SSE only
+REDIS_PAIR = ("pushlab", "pushlab+redis")  # the in-memory hub vs the Redis log, one process
+WORKERS_PAIR = ("pushlab", "pushlab-w2+redis")  # one process vs --workers 2 on the Redis log
 Progress = Callable[[str], None]
 
 
@@ -145,9 +155,10 @@ def _fleets(
     shape: tuple[int, GenParams, float],
     client: str,
     sides: Callable[[str], Sequence[str]] = lambda transport: PAIR,
+    grouped: bool = False,
 ) -> list[Trial]:
     """`shape` = (clients, params, stagger_ms) for every transport and GC policy; `sides`
-    says which servers each transport is measured on."""
+    says which servers each transport is measured on; `grouped`: see `trials.fleet_trial`."""
     clients, params, stagger_ms = shape
     everyone = list(dict.fromkeys(side for t in transports for side in sides(t)))
     out = []
@@ -159,7 +170,7 @@ def _fleets(
                 for rep in range(ctx.profile.reps):
                     for pos, side in enumerate(_order(measured, rep)):
                         args = (ctx.fleet, servers[side], transport, clients, params, stagger_ms)
-                        run = functools.partial(fleet_trial, *args, client)
+                        run = functools.partial(fleet_trial, *args, client, grouped)
                         labels = _label(name, side, transport, policy, rep, pos)
                         out.append(ctx.record(labels, run))
     return out
@@ -182,6 +193,24 @@ def streams5000(ctx: Ctx) -> list[Trial]:
     params = GenParams(tokens=p.scale_tokens, rate=p.scale_rate, ttft_ms=p.ttft_ms)
     shape = (p.scale_streams, params, p.scale_stagger_ms)
     return _fleets(ctx, "streams5000", ("sse",), p.gc_policies, shape, p.scale_client)
+
+
+def redis_log(ctx: Ctx) -> list[Trial]:
+    """streams1000's SSE load on pushlab with the Redis log against the in-memory hub."""
+    p = ctx.profile
+    params = GenParams(tokens=p.stream_tokens, rate=p.stream_rate, ttft_ms=p.ttft_ms)
+    shape = (p.streams, params, p.stream_stagger_ms)
+    return _fleets(ctx, "redis_log", ("sse",), p.gc_policies, shape, p.scale_client,
+                   lambda transport: REDIS_PAIR, grouped=True)  # fmt: skip
+
+
+def streams5000_workers(ctx: Ctx) -> list[Trial]:
+    """streams5000's load on `--workers 2` sharing the Redis log against one in-memory process."""
+    p = ctx.profile
+    params = GenParams(tokens=p.scale_tokens, rate=p.scale_rate, ttft_ms=p.ttft_ms)
+    shape = (p.scale_streams, params, p.scale_stagger_ms)
+    return _fleets(ctx, "streams5000_workers", ("sse",), p.gc_policies, shape, p.scale_client,
+                   lambda transport: WORKERS_PAIR, grouped=True)  # fmt: skip
 
 
 def longpoll(ctx: Ctx) -> list[Trial]:
@@ -245,6 +274,8 @@ BENCHMARKS: dict[str, Callable[[Ctx], list[Trial]]] = {
     "streams1000": streams1000,
     "streams5000": streams5000,
     "h2_throughput": h2_throughput,
+    "redis_log": redis_log,
+    "streams5000_workers": streams5000_workers,
 }
 
 
@@ -267,11 +298,14 @@ def measure(
 
 _SHOW = (
     ("cpu_per_token_us", "{:.1f} us/token"),
+    ("redis_cpu_per_token_us", "of which Redis {:.1f}"),
     ("cpu_per_request_us", "{:.0f} us/request"),
     ("tokens_per_s", "{:,.0f} tokens/s"),
     ("bytes_per_connection", "{:,.0f} B/conn"),
     ("delivered_pct", "delivered {:.2f}%"),
     ("latency_p99_ms", "p99 {:.1f} ms"),
+    ("worker_cores_peak_1s_max", "busiest process {:.2f} cores"),
+    ("redis_cores", "Redis {:.2f} cores"),
     ("other_cores", "other load {:.2f} cores"),
 )
 

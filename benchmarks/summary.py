@@ -39,11 +39,41 @@ class Goal:
     # more than one reference: the row compares with the best of them (the lowest median; the
     # row names it), and exists only where every one of them was measured
     best_of: tuple[str, ...] = ()
+    # metrics that say what limited a missed row, each side's spread ("what limits" text)
+    explain: tuple[str, ...] = ()
+
+
+# what the "what limits" text calls each `Goal.explain` metric (benchmarks/trials.py group_cpu)
+EXPLAIN_LABELS = {
+    "worker_cores_peak_1s_max": "busiest server process at its busiest second (cores)",
+    "worker_cores_peak_1s_min": "least busy server process at its busiest second (cores)",
+    "server_cores": "server processes together, steady window or whole trial (cores)",
+    "redis_cores": "Redis, steady window or whole trial (cores)",
+    "redis_cores_peak_1s": "Redis at its busiest second (cores)",
+    "supervisor_cpu_s": "the --workers parent over the trial (CPU s)",
+    "client_cores": "load generator (cores, 2 processes)",
+    "machine_busy_cores_total": "whole machine busy (cores of 2)",
+    "other_cores": "other processes (cores)",
+    "loop_lag_max_ms": "loop lag, highest of the /stats samples (ms)",
+    "whole_server_cpu_per_token_us": "server processes' CPU per token, whole trial (us)",
+    "whole_redis_cpu_per_token_us": "Redis's CPU per token, whole trial (us)",
+    "listen_drops": "connections dropped with an accept queue full (TcpExt ListenDrops)",
+    "duration_ratio_max": "slowest stream's duration / ideal",
+}
+CPU_EXPLAIN = ("whole_server_cpu_per_token_us", "whole_redis_cpu_per_token_us",
+               "worker_cores_peak_1s_max", "server_cores", "redis_cores", "client_cores",
+               "machine_busy_cores_total", "other_cores", "loop_lag_max_ms", "listen_drops",
+               "duration_ratio_max")  # fmt: skip
+SCALE_EXPLAIN = ("worker_cores_peak_1s_max", "worker_cores_peak_1s_min", "server_cores",
+                 "redis_cores", "supervisor_cpu_s", "client_cores", "machine_busy_cores_total",
+                 "other_cores", "loop_lag_max_ms", "listen_drops")  # fmt: skip
 
 
 S1000 = "{streams:,} streams x {stream_rate:g} tokens/s"
 S5000 = "{scale_streams:,} SSE streams x {scale_rate:g} tokens/s"
 BOTH = ("sse", "websocket")
+RS, WS, MEM = "pushlab+redis", "pushlab-w2+redis", "pushlab"  # redis_log, streams5000_workers
+W2 = f"{S5000}, 2 server processes on the Redis log"
 GOALS = (
     Goal("1", f"server CPU per token, {S1000}", "streams1000", "cpu_per_token_us", "us/token",
          "ratio", "<=", 1.25, BOTH),
@@ -83,6 +113,34 @@ GOALS = (
     Goal("h2", "HTTP/2 client single-connection throughput through nginx with TLS "
          "(reference: the HTTP/1.1 client)", "h2_throughput", "tokens_per_s", "tokens/s",
          "ratio", ">=", 0.5, ("sse",), side="h2", reference="h1"),
+    Goal("13a", f"CPU per token over the whole trial, server + Redis, Redis log vs in-memory "
+         f"hub, {S1000}", "redis_log", "whole_cpu_per_token_us", "us/token", "ratio", "<=", 1.5,
+         ("sse",), explain=CPU_EXPLAIN, side=RS, reference=MEM),
+    Goal("context", f"server processes' CPU per token only, whole trial, Redis log vs in-memory "
+         f"hub, {S1000}", "redis_log", "whole_server_cpu_per_token_us", "us/token", "ratio",
+         "<=", math.inf, ("sse",), side=RS, reference=MEM),
+    Goal("context", f"Redis's CPU per token, whole trial, {S1000}", "redis_log",
+         "whole_redis_cpu_per_token_us", "us/token", "value", "<=", math.inf, ("sse",), side=RS,
+         reference=MEM),
+    Goal("context", f"CPU per token, server + Redis, steady window where there was one, {S1000}",
+         "redis_log", "cpu_per_token_us", "us/token", "ratio", "<=", math.inf, ("sse",), side=RS,
+         reference=MEM),
+    Goal("context", f"delivered, Redis log, {S1000}", "redis_log", "delivered_pct", "%",
+         "value", ">=", math.inf, ("sse",), agg="min", side=RS, reference=MEM),
+    Goal("context", f"p99 token latency, Redis log, {S1000}", "redis_log", "latency_p99_ms",
+         "ms", "value", "<=", math.inf, ("sse",), side=RS, reference=MEM),
+    Goal("13b", f"delivered, {W2}", "streams5000_workers", "delivered_pct", "%", "value", ">=",
+         100.0, ("sse",), agg="min", explain=SCALE_EXPLAIN, side=WS, reference=MEM),
+    Goal("13b", f"p99 token latency, {W2}", "streams5000_workers", "latency_p99_ms", "ms",
+         "value", "<", 100.0, ("sse",), explain=SCALE_EXPLAIN, side=WS, reference=MEM),
+    Goal("context", f"CPU per token, server processes + Redis, {W2} (reference: one in-memory "
+         "process)", "streams5000_workers", "cpu_per_token_us", "us/token", "ratio", "<=",
+         math.inf, ("sse",), side=WS, reference=MEM),
+    Goal("context", f"slowest stream's duration / ideal, {W2}", "streams5000_workers",
+         "duration_ratio_max", "x", "value", "<=", math.inf, ("sse",), side=WS, reference=MEM),
+    Goal("context", f"p99 lateness against the schedule (client clock), {W2}",
+         "streams5000_workers", "lateness_p99_ms", "ms", "value", "<=", math.inf, ("sse",),
+         side=WS, reference=MEM),
 )  # fmt: skip
 
 
@@ -137,7 +195,28 @@ def evaluate(goal: Goal, trials: Sequence[Trial], transport: str, policy: str) -
             "reference": spread([t.get("server_cores_peak_1s", math.nan) for t in refs]),
         },
     }
+    if goal.explain:  # only these rows carry it: older results re-derive unchanged
+        # a target met by the median may still have been missed by single repetitions
+        per_rep = paired if goal.on == "ratio" else [t[goal.metric] for t in ours]
+        row["reps_missed"] = sum(
+            verdict(goal, {"ratio": {"value": v}, "value": {"value": v}})["met"] is False
+            for v in per_rep
+        )
+        row["explain"] = [
+            {
+                "metric": m,
+                "label": EXPLAIN_LABELS.get(m, m),
+                "value": spread([_number(t.get(m)) for t in ours]),
+                "reference": spread([_number(t.get(m)) for t in refs]),
+            }
+            for m in goal.explain
+        ]
     return {**row, **verdict(goal, row)}
+
+
+def _number(x: object) -> float:
+    """A metric as a float for `spread` (a bool as 0/1, anything absent as NaN)."""
+    return float(x) if isinstance(x, int | float) else math.nan
 
 
 def _best(goal: Goal, trials: Sequence[Trial], keys: dict[str, Any]) -> str:
@@ -211,6 +290,15 @@ SCALE_METRICS = (
     "lateness_p99_ms", "duration_ratio_max", "bytes_down_per_token", "client_cpu_max_fraction",
     "machine_busy_cores_total", "other_cores",
 )  # fmt: skip
+REDIS_METRICS = (
+    "delivered_pct", "whole_cpu_per_token_us", "whole_server_cpu_per_token_us",
+    "whole_redis_cpu_per_token_us", "cpu_per_token_us", "server_cpu_per_token_us",
+    "redis_cpu_per_token_us", "listen_drops",
+    "server_cores", "worker_cores_peak_1s_max", "worker_cores_peak_1s_min", "redis_cores",
+    "redis_cores_peak_1s", "supervisor_cpu_s", "latency_p50_ms", "latency_p99_ms",
+    "latency_max_ms", "lateness_p99_ms", "duration_ratio_max", "loop_lag_max_ms",
+    "client_cores", "machine_busy_cores_total", "other_cores",
+)  # fmt: skip
 DETAIL_METRICS = {
     "raw_ceiling": ("tokens_per_s", "cpu_per_token_us", "bytes_down_per_token"),
     "throughput": ("tokens_per_s", "cpu_per_token_us", "server_cores", "reader_cpu_fraction",
@@ -224,6 +312,8 @@ DETAIL_METRICS = {
     "h2_throughput": ("tokens_per_s", "client_cpu_per_token_us", "client_cores",
                       "server_cpu_per_token_us", "front_cpu_per_token_us",
                       "bytes_down_per_token", "connections", "other_cores"),
+    "redis_log": REDIS_METRICS,
+    "streams5000_workers": REDIS_METRICS,
 }  # fmt: skip
 
 

@@ -7,13 +7,24 @@ delivery, per-token latency.
 `drink_trial`: one unpaced stream read by the minimal sink; tokens/s and CPU per token.
 `idle_trial`: a fresh server, N streams opened that send nothing; RSS growth per connection.
 Nothing here prints or writes files.
+
+`fleet_trial(..., grouped=True)` (the Redis-log benchmarks) samples with `GroupSampler`:
+every process of the server summed (a `--workers` parent and its workers: one port cannot
+address each worker's /stats, so their CPU comes from /proc by pid and delivery from the
+clients' own counts), each one apart, and the Redis its log lives in (its scheduler
+clock); CPU per token is then the server's plus Redis's, reported apart as well. A second
+thread asks /stats four times a second for the loop lag of whichever process answers
+(a new connection each time: the kernel picks the worker); both sides of such a trial are
+sampled the same way, and /stats costs under 1 ms of the server's CPU a time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
+import threading
 import time
 from array import array
 from collections.abc import Sequence
@@ -55,21 +66,24 @@ def fleet_trial(
     params: GenParams,
     stagger_ms: float,
     client: str = "python",
+    grouped: bool = False,
 ) -> Trial:
     """`clients` streams of `transport` spread over the pool's workers, read by pushlab's own
-    clients (`client="python"`) or by the light reader (`"light"`, `clients.light`)."""
+    clients (`client="python"`) or by the light reader (`"light"`, `clients.light`);
+    `grouped`: sampled by `GroupSampler` (every process of the server, its Redis, loop lag)."""
     spec = FleetSpec(transport, clients, stagger_ms=stagger_ms, workers=pool.workers, uvloop=True)
     light: list[LightRecord] = []
     full: list[StreamRecord] = []
     foreign0 = foreign_cpu()
-    with Sampler(None, server.pid, SAMPLE_INTERVAL_S) as sampler:
+    watch = GroupSampler(server, SAMPLE_INTERVAL_S) if grouped else None
+    with watch or Sampler(None, server.pid, SAMPLE_INTERVAL_S) as sampler:
         if client == "light":
             light, stats = pool.run_light(spec, server.target, params)
         else:
             full, stats = pool.run(spec, server.target, params, ClientOptions())
     foreign_s = foreign_delta_s(foreign0, foreign_cpu())
     records: Sequence[StreamRecord] | Sequence[LightRecord] = light if client == "light" else full
-    return {
+    trial = {
         "client": client,
         **(light_delivery(light, params) if client == "light" else delivery(full, params)),
         **latency(records),
@@ -77,6 +91,7 @@ def fleet_trial(
         **steady_cpu(records, sampler),
         **load(stats, sampler.samples, foreign_s),
     }
+    return {**trial, **group_cpu(trial, records, watch)} if watch is not None else trial
 
 
 def _durations(e2e_ms: Sequence[float], params: GenParams) -> Trial:
@@ -171,20 +186,26 @@ def lateness(records: Sequence[StreamRecord] | Sequence[LightRecord], params: Ge
     return {f"lateness_{k}_ms": v for k, v in stats.items() if k != "count"}
 
 
-def steady_cpu(records: Sequence[TokenArrays], sampler: Sampler) -> Trial:
-    """Server CPU per token and per request between the last stream's first token and the
-    first stream's last one (the samples just inside), counting tokens by their emit time."""
-    got = [r for r in records if len(r.seq)]
-    emits = [np.frombuffer(r.t_emit_ns, np.int64) for r in got]
+def steady_window(records: Sequence[TokenArrays], sampler: Sampler) -> tuple[Sample, Sample, bool]:
+    """The samples just inside the span from the last stream's first token to the first
+    stream's last one, and True; without such a moment, the first and last sample and False."""
+    emits = [np.frombuffer(r.t_emit_ns, np.int64) for r in records if len(r.seq)]
     window = (
         sampler.window(max(int(e.min()) for e in emits), min(int(e.max()) for e in emits))
         if emits
         else None
     )
-    steady = window is not None
     if window is None:  # no moment with every stream streaming: use the whole trial
-        window = sampler.samples[0], sampler.samples[-1]
-    a, b = window
+        return sampler.samples[0], sampler.samples[-1], False
+    return window[0], window[1], True
+
+
+def steady_cpu(records: Sequence[TokenArrays], sampler: Sampler) -> Trial:
+    """Server CPU per token and per request between the last stream's first token and the
+    first stream's last one (the samples just inside), counting tokens by their emit time."""
+    got = [r for r in records if len(r.seq)]
+    emits = [np.frombuffer(r.t_emit_ns, np.int64) for r in got]
+    a, b, steady = steady_window(records, sampler)
     tokens = sum(int(np.count_nonzero((e >= a.t_ns) & (e <= b.t_ns))) for e in emits)
     requests = 0  # polls (or streams) that delivered at least one token inside the window
     for r in got:
@@ -205,6 +226,123 @@ def steady_cpu(records: Sequence[TokenArrays], sampler: Sampler) -> Trial:
         "cpu_per_token_us": 1e6 * cpu_s / tokens if tokens else float("nan"),
         "cpu_per_request_us": 1e6 * cpu_s / requests if requests else float("nan"),
         "machine_busy_cores": (b.busy_s - a.busy_s) / window_s if window_s > 0 else float("nan"),
+    }
+
+
+class GroupSampler(Sampler):
+    """`Sampler` over every process of `server` (`Sample.cpu_s` and `rss_bytes` summed;
+    `stats["pid_cpu_s"]` each process's, `stats["redis_cpu_s"]` its Redis's), plus a thread
+    that reads /stats every LAG_EVERY_S for the loop lag of the process that answers."""
+
+    LAG_EVERY_S = 0.25
+
+    def __init__(self, server: Server, interval_s: float) -> None:
+        super().__init__(None, server.pid, interval_s)
+        self.pids, self.redis_pid = server.pids or (server.pid,), server.redis_pid
+        self.stats_target = server.target
+        self.lags: list[tuple[int, float]] = []  # (pid that answered, its last lag in ms)
+        self._lag_thread = threading.Thread(target=self._lag_run, name="lag", daemon=True)
+
+    def __enter__(self) -> GroupSampler:
+        self.listen_drops = -_listen_drops()
+        super().__enter__()
+        self._lag_thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        self._lag_thread.join()
+        self.listen_drops += _listen_drops()
+
+    def sample(self) -> dict[str, Any]:
+        procs = [procstat.sample(pid) for pid in self.pids]
+        redis_s = 0.0
+        if self.redis_pid > 0:
+            ns = procstat.cpu_ns(self.redis_pid)
+            if ns is None:
+                raise ProcessLookupError(f"no process {self.redis_pid}")
+            redis_s = ns / 1e9
+        taken = Sample(
+            time.time_ns(),
+            sum(p.cpu_s for p in procs),
+            sum(p.rss_bytes for p in procs),
+            procstat.system_busy_s(),
+            {"pid_cpu_s": [p.cpu_s for p in procs], "redis_cpu_s": redis_s},
+        )
+        self.samples.append(taken)
+        return taken.row()
+
+    def _lag_run(self) -> None:
+        while not self._stop.wait(self.LAG_EVERY_S):
+            with contextlib.suppress(OSError, ValueError, KeyError):  # busy: a missed sample
+                stats = read_stats(self.stats_target, timeout_s=1.0)
+                self.lags.append((int(stats["pid"]), float(stats["loop_lag_ms"]["last_ms"])))
+
+
+def _listen_drops() -> int:
+    """The machine's TcpExt ListenDrops so far (/proc/net/netstat): connections a listening
+    socket refused with its accept queue full; each costs the client a SYN retransmit (1 s,
+    then 3 s, ...), which is how a saturated server's ramp stretches."""
+    with open("/proc/net/netstat") as f:
+        lines = [line.split() for line in f if line.startswith("TcpExt:")]
+    names, values = lines[0], lines[1]
+    return int(values[names.index("ListenDrops")])
+
+
+def _part(samples: Sequence[Sample], cpu: Any) -> list[Sample]:
+    """`samples` with `cpu(sample)` as their CPU, for `peak_cores` of one part."""
+    return [Sample(s.t_ns, cpu(s), s.rss_bytes, s.busy_s, {}) for s in samples]
+
+
+def group_cpu(trial: Trial, records: Sequence[TokenArrays], sampler: GroupSampler) -> Trial:
+    """What `GroupSampler` adds to a trial: CPU per token of the server processes and of
+    Redis over the steady window (and their sum as `cpu_per_token_us`), each process's and
+    Redis's busiest second, the supervising parent's share, the load generator's cores and
+    the loop lag sampled from /stats."""
+    a, b, _ = steady_window(records, sampler)
+    tokens, window_s = trial["window_tokens"], trial["window_s"]
+    redis_s = b.stats["redis_cpu_s"] - a.stats["redis_cpu_s"]
+    has_redis = sampler.redis_pid > 0
+    redis_us = 1e6 * redis_s / tokens if tokens and has_redis else math.nan
+    samples = sampler.samples
+    workers = range(1, len(sampler.pids)) if len(sampler.pids) > 1 else range(1)
+    peaks = [peak_cores(_part(samples, lambda s, i=i: s.stats["pid_cpu_s"][i])) for i in workers]
+    first, last = samples[0], samples[-1]
+    wall_s = (last.t_ns - first.t_ns) / 1e9
+    lags = [lag for _, lag in sampler.lags]
+    server_us = trial["cpu_per_token_us"]
+    # the whole trial (every stream opened, streamed and closed): the same work on every side,
+    # comparable where a slow ramp left one side no steady window
+    received = trial["tokens_expected"] - trial["tokens_lost"]
+    whole_server_s = last.cpu_s - first.cpu_s
+    whole_redis_s = last.stats["redis_cpu_s"] - first.stats["redis_cpu_s"]
+    return {
+        "server_processes": len(workers),
+        "whole_cpu_per_token_us": 1e6 * (whole_server_s + whole_redis_s) / max(received, 1),
+        "whole_server_cpu_per_token_us": 1e6 * whole_server_s / max(received, 1),
+        "whole_redis_cpu_per_token_us": (
+            1e6 * whole_redis_s / max(received, 1) if has_redis else math.nan
+        ),
+        "listen_drops": sampler.listen_drops,
+        "server_cpu_per_token_us": server_us,
+        "redis_cpu_per_token_us": redis_us,
+        "cpu_per_token_us": server_us + (redis_us if has_redis else 0.0),
+        "redis_cores": redis_s / window_s if has_redis and window_s > 0 else math.nan,
+        "redis_cores_peak_1s": (
+            peak_cores(_part(samples, lambda s: s.stats["redis_cpu_s"])) if has_redis else math.nan
+        ),
+        "worker_cores_peak_1s_max": max(peaks, default=math.nan),
+        "worker_cores_peak_1s_min": min(peaks, default=math.nan),
+        "supervisor_cpu_s": (
+            last.stats["pid_cpu_s"][0] - first.stats["pid_cpu_s"][0]
+            if len(sampler.pids) > 1
+            else math.nan
+        ),
+        "client_cores": trial["client_cpu_s"] / wall_s if wall_s > 0 else math.nan,
+        "loop_lag_max_ms": max(lags, default=math.nan),
+        "loop_lag_p50_ms": float(np.median(lags)) if lags else math.nan,
+        "loop_lag_samples": len(lags),
+        "loop_lag_processes": len({pid for pid, _ in sampler.lags}),
     }
 
 
