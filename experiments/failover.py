@@ -1,7 +1,9 @@
 """Experiment `failover`: a client's node is SIGKILLed mid-answer; what does the client lose?
 
-Two nodes behind nginx (netem/cluster.py), per transport one client per trial, and at
-`kill_after_tokens` into the answer one node dies (netem/failover.py picks it by looking):
+Two nodes behind nginx (netem/cluster.py), each a host of its own in a network namespace
+(`netns`, the default; on loopback with `--set netns=false`), per transport one client per
+trial, and at `kill_after_tokens` into the answer one node dies (netem/failover.py picks it
+by looking):
 
 - `serving`: the node holding the client's connection (`/stats` open connections; a poller
   between two polls: its stream's generator). For a streaming transport that node also
@@ -71,6 +73,7 @@ class Spec(RunSpec):
     repeats: int = 5  # trials (one client each) per condition and transport
     lease_ms: int = 500
     retry_ms: float = 1000.0  # the nodes' SSE retry: (pushlab's default)
+    netns: bool = True  # each node a host of its own in a network namespace (needs root)
     options: ClientOptions = dataclasses.field(
         default_factory=lambda: ClientOptions(max_reconnects=10, backoff_ms=50.0)
     )
@@ -147,7 +150,7 @@ def run(spec: Spec, run_id: str = "", progress: bool = False) -> Tables:
     total = sum(len(trials(spec, log, s)) for log, s in clusters) * spec.repeats
     with tqdm(total=total, desc=NAME, unit="trial", disable=not progress) as bar:
         for index, (log, sticky) in enumerate(clusters):
-            cspec = ClusterSpec(spec.nodes, log, sticky, fail_timeout_s=1,
+            cspec = ClusterSpec(spec.nodes, log, sticky, netns=spec.netns, fail_timeout_s=1,
                                 server_args=("--retry-ms", f"{round(spec.retry_ms)}"),
                                 lease_ms=spec.lease_ms if log == "redis" else None)  # fmt: skip
             with Cluster(cspec) as cluster:

@@ -57,6 +57,7 @@ class Spec(RunSpec):
     backoffs_ms: tuple[float, ...] = (50.0, 1000.0)  # first reconnect delay, jittered 0.5-1x
     retry_ms: tuple[float, ...] = (1000.0, 100.0)  # the nodes' SSE retry:, a cluster each
     lease_ms: int = 500
+    netns: bool = False  # each node in a namespace of its own (loopback: cheaper at 1,000)
     options: ClientOptions = dataclasses.field(
         default_factory=lambda: ClientOptions(max_reconnects=10)
     )
@@ -130,7 +131,8 @@ def run(spec: Spec, run_id: str = "", progress: bool = False) -> Tables:
     parts, kills, samples = [], [], []
     with tqdm(total=len(cases), desc=NAME, unit="storm", disable=not progress) as bar:
         for retry in spec.retry_ms:
-            cspec = ClusterSpec(spec.nodes, "redis", lease_ms=spec.lease_ms, fail_timeout_s=1,
+            cspec = ClusterSpec(spec.nodes, "redis", lease_ms=spec.lease_ms, netns=spec.netns,
+                                fail_timeout_s=1,
                                 server_args=("--retry-ms", f"{round(retry)}"))  # fmt: skip
             with Cluster(cspec) as cluster:
                 for _, transport, backoff in [c for c in cases if c[0] == retry]:
