@@ -197,12 +197,12 @@ def reading(run: StoredRun, f: pd.DataFrame) -> str:
     parts = [f"{r['transport']}, {r['condition']}: p50 {r['50%']:,.0f} / p99 {r['99%']:,.0f} ms"
              f" over {int(r['count'])} streams, {int(r['lost'])} lost, "
              f"{int(r['duplicated'])} duplicated" for _, r in table.iterrows()]  # fmt: skip
-    peak = load.groupby("process")["cores_storm"].max()
+    peak = load.groupby("process")["cores_storm"].max().dropna()  # the dead node: none
     gen = run.extra["kills"]["load_generator_cpu"].max()
     return (
         "Recovery after the node's death (kill -> next new token): "
         + "; ".join(parts)
-        + ". Peak CPU during the storm: "
+        + ". Peak CPU of the survivors and Redis during the storm: "
         + ", ".join(f"{p} {c:.2f} cores" for p, c in peak.items())
         + f". The load generator (this process) was up to {gen:.0%} busy"
         + (" - saturated: its queueing is in these tails." if gen > 0.9 else ".")
