@@ -44,7 +44,10 @@ def recovery(tokens: pd.DataFrame, kills: pd.DataFrame) -> pd.DataFrame:
 
     first = tokens.sort_values("t_recv_ns").drop_duplicates(["condition", "transport",
                                                                "stream_id", "seq"])  # fmt: skip
-    joined = first.merge(kills[[*KEYS, "t_kill_ns"]], on=KEYS)
+    # one kill per trial: a kills table naming each trial's stream is matched by it (several
+    # trials share a condition); one kill for many streams (a storm) by the condition
+    on = [*KEYS, "stream_id"] if "stream_id" in kills else KEYS
+    joined = first.merge(kills[[*on, "t_kill_ns"]], on=on)
     rows = []
     for (condition, transport, stream), group in joined.groupby([*KEYS, "stream_id"]):
         kill = int(group["t_kill_ns"].iloc[0])

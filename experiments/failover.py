@@ -164,6 +164,8 @@ def run(spec: Spec, run_id: str = "", progress: bool = False) -> Tables:
                         records, kill = trial(cluster, transport, mode, spec)
                         parts.append(to_tables(records, keys))
                         kills.append({**keys, "transport": transport, "log": log,
+                                      # the trial's one stream: its kill is this one
+                                      "stream_id": parts[-1].streams["stream_id"].iloc[0],
                                       "routing": routing, "mode": mode,
                                       "lease_ms": spec.lease_ms if log == "redis" else None,
                                       "retry_delay_ms": retry_delay_ms(spec, transport),

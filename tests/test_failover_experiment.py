@@ -45,6 +45,21 @@ def test_recovery_of_an_answer_that_arrives_whole_has_only_kill_to_next() -> Non
     assert pd.isna(row["recovery_ms"]) and row["kill_to_next_ms"] == 800
 
 
+def test_each_trial_is_measured_from_its_own_kill() -> None:
+    # two trials of one condition, one stream each, killed at 100 ms and at 10,100 ms: a
+    # stream matched with the other trial's kill would read as all-before or all-after
+    first = tokens((1, 50, 51), (2, 99, 100), (3, 600, 601))
+    second = tokens((1, 10_050, 10_051), (2, 10_099, 10_100), (3, 10_700, 10_702))
+    second["stream_id"] = "t"
+    kills = pd.DataFrame([
+        {"condition": "c", "transport": "sse", "stream_id": "s", "t_kill_ns": 100 * MS},
+        {"condition": "c", "transport": "sse", "stream_id": "t", "t_kill_ns": 10_100 * MS},
+    ])  # fmt: skip
+    rec = fo.recovery(pd.concat([first, second]), kills).set_index("stream_id")
+    assert rec["recovery_ms"].to_dict() == {"s": 501.0, "t": 602.0}
+    assert rec["kill_to_next_ms"].to_dict() == {"s": 501.0, "t": 602.0}
+
+
 def test_summary_and_survivors() -> None:
     streams = pd.DataFrame([
         {"condition": "c", "transport": "sse", "error": "", "lost": 0, "duplicated": 0,
