@@ -25,7 +25,8 @@ def good_facts() -> pd.DataFrame:
            "proxy_min_spread": 1.0, "idle_conn_kib": 14.0, "capacity_n": 2500.0,
            "cancel_wasted": 0.0, "cancel_extra_requests": 0.0,
            "relay_added_p50_ms": 0.3, "tab_stalled": 0.0, "tls_bytes_per_token": 22.0,
-           "tls_conns_per_answer": 1.0}  # fmt: skip
+           "tls_conns_per_answer": 1.0, "failover_harm": 0.0, "failover_sticky_harm": 0.0,
+           "failover_recovery_ms": 600.0, "failover_retry_ms": 50.0}  # fmt: skip
     return pd.DataFrame([row], index=pd.Index(["x"], name="transport"))
 
 
@@ -52,6 +53,8 @@ def test_every_rule_says_good_for_good_numbers() -> None:
         ("tls_bytes_per_token", 44.0, "Production behind TLS", FAIR),
         ("tls_conns_per_answer", 6.0, "Production behind TLS", FAIR),
         ("tls_bytes_per_token", 80.0, "Production behind TLS", POOR),
+        ("failover_recovery_ms", 2000.0, "Survives the death of a node", FAIR),
+        ("failover_harm", 30.0, "Survives the death of a node", FAIR),  # fine when sticky
     ],
 )
 def test_cells_change_when_the_numbers_change(
