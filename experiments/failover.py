@@ -65,7 +65,10 @@ class Spec(RunSpec):
     nodes: int = 2
     logs: tuple[str, ...] = LOGS
     modes: tuple[str, ...] = MODES
-    sticky_transports: tuple[str, ...] = ("websocket", "longpoll", "shortpoll")
+    # the wires whose deployments use sticky routing: a stream of polls, or an upgraded
+    # connection the load balancer pins anyway (from the registry, not by name)
+    sticky_transports: tuple[str, ...] = dataclasses.field(default_factory=lambda: keys_where(
+        lambda t: t.requests_per_answer == "many" or t.connection == "upgraded"))  # fmt: skip
     tokens: int = 80
     rate: float = 20.0
     ttft_ms: float = 100.0
