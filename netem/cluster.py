@@ -44,7 +44,6 @@ import json
 import os
 import signal
 import subprocess
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -316,12 +315,3 @@ def _get_json(host: str, port: int, path: str) -> dict[str, Any]:
         raise RuntimeError(f"GET {path} on {host}:{port}: HTTP {response.status}")
     data: dict[str, Any] = json.loads(body)
     return data
-
-
-def server_accepts_log_flag(argv: Sequence[str] = (str(SERVER_PY),)) -> bool:
-    """Whether `pushlab serve` (server.py) knows `--log` yet (its --help names it)."""
-    import sys
-
-    done = subprocess.run([sys.executable, *argv, "--help"], capture_output=True, text=True,
-                          timeout=30, check=False)  # fmt: skip
-    return "--log" in done.stdout

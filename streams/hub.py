@@ -323,12 +323,12 @@ class Hub:
                 f"no stream '{stream_id}' (unknown or expired)", param="stream"
             ) from None
 
-    async def readable(self, stream_id: str, after: int = 0) -> Stream:
+    async def readable(self, stream_id: str, after: int | None = None) -> Stream:
         """`get` for a reader that frames the payloads from seq `after` on (a resume);
         ParamError when the stream has none (a whole /v1 answer, which only /v1 reads);
         HistoryGone when tokens after `after` are no longer held (a shared log trims)."""
         stream = await self.get(stream_id)
-        if after < stream.first_seq - 1:
+        if after is not None and after < stream.first_seq - 1:  # None: not known yet
             raise HistoryGone(
                 f"stream '{stream_id}' keeps tokens from seq {stream.first_seq} on; "
                 f"{after + 1}..{stream.first_seq - 1} are gone (resume with after="

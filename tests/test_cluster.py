@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from harness import procstat
-from netem.cluster import Cluster, ClusterSpec, Node, server_accepts_log_flag
+from netem.cluster import Cluster, ClusterSpec, Node
 from netem.nginx import NginxSpec, nginx_binary, render_config
 from streams.errors import ParamError
 from tests.support import UNIT, wait_until
@@ -206,8 +206,6 @@ def test_nodes_in_namespaces_behind_nginx(cluster_of: Any) -> None:
 
 @pytest.mark.slow
 def test_redis_log_cluster_serves_a_stream(cluster_of: Any) -> None:
-    if not server_accepts_log_flag():
-        pytest.skip("pushlab serve does not accept --log yet (its --help does not name it)")
     cluster = cluster_of(ClusterSpec(nodes=2, log="redis"))
     assert cluster.redis is not None
     first = _complete_stream(cluster)

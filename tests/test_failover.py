@@ -248,3 +248,35 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+async def test_a_resume_from_before_the_kept_history_is_a_410_and_a_1008(redis_url: str) -> None:
+    server = ServerProcess(["--log", redis_url, "--log-max-len", "3"])
+    server.start()
+    try:
+        async with aiohttp.ClientSession() as http, asyncio.timeout(20 * UNIT):
+            async with http.get(f"{server.url}/sse?tokens=10&rate=1000&ttft_ms=0") as resp:
+                stream = resp.headers["X-Pushlab-Stream"]
+                await resp.read()
+            # another node's view: a node of its own that must read the trimmed log
+            other = ServerProcess(["--log", redis_url])
+            other.start()
+            try:
+                headers = {"Last-Event-ID": f"{stream}:2"}
+                async with http.get(f"{other.url}/sse", headers=headers) as resp:
+                    status, body = resp.status, await resp.json()
+                async with http.ws_connect(f"{other.url}/ws") as ws:
+                    await ws.send_json({"type": "resume", "stream": stream, "after": 2})
+                    error = await ws.receive_json()
+                    await ws.receive()
+                    code = ws.close_code
+                async with http.get(f"{other.url}/sse?stream={stream}&after=7") as resp:
+                    kept = resp.status
+            finally:
+                other.stop()
+    finally:
+        server.stop()
+    assert status == 410 and body["error"]["type"] == "history_gone_error"
+    assert "keeps tokens from seq 8 on" in body["error"]["message"]
+    assert error["type"] == "error" and error["error"]["type"] == "history_gone_error"
+    assert code == 1008 and kept == 200
