@@ -30,7 +30,7 @@ from typing import Any
 
 from clients.base import Target
 from streams.errors import ChildStartError
-from transports.web.config import ServerConfig
+from transports.web.config import ServerConfig, is_loopback
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_PY = ROOT / "server.py"
@@ -189,6 +189,16 @@ def parse_ready(text: str) -> tuple[str, Target, dict[str, str]]:
     return scheme, Target.parse(url), fields
 
 
+def lab_network_flags(host: str, argv: Sequence[str]) -> list[str]:
+    """`--allow-anonymous` for a server the lab starts on a non-loopback address without
+    `--auth`: such an address is inside a network namespace the lab made (netem/netns.py),
+    reachable from nothing but the lab's own processes; the server refuses such an address
+    without either flag (docs/SECURITY.md)."""
+    if is_loopback(host) or "--auth" in argv or "--allow-anonymous" in argv:
+        return []
+    return ["--allow-anonymous"]
+
+
 class ServerProcess(ChildProcess):
     """`python server.py` on 127.0.0.1 (or `host`), any free port, configured by `config`
     (its host and port are replaced by those) and then `args`."""
@@ -204,6 +214,7 @@ class ServerProcess(ChildProcess):
     ) -> None:
         settings = config.to_argv() if config is not None else []
         argv = [str(SERVER_PY), *settings, "--host", host, "--port", "0", *(args or [])]
+        argv += lab_network_flags(host, argv)
         super().__init__(argv, READY_PREFIX, start_timeout_s=start_timeout_s, prefix=prefix)
 
 

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from clients.base import Target
 from harness import procstat
-from harness.children import READY_PREFIX, SERVER_PY, ChildProcess
+from harness.children import READY_PREFIX, SERVER_PY, ChildProcess, lab_network_flags
 from netem.nginx import Nginx, NginxSpec
 from netem.redis import RedisServer
 from streams.errors import ParamError
@@ -211,7 +211,8 @@ class Cluster:
             argv += ["--log", node.log_url, "--node-id", node.name]
             if self.spec.lease_ms is not None:
                 argv += ["--lease-ms", str(self.spec.lease_ms)]
-        return [*argv, *self.spec.server_args]
+        argv += self.spec.server_args
+        return [*argv, *lab_network_flags(node.host, argv)]
 
     def _start_node(self, node: Node) -> None:
         prefix = ["ip", "netns", "exec", node.link.name] if node.link is not None else None

@@ -229,6 +229,10 @@ def _proxy_directives(spec: NginxSpec) -> list[str]:
     lines = [
         "proxy_pass http://pushlab_upstream;",
         *_next_upstream(spec),
+        # proxy_set_header Host: nginx sends the upstream block's name ("pushlab_upstream")
+        # by default; the app serves only the host names it was told of (DNS rebinding), so
+        # pass on the name the client asked for, as every production config does
+        "proxy_set_header Host $http_host;",
         # proxy_http_version: 1.0 means no chunked encoding and one connection per request
         f"proxy_http_version {spec.upstream_http};",
     ]
@@ -277,6 +281,10 @@ def _ws_directives(spec: NginxSpec) -> list[str]:
     return [
         "proxy_pass http://pushlab_upstream;",
         *_next_upstream(spec),
+        # proxy_set_header Host: nginx sends the upstream block's name ("pushlab_upstream")
+        # by default; the app serves only the host names it was told of (DNS rebinding), so
+        # pass on the name the client asked for, as every production config does
+        "proxy_set_header Host $http_host;",
         # proxy_http_version: an Upgrade needs HTTP/1.1 to the upstream
         "proxy_http_version 1.1;",
         # proxy_set_header: hop-by-hop headers are not passed on; send them explicitly

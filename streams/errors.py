@@ -3,7 +3,12 @@
     PushlabError
     ├── ParamError          bad generation or request parameter      -> HTTP 400
     ├── StreamNotFound      unknown or expired stream id             -> HTTP 404
-    ├── StreamLimitError    the hub holds as many streams as allowed -> HTTP 503
+    ├── AuthenticationError no credential, or a wrong or expired one        -> HTTP 401
+    ├── PermissionDenied    a credential, but not this stream's owner, or a
+    │                       request from a host name or origin not allowed  -> HTTP 403
+    ├── UnsupportedMediaType a request body that is not application/json   -> HTTP 415
+    ├── QuotaExceeded       one client holds its share of a shared resource -> HTTP 429
+    ├── StreamLimitError    the hub holds as many streams (or bytes) as allowed -> HTTP 503
     ├── HistoryGone         a resume from before what the shared log still keeps -> HTTP 410
     ├── LogUnavailable      the shared log (Redis) cannot be reached      -> HTTP 503
     ├── ProtocolError       bytes from the peer break a wire format (client side)
@@ -15,7 +20,10 @@
     └── ClusterError        a Dask cluster cannot run a fleet as asked
         └── ClusterUnavailable  its scheduler does not answer, or it has no worker
 
-Server handlers turn the first five into JSON error bodies
+An error may carry `retry_after_s`: the boundary sends it as `Retry-After` (RFC 9110
+section 10.2.3), so a well-behaved client knows when to come back.
+
+Server handlers turn the first ten into JSON error bodies
 `{"error": {"message", "type", "param"}}` (built by transports/errors.py); clients record
 the last two in the `error` column of the streams table.
 """
@@ -29,10 +37,16 @@ class PushlabError(Exception):
     status: int = 500
     type: str = "server_error"
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
+    retry_after_s: float | None = None  # sent as Retry-After (whole seconds, rounded up)
+
+    def __init__(
+        self, message: str, *, param: str | None = None, retry_after_s: float | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        if retry_after_s is not None:
+            self.retry_after_s = retry_after_s
 
 
 class ParamError(PushlabError):
@@ -49,11 +63,46 @@ class StreamNotFound(PushlabError):
     type = "not_found_error"
 
 
+class AuthenticationError(PushlabError):
+    """No credential where one is required, or one that is malformed, wrongly signed or
+    expired (the message says which, never echoing the credential)."""
+
+    status = 401
+    type = "authentication_error"
+
+
+class PermissionDenied(PushlabError):
+    """A valid credential that may not do this: another identity's stream, or a request
+    whose Host or Origin the server does not serve."""
+
+    status = 403
+    type = "permission_error"
+
+
+class UnsupportedMediaType(PushlabError):
+    """A request body that is not `application/json`: a browser page of another origin can
+    send `text/plain` without asking (no CORS preflight), so the server reads nothing else."""
+
+    status = 415
+    type = "unsupported_media_type_error"
+
+
+class QuotaExceeded(PushlabError):
+    """One client (an identity, or an address when anonymous) holds its share of a resource
+    every client shares: connections, running streams, held-token memory."""
+
+    status = 429
+    type = "rate_limit_error"
+    retry_after_s = 1.0
+
+
 class StreamLimitError(PushlabError):
-    """The hub already holds its maximum number of streams."""
+    """The hub already holds its maximum number of running streams, or its memory budget
+    for held tokens is spent."""
 
     status = 503
     type = "overloaded_error"
+    retry_after_s = 1.0
 
 
 class HistoryGone(PushlabError):

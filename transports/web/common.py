@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections import defaultdict
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator, Mapping
 from typing import Any
@@ -38,6 +39,28 @@ class Counters:
 
 
 COUNTERS = web.AppKey("counters", Counters)
+
+# Who is asking, set by the guard middleware (transports/web/guard.py) before any handler:
+# the identity a credential proved ("" when --auth is off), and the key one client's quotas
+# are counted under (its identity, else its address).
+IDENTITY_KEY = "pushlab.identity"
+CLIENT_KEY = "pushlab.client"
+
+
+def owner_of(request: web.Request) -> str:
+    """The identity that owns what this request creates, and must own what it reads."""
+    return str(request.get(IDENTITY_KEY, ""))
+
+
+def client_of(request: web.Request) -> str:
+    """The quota key of the client asking: `id:<identity>`, else `addr:<peer address>`."""
+    key = request.get(CLIENT_KEY)
+    if key is None:
+        identity = owner_of(request)
+        key = f"id:{identity}" if identity else f"addr:{request.remote or '?'}"
+        request[CLIENT_KEY] = key
+    return str(key)
+
 
 # Parameters a transport reads itself, beside the generation parameters.
 RESUME_PARAMS = frozenset({"stream", "after"})
@@ -85,7 +108,15 @@ def json_response(obj: object, status: int = 200) -> web.Response:
 
 
 def error_response(exc: PushlabError) -> web.Response:
-    return json_response(exception_body(exc), status=exc.status)
+    resp = json_response(exception_body(exc), status=exc.status)
+    if exc.retry_after_s is not None:
+        resp.headers["Retry-After"] = retry_after(exc.retry_after_s)
+    return resp
+
+
+def retry_after(seconds: float) -> str:
+    """The Retry-After value: whole seconds (RFC 9110 section 10.2.3), at least 1."""
+    return str(max(1, math.ceil(seconds)))
 
 
 _HTTP_TYPES = {404: "not_found_error", 405: "method_not_allowed", 413: "request_too_large"}

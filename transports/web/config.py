@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
+import re
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -55,7 +57,10 @@ class ServerConfig:
         min=0,
     )
     max_streams: int = _opt(
-        20_000, "streams held at once before new ones get 503 (default %(default)s)", min=1
+        20_000,
+        "running streams at once before new ones get 503; finished ones are bounded by "
+        "--memory-budget-mb instead (default %(default)s)",
+        min=1,
     )
     ws_compress: bool = _opt(False, "accept WebSocket permessage-deflate")
     cancel_on_disconnect: bool = _opt(
@@ -123,6 +128,86 @@ class ServerConfig:
         min=0,
     )
 
+
+    # -- who may connect and what one client may take (docs/SECURITY.md) --
+    auth: bool = _opt(
+        False,
+        "require a credential on every stream route (a bearer token, the session cookie, or "
+        "a WebSocket ticket); a stream is then readable and cancellable by its creator only. "
+        "Off by default on loopback; required on any other address (or --allow-anonymous)",
+    )
+    auth_secret_file: str = _opt(
+        "",
+        "the key credentials are signed with (32 bytes or more; `pushlab token` mints them); "
+        "default with --auth: a fresh key in a temporary file, named in the ready line",
+        metavar="PATH",
+    )
+    auth_query: bool = _opt(
+        False,
+        "also accept a bearer token as ?access_token= (it then lands in logs, history and "
+        "Referer headers; for clients that can set no header and take no cookie)",
+    )
+    allow_anonymous: bool = _opt(
+        False,
+        "serve without --auth on a non-loopback address (a lab network of your own, such as "
+        "the experiments' namespaces: anyone who can reach it reads and cancels any stream)",
+    )
+    allowed_hosts: str = _opt(
+        "",
+        "Host names served besides loopback names and IP literals, comma-separated ('*': "
+        "any; a DNS-rebinding page sends its own name, so keep this list short)",
+        metavar="NAMES",
+    )
+    allowed_origins: str = _opt(
+        "",
+        "origins besides the server's own allowed to open WebSockets and, with CORS, to call "
+        "the HTTP routes, comma-separated scheme://host[:port] (default: none)",
+        metavar="ORIGINS",
+    )
+    lab_debug: bool = _opt(
+        False,
+        "mount POST /debug/cut (resets the caller's connections; the page's Cut button), "
+        "from the page's own origin only",
+    )
+    max_connections: int = _opt(
+        0,
+        "open connections at once; those beyond are closed at accept (0: the descriptor "
+        "limit less 256, so the server never runs out of descriptors) (default %(default)s)",
+        min=0,
+    )
+    client_share: float = _opt(
+        0.5,
+        "the share of connections, running streams and held-token memory one client (its "
+        "identity, else its address) may take (default %(default)s)",
+        min=0.01,
+        max=1.0,
+    )
+    memory_budget_mb: float = _opt(
+        1024.0,
+        "memory for the tokens all streams hold: when spent, finished streams are forgotten "
+        "oldest first, then new streams get 503 with Retry-After (default %(default)s MB)",
+        min=1,
+    )
+    write_timeout_s: float = _opt(
+        30.0,
+        "a streaming response whose pending write makes no progress for this long is "
+        "closed (a reader that stopped reading) (default %(default)s s)",
+        min=0.1,
+    )
+    header_timeout_s: float = _opt(
+        10.0,
+        "time a connection has to send a whole request head (default %(default)s s)",
+        min=0.1,
+    )
+    body_timeout_s: float = _opt(
+        10.0, "time a request has to send its whole body (default %(default)s s)", min=0.1
+    )
+    keepalive_s: float = _opt(
+        15.0,
+        "an idle keep-alive connection is closed after this long (default %(default)s s)",
+        min=0.1,
+    )
+
     @property
     def https(self) -> bool:
         """Whether the server terminates TLS itself (a lab CA, or the given files)."""
@@ -143,6 +228,16 @@ class ServerConfig:
                 parse_url(self.log)
             except ParamError:
                 return f"--log must be 'memory' or a redis://HOST:PORT URL, not {self.log!r}"
+        if not self.auth and not self.allow_anonymous and not is_loopback(self.host):
+            return (
+                f"serving {self.host} (not loopback) needs --auth, or --allow-anonymous on a "
+                "network only you can reach"
+            )
+        if self.auth_secret_file and not self.auth:
+            return "--auth-secret-file needs --auth"
+        for origin in split_list(self.allowed_origins):
+            if not _ORIGIN.fullmatch(origin):
+                return f"--allowed-origins: {origin!r} is not scheme://host[:port]"
         if self.workers > 1 and self.log == "memory":
             return "--workers above 1 needs a shared log: add --log redis://HOST:PORT"
         return ""
@@ -158,6 +253,24 @@ class ServerConfig:
             flag = _flag(f)
             argv += [flag] if isinstance(value, bool) else [flag, str(value)]
         return argv
+
+
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+
+
+def split_list(text: str) -> list[str]:
+    """A comma-separated flag value as a list, blanks dropped."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listening address (or name) reaches this machine only."""
+    if host in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _flag(f: dataclasses.Field[Any]) -> str:
