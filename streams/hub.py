@@ -19,6 +19,33 @@ finished stream `retention_s` after it finished (after which a resume gets Strea
 may bring its own encoder (/v1 encodes its chunks there, once, instead of the envelope it
 would not use), or `no_payload` when its reader uses only the texts: such a stream cannot be
 read through another transport (`Hub.readable`).
+
+Ownership. A stream id is 128 random bits (`secrets.token_hex(16)`): it travels in SSE ids,
+URLs and logs, so it must not be guessable. Knowing it is still not enough: a stream records
+its `owner` (the identity that created it, "" when anonymous) and `get`, `readable`,
+`describe` and `cancel` given `owner=` refuse anyone else (PermissionDenied, 403, without
+saying whose it is). `owner=None` is the hub's own callers (the reaper, the experiments).
+
+Limits. Each bounds one resource a client could otherwise exhaust, and is checked in O(1):
+
+- running streams (timers, relay tasks): at most `max_streams` at once, else StreamLimitError
+  (503, Retry-After). Finished streams do not count; they stay for `retention_s`, bounded by
+- held bytes: every held token costs `len(payload) + len(text) + TOKEN_OVERHEAD`, summed per
+  stream, per client and per hub as tokens are appended (once per wake in `_emit`, the batch's
+  sum). When an append takes the hub past `memory_budget_bytes`, finished streams are
+  forgotten, the first finished first (`evicted`); if that is not enough, the appending
+  stream is cancelled with reason "memory budget" (`budget_cancelled`). So the hub never
+  holds more than the budget plus one batch: the tokens one wake appends to one stream
+  (normally one token; after a stalled loop or a takeover, those that fell due meanwhile,
+  at most `params.tokens`), because a stream that overshoots is finished at once and is the
+  first thing the next append forgets. `create` forgets finished streams too, and refuses
+  (503) while running streams alone hold the budget.
+- per client (an identity, else an address; the caller names it): at most
+  ceil(`max_streams` * `client_share`) running streams and `memory_budget_bytes` *
+  `client_share` held bytes, else QuotaExceeded (429, Retry-After) at create; an append
+  past the client's byte share cancels that client's stream ("memory quota",
+  `quota_cancelled`), so that one client cannot take the budget the others' running
+  streams need. The per-client counters are dicts whose entries go when they reach zero.
 """
 
 from __future__ import annotations
@@ -26,6 +53,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
+import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -34,7 +63,9 @@ from typing import NamedTuple
 from streams.errors import (
     HistoryGone,
     ParamError,
+    PermissionDenied,
     PushlabError,
+    QuotaExceeded,
     StreamLimitError,
     StreamNotFound,
 )
@@ -48,10 +79,31 @@ Source = Callable[[GenParams, "list[dict[str, object]] | None"], AsyncIterator[s
 
 RUNNING, DONE, CANCELLED = "running", "done", "cancelled"
 
+# What a held token costs beyond len(payload) + len(text). Measured with tracemalloc (CPython
+# 3.11): 100,000 Tokens in a list, each with a fresh 8-character text and its text-envelope
+# payload for a 32-hex id (~107 bytes): 238 bytes a token beyond those lengths (the tuple, 72
+# bytes + 16 of GC header; seq and t_emit_ns, 32 and 48 as allocated; the bytes and str
+# headers, 33 and 50; the list slot, 8; the allocator's rounding). A seeded stream's text is
+# the corpus's own string, so it is over-counted by ~60 bytes (179 measured): erring high.
+TOKEN_OVERHEAD = 240
+
+log = logging.getLogger("pushlab.hub")
+
 
 def no_payload(stream_id: str, seq: int, t_emit_ns: int, text: str, params: GenParams) -> bytes:
     """The encoder of a stream whose one reader needs the texts only (a whole /v1 answer)."""
     return b""
+
+
+def _account_nothing(stream: Stream, nbytes: int) -> None:
+    """The accounting of a stream no hub holds (or no longer)."""
+
+
+def _owned(stream: Stream, owner: str | None) -> Stream:
+    """`stream`, if `owner` may use it (None: no check); PermissionDenied otherwise."""
+    if owner is not None and stream.owner != owner:
+        raise PermissionDenied(f"stream '{stream.id}' belongs to another identity", param="stream")
+    return stream
 
 
 class Token(NamedTuple):
@@ -75,6 +127,12 @@ class HubStats:
     streams_expired: int
     tokens_emitted: int
     listeners: int
+    held_bytes: int  # tokens held by every stream, as accounted (see TOKEN_OVERHEAD)
+    budget_bytes: int
+    clients: int  # clients with a running stream
+    evicted: int  # finished streams forgotten before their retention, for the budget
+    budget_cancelled: int  # running streams cancelled: the hub's budget was spent
+    quota_cancelled: int  # running streams cancelled: their client's share was spent
 
 
 def _expire(fut: asyncio.Future[bool]) -> None:
@@ -87,15 +145,31 @@ class Stream:
 
     # slots, not a __dict__: one Stream per open stream, thousands of them; tracemalloc, 1,000
     # Streams: 386 bytes each with a __dict__, 329 with slots (idle memory per connection is
-    # a benchmark target)
-    __slots__ = ("_pushers", "_timer", "_waiters", "created_s", "encode", "finished_ns",
-                 "finished_s", "first_seq", "id", "last_listened_s", "listeners", "log",
-                 "params", "plan", "reason", "state")  # fmt: skip
+    # a benchmark target); 2026-11-30, ids given: 301 bytes, 330 with owner, client,
+    # held_bytes and _account
+    __slots__ = ("_account", "_pushers", "_timer", "_waiters", "client", "created_s", "encode",
+                 "finished_ns", "finished_s", "first_seq", "held_bytes", "id",
+                 "last_listened_s", "listeners", "log", "owner", "params", "plan", "reason",
+                 "state")  # fmt: skip
 
     def __init__(
-        self, stream_id: str, params: GenParams, plan_: Plan, now_s: float, encode: Encoder
+        self,
+        stream_id: str,
+        params: GenParams,
+        plan_: Plan,
+        now_s: float,
+        encode: Encoder,
+        *,
+        owner: str = "",
+        client: str = "",
+        account: Callable[[Stream, int], None] = _account_nothing,
     ) -> None:
         self.id = stream_id
+        self.owner = owner  # the identity that created it ("": anonymous); see _owned
+        self.client = client  # whose quotas it counts against (an identity or an address)
+        self.held_bytes = 0  # its tokens, as the hub accounts them (TOKEN_OVERHEAD)
+        # account(stream, nbytes): the holding hub's, for each token `_append` adds
+        self._account = account
         self.params = params
         self.encode = encode
         self.plan = plan_
@@ -158,8 +232,11 @@ class Stream:
         self.last_listened_s = time.monotonic()
 
     def _append(self, token: Token) -> None:
+        """Append one token that came from elsewhere (a relay, the shared log) and account
+        it to the holding hub, which may end the stream then (over its memory budget)."""
         self.log.append(token)
         self._wake()
+        self._account(self, len(token.payload) + len(token.text) + TOKEN_OVERHEAD)
 
     def _finish(self, state: str, reason: str) -> None:
         if self.done:
@@ -198,6 +275,7 @@ class Stream:
             "tokens_planned": self.params.tokens,
             "finished_ns": self.finished_ns,
             "listeners": self.listeners,
+            "owned": self.owner != "",  # whose it is stays unsaid
             "params": self.params.as_dict(),
         }
 
@@ -212,6 +290,8 @@ class Hub:
         retention_s: float = 60.0,
         idle_timeout_s: float = 30.0,
         max_streams: int = 20_000,
+        memory_budget_bytes: int = 1 << 30,
+        client_share: float = 0.5,
         clock_ns: Callable[[], int] = time.time_ns,
         source: Source | None = None,
     ) -> None:
@@ -219,12 +299,22 @@ class Hub:
         self.retention_s = retention_s
         self.idle_timeout_s = idle_timeout_s
         self.max_streams = max_streams
+        self.memory_budget_bytes = memory_budget_bytes
+        self.client_share = client_share
+        self._client_max_streams = max(1, math.ceil(max_streams * client_share))
+        self._client_max_bytes = int(memory_budget_bytes * client_share)
         self._clock_ns = clock_ns
         self._source = source
         self._relays: dict[str, asyncio.Task[None]] = {}
-        self._streams: dict[str, Stream] = {}
+        self._streams: dict[str, Stream] = {}  # every stream this hub generates or generated
+        self._running: set[str] = set()  # those of them running: what max_streams bounds
+        self._finished: dict[str, Stream] = {}  # the others, in the order they finished
+        self.held_bytes = 0  # the sum of every held stream's held_bytes
+        self._client_running: dict[str, int] = {}  # client -> its running streams (> 0)
+        self._client_bytes: dict[str, int] = {}  # client -> its streams' held_bytes (> 0)
         self._reaper: asyncio.Task[None] | None = None
-        self._counts = {"created": 0, "done": 0, "cancelled": 0, "idle": 0, "expired": 0}
+        self._counts = {"created": 0, "done": 0, "cancelled": 0, "idle": 0, "expired": 0,
+                        "evicted": 0, "budget": 0, "quota": 0}  # fmt: skip
         self._tokens_emitted = 0
         # sink(stream, token): called with each token just before it is appended (None: no
         # shared log; set by a subclass that mirrors the log elsewhere, streams/redislog.py)
@@ -252,22 +342,25 @@ class Hub:
         messages: list[dict[str, object]] | None = None,
         *,
         encode: Encoder | None = None,
+        owner: str = "",
+        client: str = "",
     ) -> Stream:
         """Start a new stream generating `params` (or relaying the upstream source, with
         `messages` as the prompt when given), its payloads made by `encode` (default: the
-        hub's); raises StreamLimitError when full."""
-        if len(self._streams) >= self.max_streams:
-            raise StreamLimitError(f"the server holds {self.max_streams} streams already")
-        stream_id = secrets.token_hex(6)
+        hub's), owned by the identity `owner` and counted against `client`'s quotas;
+        QuotaExceeded when `client` holds its share, StreamLimitError when the hub is full."""
+        self._make_room(client)
+        stream_id = secrets.token_hex(16)
         relay = self._source is not None
-        stream = Stream(
+        stream = self._new_stream(
             stream_id,
             params,
             Plan((), ()) if relay else plan(params),
-            time.monotonic(),
             encode or self._encode,
+            owner=owner,
+            client=client,
         )
-        self._streams[stream_id] = stream
+        self._admit(stream)
         self._counts["created"] += 1
         self._register(stream, messages)
         if self._source is not None:
@@ -282,8 +375,12 @@ class Hub:
     async def _relay(self, stream: Stream, texts: AsyncIterator[str], seq: int = 0) -> None:
         """Append the upstream's tokens as they arrive, after seq `seq` (a continuation):
         t_emit_ns is their arrival here, so what clients measure is what the transport adds
-        to the model's own timing."""
+        to the model's own timing. Ends the stream however the relay ends, but for a cancel
+        (the stream was cancelled, or a redislog node now follows it): a PushlabError's
+        message is the reason (the source's are short and carry no upstream text); any other
+        exception is a bug, logged with its traceback, reason "upstream: internal error"."""
         sink = self._sink
+        reason = ""
         try:
             async for text in texts:
                 seq += 1
@@ -294,25 +391,29 @@ class Hub:
                     sink(stream, token)
                 stream._append(token)
                 self._tokens_emitted += 1
-                if seq >= stream.params.tokens:
+                # done: ended by the append itself (over the memory budget), whose cancel of
+                # this task lands only at its next wait, which buffered chunks may not reach
+                if seq >= stream.params.tokens or stream.done:
                     break
         except PushlabError as exc:
-            stream._finish(CANCELLED, f"upstream: {exc.message}"[:200])
-            self._counts["cancelled"] += 1
-            self._ended(stream)
+            reason = f"upstream: {exc.message}"[:200]
+        except Exception:  # a task that died silently would leave its readers waiting forever
+            log.exception("relay of stream %s failed", stream.id)
+            reason = "upstream: internal error"
+        if stream.done:  # cancelled meanwhile (and counted there)
             return
-        if not stream.done:
-            stream._finish(DONE, "done")
-            self._counts["done"] += 1
-            self._ended(stream)
+        stream._finish(CANCELLED if reason else DONE, reason or "done")
+        self._counts["cancelled" if reason else "done"] += 1
+        self._ended(stream)
 
-    async def get(self, stream_id: str) -> Stream:
-        """The stream `stream_id`; StreamNotFound when unknown or past retention."""
-        return self.local(stream_id)
+    async def get(self, stream_id: str, *, owner: str | None = None) -> Stream:
+        """The stream `stream_id`; StreamNotFound when unknown or past retention,
+        PermissionDenied when `owner` is given and is not the stream's."""
+        return _owned(self.local(stream_id), owner)
 
-    async def describe(self, stream_id: str) -> dict[str, object]:
+    async def describe(self, stream_id: str, *, owner: str | None = None) -> dict[str, object]:
         """The stream's state, as `GET /streams/{id}` shows it."""
-        return (await self.get(stream_id)).describe()
+        return (await self.get(stream_id, owner=owner)).describe()
 
     def local(self, stream_id: str) -> Stream:
         """The stream `stream_id` as this process holds it (no I/O)."""
@@ -323,11 +424,13 @@ class Hub:
                 f"no stream '{stream_id}' (unknown or expired)", param="stream"
             ) from None
 
-    async def readable(self, stream_id: str, after: int | None = None) -> Stream:
+    async def readable(
+        self, stream_id: str, after: int | None = None, *, owner: str | None = None
+    ) -> Stream:
         """`get` for a reader that frames the payloads from seq `after` on (a resume);
         ParamError when the stream has none (a whole /v1 answer, which only /v1 reads);
         HistoryGone when tokens after `after` are no longer held (a shared log trims)."""
-        stream = await self.get(stream_id)
+        stream = await self.get(stream_id, owner=owner)
         if after is not None and after < stream.first_seq - 1:  # None: not known yet
             raise HistoryGone(
                 f"stream '{stream_id}' keeps tokens from seq {stream.first_seq} on; "
@@ -339,8 +442,11 @@ class Hub:
             raise ParamError(f"stream '{stream_id}' can only be read at /v1", param="stream")
         return stream
 
-    async def cancel(self, stream_id: str, reason: str = "cancelled") -> Stream:
+    async def cancel(
+        self, stream_id: str, reason: str = "cancelled", *, owner: str | None = None
+    ) -> Stream:
         """Stop generating `stream_id` now; readers see the end with state `cancelled`."""
+        _owned(self.local(stream_id), owner)
         return self.cancel_local(stream_id, reason)
 
     def cancel_local(self, stream_id: str, reason: str = "cancelled") -> Stream:
@@ -363,8 +469,123 @@ class Hub:
         the stream there."""
 
     def _ended(self, stream: Stream) -> None:
-        """Called once when a stream this hub generates ends (done or cancelled); the shared
-        log records the end there."""
+        """Called once when a stream this hub generates ends (done or cancelled): it leaves
+        the running streams and joins the finished ones, which eviction takes in that order.
+        A subclass extends it (the shared log records the end there)."""
+        self._release(stream)
+        if self._streams.get(stream.id) is stream:
+            self._finished[stream.id] = stream
+
+    # -- accounting: running streams, held bytes, clients ----------------------------------
+
+    def _new_stream(
+        self, stream_id: str, params: GenParams, plan_: Plan, encode: Encoder, *, owner: str,
+        client: str,
+    ) -> Stream:  # fmt: skip
+        """A Stream whose appended tokens this hub accounts."""
+        return Stream(stream_id, params, plan_, time.monotonic(), encode, owner=owner,
+                      client=client, account=self._hold)  # fmt: skip
+
+    def _admit(self, stream: Stream) -> None:
+        """Hold `stream` as one this hub generates (or generated: a finished takeover)."""
+        previous = self._streams.get(stream.id)
+        if previous is not None and previous is not stream:  # ended here when the log was
+            self._release(previous)  # lost, and now taken back from it
+            self._forget_stream(previous)
+        self._streams[stream.id] = stream
+        if stream.done:
+            self._finished[stream.id] = stream
+        else:
+            self._running.add(stream.id)
+            self._client_running[stream.client] = self._client_running.get(stream.client, 0) + 1
+
+    def _release(self, stream: Stream) -> None:
+        """`stream` is no longer generated here (it ended, or another node generates it)."""
+        if stream.id in self._running:
+            self._running.remove(stream.id)
+            left = self._client_running[stream.client] - 1
+            if left:
+                self._client_running[stream.client] = left
+            else:
+                del self._client_running[stream.client]
+
+    def _make_room(self, client: str) -> None:
+        """Raise unless one more running stream for `client` fits (forgetting finished
+        streams if the budget is spent): QuotaExceeded beyond the client's share,
+        StreamLimitError beyond the hub's."""
+        if self._client_running.get(client, 0) >= self._client_max_streams:
+            raise QuotaExceeded(
+                f"this client runs {self._client_max_streams} streams already, its share of "
+                f"the server's {self.max_streams}; retry when one has ended"
+            )
+        if len(self._running) >= self.max_streams:
+            raise StreamLimitError(f"the server runs {self.max_streams} streams already")
+        self._require_memory()
+        if self._client_bytes.get(client, 0) >= self._client_max_bytes:
+            raise QuotaExceeded(
+                f"this client's streams hold {self._client_max_bytes:,} bytes of tokens, its "
+                f"share of the server's memory; retry when they have expired"
+            )
+
+    def _require_memory(self) -> None:
+        """Forget finished streams while the budget is spent; StreamLimitError if it still is
+        (running streams hold it all)."""
+        if self.held_bytes >= self.memory_budget_bytes:
+            self._evict(self.memory_budget_bytes - 1)
+            if self.held_bytes >= self.memory_budget_bytes:
+                raise StreamLimitError(
+                    f"the server's memory for held tokens ({self.memory_budget_bytes:,} bytes) "
+                    f"is spent by running streams"
+                )
+
+    def _hold(self, stream: Stream, nbytes: int) -> None:
+        """`stream` holds `nbytes` more. Past the budget: forget finished streams, the first
+        finished first, then end `stream`; past its client's share: end `stream`."""
+        stream.held_bytes += nbytes
+        self.held_bytes += nbytes
+        client = stream.client
+        self._client_bytes[client] = self._client_bytes.get(client, 0) + nbytes
+        if self.held_bytes > self.memory_budget_bytes:
+            self._evict(self.memory_budget_bytes)
+            if self.held_bytes > self.memory_budget_bytes and self._stop(stream, "memory budget"):
+                self._counts["budget"] += 1
+        if self._client_bytes.get(client, 0) > self._client_max_bytes and self._stop(
+            stream, "memory quota"
+        ):
+            self._counts["quota"] += 1
+
+    def _stop(self, stream: Stream, reason: str) -> bool:
+        """End `stream` for `reason` if this hub generates it and it runs; whether it did. (A
+        history being read in belongs to no hub yet: it is accounted, not ended.)"""
+        if stream.done or self._streams.get(stream.id) is not stream:
+            return False
+        self.cancel_local(stream.id, reason)
+        return True
+
+    def _evict(self, limit_bytes: int) -> None:
+        """Forget finished streams, the first finished first, until at most `limit_bytes`
+        are held or none is left."""
+        while self.held_bytes > limit_bytes and self._finished:
+            self._forget_stream(next(iter(self._finished.values())))
+            self._counts["evicted"] += 1
+
+    def _forget_stream(self, stream: Stream) -> None:
+        """Stop holding the finished `stream` (a resume gets StreamNotFound from now on)."""
+        if self._streams.get(stream.id) is stream:
+            del self._streams[stream.id]
+        self._finished.pop(stream.id, None)
+        self._unhold(stream)
+
+    def _unhold(self, stream: Stream) -> None:
+        """Take `stream`'s bytes out of the accounts, for good."""
+        nbytes, stream.held_bytes = stream.held_bytes, 0
+        stream._account = _account_nothing
+        self.held_bytes -= nbytes
+        left = self._client_bytes.get(stream.client, 0) - nbytes
+        if left > 0:
+            self._client_bytes[stream.client] = left
+        else:
+            self._client_bytes.pop(stream.client, None)
 
     def _emit(self, stream: Stream, i: int, start: float, loop: asyncio.AbstractEventLoop) -> None:
         """Append every token due by now from index `i` on, then set a timer for the next.
@@ -372,19 +593,24 @@ class Hub:
         A chain of loop timers rather than a task per stream: one callback per token, no
         coroutine switch, and cancelling is cancelling the pending timer."""
         plan_, params, encode, sink = stream.plan, stream.params, stream.encode, self._sink
-        n, first, log = len(plan_.texts), i, stream.log
+        n, first, log, nbytes = len(plan_.texts), i, stream.log, 0
         now = loop.time()
         while i < n and start + plan_.offsets_ns[i] / 1e9 <= now:
             t_emit_ns = self._clock_ns()
             text, seq = plan_.texts[i], i + 1
-            token = Token(seq, t_emit_ns, text, encode(stream.id, seq, t_emit_ns, text, params))
+            payload = encode(stream.id, seq, t_emit_ns, text, params)
+            token = Token(seq, t_emit_ns, text, payload)
             if sink is not None:  # the shared log, written before any reader is woken
                 sink(stream, token)
             log.append(token)
+            nbytes += len(payload) + len(text)
             i += 1
         if i > first:  # one wake for every token due together: a pushing reader writes them
             self._tokens_emitted += i - first  # in one write, as a woken one reads them
             stream._wake()
+            self._hold(stream, nbytes + (i - first) * TOKEN_OVERHEAD)  # once per wake
+            if stream.done:  # over the memory budget or its client's share: cancelled
+                return
         if i < n:
             stream._timer = loop.call_at(
                 start + plan_.offsets_ns[i] / 1e9, self._emit, stream, i, start, loop
@@ -401,7 +627,7 @@ class Hub:
         for stream in list(self._streams.values()):
             if stream.done:
                 if stream.finished_s is not None and now_s - stream.finished_s >= self.retention_s:
-                    del self._streams[stream.id]
+                    self._forget_stream(stream)
                     self._counts["expired"] += 1
             elif stream.listeners == 0 and now_s - stream.last_listened_s >= self.idle_timeout_s:
                 self._counts["idle"] += 1
@@ -416,7 +642,7 @@ class Hub:
     def statistics(self) -> HubStats:
         streams = self._streams.values()
         return HubStats(
-            streams_running=sum(1 for s in streams if not s.done),
+            streams_running=len(self._running),
             streams_held=len(self._streams),
             streams_created=self._counts["created"],
             streams_done=self._counts["done"],
@@ -425,4 +651,10 @@ class Hub:
             streams_expired=self._counts["expired"],
             tokens_emitted=self._tokens_emitted,
             listeners=sum(s.listeners for s in streams),
+            held_bytes=self.held_bytes,
+            budget_bytes=self.memory_budget_bytes,
+            clients=len(self._client_running),
+            evicted=self._counts["evicted"],
+            budget_cancelled=self._counts["budget"],
+            quota_cancelled=self._counts["quota"],
         )

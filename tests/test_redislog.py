@@ -11,9 +11,15 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from netem.redis import RedisServer, redis_binary
-from streams.errors import HistoryGone, LogUnavailable, StreamNotFound
+from streams.errors import (
+    HistoryGone,
+    LogUnavailable,
+    PermissionDenied,
+    StreamLimitError,
+    StreamNotFound,
+)
 from streams.generator import texts
-from streams.hub import CANCELLED, DONE, Stream, Token
+from streams.hub import CANCELLED, DONE, TOKEN_OVERHEAD, Stream, Token
 from streams.params import GenParams
 from streams.redislog import RedisHub, parse_url
 from streams.resp import encode_command
@@ -182,13 +188,81 @@ async def test_a_resume_from_before_the_kept_history_is_told_of_the_gap(
     assert [t.seq for t in kept.since(15)] == [16, 17, 18, 19, 20] and kept.state == DONE
 
 
+async def test_every_node_checks_the_owner_a_stream_was_created_with(
+    redis: RedisServer, nodes: list[RedisHub]
+) -> None:
+    a, b = await node(redis, "a"), await node(redis, "b")
+    nodes += [a, b]
+    made = await a.create(SLOW, owner="alice", client="alice")
+    for hub in (b, a):  # b: a replica read from the log; a: the stream itself
+        with pytest.raises(PermissionDenied, match="another identity") as refused:
+            await hub.readable(made.id, 0, owner="bob")
+        assert refused.value.status == 403 and "alice" not in refused.value.message
+        with pytest.raises(PermissionDenied):
+            await hub.describe(made.id, owner="")
+        with pytest.raises(PermissionDenied):
+            await hub.cancel(made.id, owner="bob")
+    assert not made.done  # neither refused cancel reached the log
+    seen = await b.readable(made.id, 0, owner="alice")
+    assert seen.owner == "alice" and seen.client == "alice"
+    await until(made, 4)
+    crash(a)
+    await asyncio.sleep(LEASE_MS / 1e3 + 0.05)
+    taken = await b.readable(made.id, owner="alice")  # b takes it over: the owner goes too
+    assert b.log_statistics()["takeovers"] == 1 and taken.owner == "alice"
+    assert made.id in b._streams and b.statistics().streams_running == 1
+    with pytest.raises(PermissionDenied):
+        await b.cancel(made.id, owner="bob")
+    await b.cancel(made.id, owner="alice")
+    assert taken.state == CANCELLED
+
+
+async def test_replicas_count_in_the_memory_budget(
+    redis: RedisServer, nodes: list[RedisHub]
+) -> None:
+    a, b = await node(redis, "a"), await node(redis, "b", memory_budget_bytes=1)
+    nodes += [a, b]
+    made = await a.create(GenParams(tokens=5, rate=1000.0, ttft_ms=0.0), client="x")
+    await read_all(made)
+    await asyncio.sleep(0.05)  # the end entry is flushed
+    seen = await b.readable(made.id)  # a history is read in whole: accounted, not cut
+    cost = sum(len(t.payload) + len(t.text) + TOKEN_OVERHEAD for t in seen.log)
+    assert seen.state == DONE and seen.held_bytes == b.held_bytes == cost > 0
+    assert b.statistics().held_bytes == cost
+    with pytest.raises(StreamLimitError):  # b's budget is spent: no replica of another one
+        await b.readable((await a.create(SLOW)).id)
+    b.reap()  # nobody reads the finished replica: dropped, and its bytes with it
+    assert b.held_bytes == 0 and b._client_bytes == {}
+
+
+async def test_a_node_forgets_its_finished_streams_for_the_budget_and_the_log_keeps_them(
+    redis: RedisServer, nodes: list[RedisHub]
+) -> None:
+    one = GenParams(tokens=1, rate=1.0, ttft_ms=0.0, seed=3)  # emitted and ended in create
+    probe = await node(redis, "probe")
+    nodes.append(probe)
+    cost = (await probe.create(one)).held_bytes
+    a = await node(redis, "a", memory_budget_bytes=2 * cost + cost // 2, client_share=1.0)
+    nodes.append(a)
+    first, second, third = [await a.create(one) for _ in range(3)]
+    assert first.id not in a._streams and a.statistics().evicted == 1
+    assert a.held_bytes == 2 * cost == second.held_bytes + third.held_bytes
+    again = await a.readable(first.id)  # forgotten here, not in the log: read back from it
+    assert again is not first and [t.text for t in again.log] == [t.text for t in first.log]
+    # the replica's token is held like any other: the next finished stream made room for it
+    assert second.id not in a._streams and a.statistics().evicted == 2
+    assert a.held_bytes == 2 * cost == third.held_bytes + again.held_bytes
+    a.reap(now_s=(third.finished_s or 0.0) + a.retention_s + 1)  # and the replica, unread
+    assert a._streams == {} and a.statistics().streams_expired == 1 and a.held_bytes == 0
+
+
 async def test_unknown_streams_are_404_on_every_node(
     redis: RedisServer, nodes: list[RedisHub]
 ) -> None:
     a = await node(redis, "a")
     nodes.append(a)
     with pytest.raises(StreamNotFound):
-        await a.readable("0123456789ab")
+        await a.readable("0123456789abcdef0123456789abcdef")
 
 
 async def test_losing_redis_ends_running_streams_with_a_reason_and_refuses_new_ones(
