@@ -210,8 +210,6 @@ def request_for(
 
     from transports.token import dumps
 
-    if method == "POST":
-        return path + (f"?{urlencode(extra)}" if extra else ""), dumps(
-            {**params.as_dict(), **(extra or {})}
-        )
+    if method == "POST":  # a name in both the query and the body is refused: body only
+        return path, dumps({**params.as_dict(), **(extra or {})})
     return f"{path}?{urlencode({**params.as_query(), **(extra or {})})}", b""

@@ -4,6 +4,8 @@ messages and CLI flags, validated in one place."""
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -57,32 +59,50 @@ def _format(value: object) -> str:
     return str(value)
 
 
+# Numbers written as text (a query string, a CLI flag): ASCII decimal only. Python's own
+# int() and float() also take "5_0", " 5", "nan", "inf" and any Unicode digit ("٥", and
+# "²" passes str.isdigit() but not int()); a parameter means what a JSON or C reader of
+# the same text would read, or is refused.
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_DECIMAL = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+
+
+def _show(raw: object) -> str:
+    """`raw` quoted for an error message, cut short: a message never echoes a whole body."""
+    text = repr(raw)
+    return text if len(text) <= 64 else text[:60] + "..."
+
+
+def _number(name: str, raw: object, integer: bool) -> float:
+    """`raw` as a number: a JSON number (not a bool, NaN or an infinity) or ASCII decimal
+    text; an integer when `integer` (a float only when it is whole)."""
+    if isinstance(raw, str):
+        # int() refuses over 4,300 digits; 1e999 reads as inf, which no range holds
+        if len(raw) <= 64 and (_INTEGER if integer else _DECIMAL).fullmatch(raw):
+            return int(raw) if integer else float(raw)
+    elif isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    elif isinstance(raw, float) and math.isfinite(raw) and (raw.is_integer() or not integer):
+        return int(raw) if integer else raw
+    kind = "an integer" if integer else "a number"
+    raise ParamError(f"'{name}' must be {kind}, got {_show(raw)}", param=name)
+
+
 def _coerce(name: str, raw: object) -> object:
     if name in _NUMERIC:
         kind, low, high = _NUMERIC[name]
-        if isinstance(raw, bool):
-            raise ParamError(f"'{name}' must be a number, got {raw!r}", param=name)
-        try:
-            if kind is int:
-                if isinstance(raw, float) and not raw.is_integer():
-                    raise ValueError
-                value: float = int(raw)  # type: ignore[call-overload]
-            else:
-                value = float(raw)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
+        value = _number(name, raw, kind is int)
+        if not low <= value <= high:
             raise ParamError(
-                f"'{name}' must be {'an integer' if kind is int else 'a number'}, got {raw!r}",
-                param=name,
-            ) from None
-        if not low <= value <= high:  # also rejects NaN
-            raise ParamError(
-                f"'{name}' must be between {_format(low)} and {_format(high)}, got {raw!r}",
+                f"'{name}' must be between {_format(low)} and {_format(high)}, got {_show(raw)}",
                 param=name,
             )
-        return value
+        return value if kind is int else float(value)
     choices = CORPORA if name == "text" else ENVELOPES
     if raw not in choices:
-        raise ParamError(f"'{name}' must be one of {', '.join(choices)}, got {raw!r}", param=name)
+        raise ParamError(
+            f"'{name}' must be one of {', '.join(choices)}, got {_show(raw)}", param=name
+        )
     return raw
 
 
@@ -99,26 +119,30 @@ def parse_params(
     base = defaults or GenParams()
     unknown = sorted(set(values) - PARAM_NAMES - allowed_extra)
     if unknown:
-        raise ParamError(f"unknown parameter '{unknown[0]}'", param=unknown[0])
+        name = unknown[0][:64]
+        raise ParamError(f"unknown parameter '{name}'", param=name)
     changes = {k: _coerce(k, v) for k, v in values.items() if k in PARAM_NAMES}
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
 def parse_number(
-    values: Mapping[str, object], name: str, default: float, low: float, high: float
+    values: Mapping[str, object],
+    name: str,
+    default: float,
+    low: float,
+    high: float,
+    *,
+    integer: bool = False,
 ) -> float:
-    """Read one transport-level number (`after`, `wait`, ...) with the same error shape."""
+    """Read one transport-level number (`after`, `wait`, ...) with the same error shape;
+    with `integer`, a whole number only (a cursor: `after=1.5` is refused, not truncated)."""
     if name not in values:
         return default
     raw = values[name]
-    try:
-        if isinstance(raw, bool):
-            raise ValueError
-        value = float(raw)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ParamError(f"'{name}' must be a number, got {raw!r}", param=name) from None
+    value = _number(name, raw, integer)
     if not low <= value <= high:
         raise ParamError(
-            f"'{name}' must be between {_format(low)} and {_format(high)}, got {raw!r}", param=name
+            f"'{name}' must be between {_format(low)} and {_format(high)}, got {_show(raw)}",
+            param=name,
         )
     return value

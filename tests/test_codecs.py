@@ -13,16 +13,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.errors import ParamError, ProtocolError
-from streams.params import GenParams
-from transports import longpoll, ndjson, websocket
+from streams.errors import ParamError, ProtocolError, UnsupportedMediaType
+from streams.params import GenParams, parse_number, parse_params
+from transports import jsonin, longpoll, ndjson, websocket
 from transports.registry import TRANSPORTS
 from transports.token import TokenRecord, decode_token, encode_token
 
 ROOT = Path(__file__).resolve().parents[1]
 CODECS = sorted(
     {t.codec for t in TRANSPORTS.values()}
-    | {"transports.token", "transports.registry", "transports.errors"}
+    | {"transports.token", "transports.registry", "transports.errors", "transports.jsonin"}
     | {"transports.web.config"}  # not a codec, but the harness imports it: no aiohttp either
     | {"streams.resp"}  # the Redis codec (STREAMS below checks it is stdlib-only as well)
 )
@@ -145,5 +145,119 @@ def test_text_envelope_fast_path_is_byte_identical_to_json_dumps(
 ) -> None:
     from transports.token import dumps
 
-    expected = dumps({"stream": "0a1b2c3d4e5f", "seq": seq, "t_emit_ns": t, "text": text})
-    assert encode_token("0a1b2c3d4e5f", seq, t, text, GenParams()) == expected
+    sid = "0a1b2c3d4e5f60718293a4b5c6d7e8f9"
+    expected = dumps({"stream": sid, "seq": seq, "t_emit_ns": t, "text": text})
+    assert encode_token(sid, seq, t, text, GenParams()) == expected
+
+
+@pytest.mark.parametrize(
+    ("data", "param"),
+    [
+        ("[" * 100_000, None),  # json alone: RecursionError, not a ValueError
+        ("[" * (jsonin.MAX_DEPTH + 1) + "]" * (jsonin.MAX_DEPTH + 1), None),
+        ('{"a": {"b": 1, "b": 2}}', "b"),
+        ('{"rate": NaN}', None),
+        ("[Infinity]", None),
+        ("[-Infinity]", None),
+        (b"\xff", None),
+        ("{", None),
+        ("", None),
+    ],
+)
+def test_load_json_refuses_with_a_param_error_only(data: str | bytes, param: str | None) -> None:
+    with pytest.raises(ParamError) as caught:
+        jsonin.load_json(data)
+    assert caught.value.param == param
+
+
+def test_load_json_reads_up_to_the_depth_limit() -> None:
+    deepest = "[" * jsonin.MAX_DEPTH + "]" * jsonin.MAX_DEPTH
+    assert jsonin.depth(jsonin.load_json(deepest)) == jsonin.MAX_DEPTH
+    assert jsonin.load_json(b'{"a": [1, {"b": 2.5}], "c": null}') == {"a": [1, {"b": 2.5}],
+                                                                         "c": None}  # fmt: skip
+    shapes: list[object] = [1, [], {"a": [{}]}, [[1], [[2]]]]
+    assert [jsonin.depth(v) for v in shapes] == [0, 1, 3, 3]
+
+
+@given(st.recursive(st.none() | st.integers() | st.text(),
+                    lambda kids: st.lists(kids) | st.dictionaries(st.text(), kids)))  # fmt: skip
+def test_load_json_accepts_or_raises_a_param_error(value: object) -> None:
+    text = json.dumps(value)
+    try:
+        assert jsonin.load_json(text) == value
+    except ParamError:
+        assert jsonin.depth(value) > jsonin.MAX_DEPTH
+
+
+@pytest.mark.parametrize(
+    ("mimetype", "charset", "ok"),
+    [
+        ("application/json", None, True),
+        ("application/json", "utf-8", True),
+        ("application/json", "UTF-8", True),
+        ("application/vnd.pushlab+json", None, True),
+        ("application/json", "latin-1", False),
+        ("text/plain", None, False),
+        ("application/x-www-form-urlencoded", None, False),
+        ("multipart/form-data", None, False),
+        ("application/octet-stream", None, False),
+        ("text/json", None, False),
+    ],
+)
+def test_only_json_media_types_are_read(mimetype: str, charset: str | None, ok: bool) -> None:
+    if ok:
+        jsonin.check_media_type(mimetype, charset)
+    else:
+        with pytest.raises(UnsupportedMediaType):
+            jsonin.check_media_type(mimetype, charset)
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [("5", 5), ("+5", 5), (5, 5), (5.0, 5)],
+)
+def test_integer_parameters_read_ascii_decimal_and_json_numbers(raw: object, value: int) -> None:
+    assert parse_params({"tokens": raw}).tokens == value
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["5_0", "\u0665", "\u00b2", " 5", "5 ", "5.0", "1e3", "0x10", "nan", "", "1" * 5000,
+     True, 5.5, float("nan"), None, [5], {"n": 5}],
+)  # fmt: skip
+def test_integer_parameters_refuse_anything_else(raw: object) -> None:
+    with pytest.raises(ParamError) as caught:
+        parse_params({"tokens": raw})
+    assert caught.value.param == "tokens" and len(caught.value.message) < 200
+
+
+@pytest.mark.parametrize(
+    ("raw", "ok"),
+    [("2.5", True), ("-0.5e1", False), ("1e2", True), ("1E+2", True), (2.5, True),
+     ("2.", False), (".5", False), ("1_000", False), ("\uff15", False), ("inf", False),
+     ("Infinity", False), (float("inf"), False), (False, False), ("1e999", False)],
+)  # fmt: skip
+def test_numbers_from_text_are_strict_ascii_decimal(raw: object, ok: bool) -> None:
+    if ok:
+        assert parse_number({"wait": raw}, "wait", 0, 0, 1000) == float(raw)  # type: ignore[arg-type]
+    else:
+        with pytest.raises(ParamError):
+            parse_number({"wait": raw}, "wait", 0, 0, 1000)
+
+
+def test_websocket_close_reason_is_utf8_and_fits_a_control_frame() -> None:
+    for message in ["x" * 500, "\u00e9" * 100, "\U0001f600" * 40, "bad \udcff header", ""]:
+        reason = websocket.close_reason(message)
+        assert len(reason) <= websocket.MAX_REASON_BYTES
+        assert message.startswith(reason.decode("utf-8")) or "\\udcff" in reason.decode()
+
+
+def test_websocket_messages_are_read_with_the_safe_loader() -> None:
+    for text, param in [("[" * 5000, None), ('{"type": "start", "type": "cancel"}', "type"),
+                        ('{"type": "start", "rate": NaN}', None),
+                        ('{"type": "start", "tokens": "5_0"}', "tokens")]:  # fmt: skip
+        with pytest.raises(ParamError) as caught:
+            websocket.parse_client_message(text)
+        assert caught.value.param == param
+    error = websocket.encode_error({"error": {"message": "bad \udcff", "type": "t", "param": None}})
+    assert json.loads(error)["error"]["message"] == "bad \udcff"

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.errors import ProtocolError
+from streams.errors import ParamError, ProtocolError
 from streams.params import GenParams
 from transports import openai as codec
 from transports.token import TokenRecord, decode_token, encode_token
@@ -141,3 +141,49 @@ def test_other_servers_chunks_decode_without_pushlab_fields() -> None:
 def test_malformed_chunks_are_protocol_errors(obj: object) -> None:
     with pytest.raises(ProtocolError):
         codec.decode_chunk(obj)
+
+
+_GOOD = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"model": 5}, "model"),
+        ({"model": "m" * (codec.MAX_MODEL_CHARS + 1)}, "model"),
+        ({"messages": "hi"}, "messages"),
+        ({"messages": [{"role": 1, "content": "hi"}]}, "messages[0]"),
+        ({"messages": [{"content": "hi"}]}, "messages[0]"),
+        ({"messages": ["hi"]}, "messages[0]"),
+        ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+        ({"messages": [{"role": "user", "content": {"text": "hi"}}]}, "messages[0].content"),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]},
+         "messages[0].content[0]"),
+        ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages[0].content[0]"),
+        ({"messages": [{"role": "user", "content": ["hi"]}]}, "messages[0].content[0]"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "text": "x"}]}]},
+         "messages[0].content[0]"),
+        ({"stream": "yes"}, "stream"),
+        ({"stream": True, "stream_options": []}, "stream_options"),
+        ({"stream": True, "stream_options": {"include_usage": 1}}, "include_usage"),
+        ({"max_tokens": "5"}, "max_tokens"),
+        ({"seed": "5_0"}, "seed"),
+        ({"seed": True}, "seed"),
+        ({"tokens": "\u0665"}, "tokens"),
+        ({"x" * 10_000: 1}, "x" * 64),
+    ],
+)  # fmt: skip
+def test_every_request_field_is_type_checked(change: dict[str, object], param: str) -> None:
+    with pytest.raises(ParamError) as caught:
+        codec.parse_request({**_GOOD, **change})
+    assert caught.value.param == param
+    assert len(caught.value.message) < 200
+
+
+def test_content_parts_and_a_null_content_are_read() -> None:
+    messages = [{"role": "system", "content": "a b"},
+                {"role": "user", "content": [{"type": "text", "text": "c d e"}]},
+                {"role": "assistant", "content": None, "tool_calls": []}]  # fmt: skip
+    request = codec.parse_request({**_GOOD, "model": "m" * codec.MAX_MODEL_CHARS,
+                                   "messages": messages})  # fmt: skip
+    assert request.prompt_tokens == 5

@@ -31,6 +31,9 @@ from transports.sse import DONE, SSEParser
 from transports.token import TokenRecord, dumps, loads
 
 MODELS = ("pushlab-synthetic",)
+# The request's `model` is echoed in every chunk: uncapped, a 60 KB name made a 294 MB
+# answer (attack probe, issue 14). OpenAI's own model ids are under 64 characters.
+MAX_MODEL_CHARS = 128
 # OpenAI request fields accepted and ignored (they change nothing in a synthetic answer)
 _IGNORED = frozenset({
     "temperature", "top_p", "presence_penalty", "frequency_penalty", "logit_bias", "user",
@@ -67,19 +70,36 @@ def _positive_int(body: Mapping[str, Any], name: str) -> int | None:
     return value
 
 
+def _text(message: Mapping[str, Any], where: str) -> str:
+    """A message's text: `content` is a string, null (an assistant turn that only called
+    tools), or a list of `{"type": "text", "text": str}` parts."""
+    content = message.get("content")
+    if content is None or isinstance(content, str):
+        return content or ""
+    if not isinstance(content, list):
+        raise ParamError(f"'{where}.content' must be a string or an array of parts",
+                         param=f"{where}.content")  # fmt: skip
+    texts = []
+    for j, part in enumerate(content):
+        if not (isinstance(part, dict) and part.get("type") == "text"
+                and isinstance(part.get("text"), str)):  # fmt: skip
+            at = f"{where}.content[{j}]"
+            raise ParamError(f"'{at}' must be a text part {{\"type\": \"text\", \"text\": str}}",
+                             param=at)  # fmt: skip
+        texts.append(part["text"])
+    return " ".join(texts)
+
+
 def _messages(body: Mapping[str, Any]) -> int:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ParamError("'messages' must be a non-empty array", param="messages")
     words = 0
     for i, message in enumerate(messages):
+        where = f"messages[{i}]"
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            where = f"messages[{i}]"
-            raise ParamError(f"'{where}' must be an object with a 'role'", param=where)
-        content = message.get("content")
-        if isinstance(content, list):  # content parts: count the text ones
-            content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
-        words += len(str(content or "").split())
+            raise ParamError(f"'{where}' must be an object with a string 'role'", param=where)
+        words += len(_text(message, where).split())
     return words
 
 
@@ -89,10 +109,13 @@ def parse_request(body: object) -> ChatRequest:
         raise ParamError("request body must be a JSON object", param=None)
     unknown = sorted(set(body) - _FIELDS - _IGNORED - PARAM_NAMES)
     if unknown:
-        raise ParamError(f"Unrecognized request argument supplied: {unknown[0]}", param=unknown[0])
+        name = unknown[0][:64]
+        raise ParamError(f"Unrecognized request argument supplied: {name}", param=name)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise ParamError("'model' is required", param="model")
+    if len(model) > MAX_MODEL_CHARS:
+        raise ParamError(f"'model' is longer than {MAX_MODEL_CHARS} characters", param="model")
     prompt_tokens = _messages(body)
     stream = _bool(body, "stream", False)
     options = body.get("stream_options")
