@@ -2,8 +2,9 @@
 
     POST /longpoll            body or query: generation params -> 201 + batch (no tokens yet)
     GET  /longpoll/{id}?after=SEQ&wait=S
-        returns every token with seq > SEQ at once; when there is none yet and the stream
-        is running, holds up to S seconds (default 25, at most 60) for at least one.
+        returns the tokens with seq > SEQ at once (at most a server-set cap of bytes; the
+        rest on the next poll); when there is none yet and the stream is running, holds
+        up to S seconds (default 25, at most 60) for at least one.
 
 A batch (one JSON object per response):
     {"stream": ID, "next": SEQ, "done": BOOL, "reason": STR, "tokens": [token objects]}
@@ -27,8 +28,15 @@ def encode_batch(
     stream: str, payloads: list[bytes], next_seq: int, done: bool, reason: str
 ) -> bytes:
     """One poll response; `payloads` are the hub's pre-encoded token objects."""
+    head, tail = batch_frame(stream, next_seq, done, reason)
+    return head + b",".join(payloads) + tail
+
+
+def batch_frame(stream: str, next_seq: int, done: bool, reason: str) -> tuple[bytes, bytes]:
+    """What goes before and after a batch's comma-separated token objects: `encode_batch`
+    for a server that writes a long batch in pieces."""
     head = dumps({"stream": stream, "next": next_seq, "done": done, "reason": reason})
-    return head[:-1] + b',"tokens":[' + b",".join(payloads) + b"]}"
+    return head[:-1] + b',"tokens":[', b"]}"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from transports.web.common import (
     request_values,
     serve_stream,
     streaming_headers,
+    written,
 )
 
 KEY = "ndjson"
@@ -36,7 +37,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         resp,
         stream,
         counters,
-        lambda: pump(resp, stream, after, config.heartbeat_s, counters),
+        lambda: pump(resp, stream, after, config.heartbeat_s, counters, config.write_timeout_s),
     )
 
 
@@ -46,8 +47,11 @@ async def pump(
     after: int,
     heartbeat_s: float,
     counters: dict[str, int],
+    write_timeout_s: float = 0.0,
 ) -> None:
-    await resp.write(codec.encode_started(stream.id, after))
+    """Write the stream's tokens after `after` as they appear, then the end line;
+    WriteTimeout when a write waits `write_timeout_s` (0: no limit) for the socket."""
+    await written(resp.write(codec.encode_started(stream.id, after)), write_timeout_s)
 
     def write(batch: list[Token]) -> Coroutine[Any, Any, None]:
         # often run by the hub's emitting callback itself (common.deliver): keep it plain;
@@ -57,9 +61,9 @@ async def pump(
         counters["bytes_sent"] += len(data)
         return resp.write(data)
 
-    await deliver(stream, after, write, heartbeat_s)
-    await resp.write(codec.encode_done(stream.id, stream.last_seq, stream.reason))
-    await resp.write_eof()
+    await deliver(stream, after, write, heartbeat_s, write_timeout_s)
+    done = codec.encode_done(stream.id, stream.last_seq, stream.reason)
+    await written(resp.write_eof(done), write_timeout_s)
 
 
 def add_routes(app: web.Application) -> None:

@@ -11,10 +11,19 @@ from transports.web.common import (
     COUNTERS,
     HUB,
     checked_after,
+    chunk_end,
     json_response,
     open_stream,
+    owner_of,
+    query_values,
     request_values,
 )
+
+# The most token bytes one poll returns (payloads counted as in common.chunk_end), so a poll
+# far behind (a resume, a fast stream) never builds one response of the whole backlog. 1 MiB
+# is ~13,000 tokens of ~80 bytes: a long poll over a 100 ms round trip at 20,000 tokens/s
+# carries 2,000, so the cap never slows a paced stream down.
+MAX_BATCH_BYTES = 1024 * 1024
 
 
 def batch_response(body: bytes, status: int = 200, stream_id: str = "") -> web.Response:
@@ -42,15 +51,16 @@ def make_handlers(key: str, hold: bool) -> tuple[web.RouteDef, ...]:
     async def poll(request: web.Request) -> web.Response:
         counters = request.app[COUNTERS].by_transport[key]
         counters["requests"] += 1
-        values = dict(request.query)
+        values = query_values(request)
         unknown = sorted(set(values) - {"after", "wait"})
         if unknown or ("wait" in values and not hold):
-            bad = unknown[0] if unknown else "wait"
+            bad = unknown[0][:64] if unknown else "wait"
             raise ParamError(f"unknown parameter '{bad}' for {key}", param=bad)
-        stream = await request.app[HUB].readable(request.match_info["stream"])
+        owner = owner_of(request)
+        stream = await request.app[HUB].readable(request.match_info["stream"], owner=owner)
         after = checked_after(values, stream)
         if after < stream.first_seq - 1:
-            stream = await request.app[HUB].readable(stream.id, after)  # raises HistoryGone
+            stream = await request.app[HUB].readable(stream.id, after, owner=owner)  # HistoryGone
         wait_s = parse_number(values, "wait", DEFAULT_WAIT_S, 0, MAX_WAIT_S) if hold else 0.0
         stream.touch()
         if wait_s > 0 and not stream.since(after) and not stream.done:
@@ -61,6 +71,8 @@ def make_handlers(key: str, hold: bool) -> tuple[web.RouteDef, ...]:
             finally:
                 counters["open"] -= 1
         tokens = stream.since(after)
+        if tokens:  # at most MAX_BATCH_BYTES: the client polls again from `next` for the rest
+            tokens = tokens[: chunk_end(tokens, 0, MAX_BATCH_BYTES)]
         next_seq = after + len(tokens)
         done = stream.done and next_seq >= stream.last_seq
         body = encode_batch(
@@ -83,13 +95,15 @@ def add_routes(app: web.Application) -> None:
 
 async def describe(request: web.Request) -> web.Response:
     """GET /streams/{stream}: the stream's state (for experiments and debugging)."""
-    return json_response(await request.app[HUB].describe(request.match_info["stream"]))
+    owner = owner_of(request)
+    return json_response(await request.app[HUB].describe(request.match_info["stream"], owner=owner))
 
 
 async def cancel(request: web.Request) -> web.Response:
     """DELETE /streams/{stream}: stop generating now (any transport's stream)."""
-    await request.app[HUB].cancel(request.match_info["stream"])
-    return json_response(await request.app[HUB].describe(request.match_info["stream"]))
+    hub, stream_id, owner = request.app[HUB], request.match_info["stream"], owner_of(request)
+    await hub.cancel(stream_id, owner=owner)
+    return json_response(await hub.describe(stream_id, owner=owner))
 
 
 def add_stream_routes(app: web.Application) -> None:

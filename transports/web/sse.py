@@ -5,6 +5,7 @@ Wire format in docs/PROTOCOL.md; bytes come from the sans-I/O codec in transport
 
 from __future__ import annotations
 
+import re
 from collections.abc import Coroutine
 from typing import Any
 
@@ -20,20 +21,26 @@ from transports.web.common import (
     HUB,
     deliver,
     open_stream,
+    owner_of,
     request_values,
     serve_stream,
     streaming_headers,
+    written,
 )
 
 KEY = "sse"
+_SEQ = re.compile(r"[0-9]{1,18}")
 
 
 def parse_last_event_id(value: str) -> tuple[str, int]:
     """`<stream>:<seq>` from a reconnecting EventSource's Last-Event-ID header."""
     stream_id, sep, seq = value.strip().rpartition(":")
-    if not sep or not stream_id or not seq.isdigit():
+    # ASCII digits only: "²".isdigit() is True but int("²") fails (it was a 500); 18 digits
+    # hold any seq a stream can reach
+    if not sep or not stream_id or not _SEQ.fullmatch(seq):
+        shown = repr(value) if len(value) <= 64 else repr(value[:60]) + "..."
         raise ParamError(
-            f"Last-Event-ID must be '<stream>:<seq>', got {value!r}", param="Last-Event-ID"
+            f"Last-Event-ID must be '<stream>:<seq>', got {shown}", param="Last-Event-ID"
         )
     return stream_id, int(seq)
 
@@ -45,7 +52,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     last_event_id = request.headers.get("Last-Event-ID")
     if last_event_id:
         stream_id, after = parse_last_event_id(last_event_id)
-        stream = await request.app[HUB].readable(stream_id, after)
+        stream = await request.app[HUB].readable(stream_id, after, owner=owner_of(request))
         if after > stream.params.tokens:
             raise ParamError(
                 f"Last-Event-ID seq {after} is beyond the stream's end", param="Last-Event-ID"
@@ -64,7 +71,15 @@ async def handle(request: web.Request) -> web.StreamResponse:
         resp,
         stream,
         counters,
-        lambda: pump(resp, stream, after, config.retry_ms, config.heartbeat_s, counters),
+        lambda: pump(
+            resp,
+            stream,
+            after,
+            config.retry_ms,
+            config.heartbeat_s,
+            counters,
+            config.write_timeout_s,
+        ),
     )
 
 
@@ -75,10 +90,12 @@ async def pump(
     retry_ms: int,
     heartbeat_s: float,
     counters: dict[str, int],
+    write_timeout_s: float = 0.0,
 ) -> None:
-    """Write the stream's tokens after `after` as they appear, then the end marker."""
+    """Write the stream's tokens after `after` as they appear, then the end marker;
+    WriteTimeout when a write waits `write_timeout_s` (0: no limit) for the socket."""
     first = sse.encode_open(stream.id, after, retry_ms)
-    await resp.write(first)
+    await written(resp.write(first), write_timeout_s)
     counters["bytes_sent"] += len(first)
     sid, keep_alive, encode = stream.id, sse.encode_comment("keep-alive"), sse.encode_token
 
@@ -95,7 +112,7 @@ async def pump(
         counters["bytes_sent"] += len(data)
         return resp.write(data)
 
-    await deliver(stream, after, write, heartbeat_s)
+    await deliver(stream, after, write, heartbeat_s, write_timeout_s)
     end = b""
     if stream.reason != "done":
         info = dumps(
@@ -103,8 +120,7 @@ async def pump(
         ).decode()
         end = sse.encode_event(info, event="cancelled")
     end += sse.DONE
-    await resp.write(end)
-    await resp.write_eof()
+    await written(resp.write_eof(end), write_timeout_s)
     counters["bytes_sent"] += len(end)
 
 
