@@ -49,7 +49,7 @@ from streams.redislog import RedisHub
 from streams.upstream import DEFAULT_PROMPT, UpstreamConfig
 from transports.registry import TRANSPORTS
 from transports.token import encode_token
-from transports.web import page, poll
+from transports.web import guard, page, poll
 from transports.web.common import (
     CONFIG,
     COUNTERS,
@@ -60,6 +60,7 @@ from transports.web.common import (
     json_response,
 )
 from transports.web.config import GC_FULL_INTERVAL_S, build_parser, config_from_args
+from transports.web.limits import LIMITS, AcceptErrors, ConnectionLimits, LimitedRunner
 from transports.web.upstream import Upstream
 
 __all__ = ["build_parser", "config_from_args", "main", "make_app", "serve"]
@@ -79,6 +80,8 @@ async def _hub_context(app: web.Application) -> AsyncIterator[None]:
         "retention_s": config.retention_s,
         "idle_timeout_s": config.idle_timeout_s,
         "max_streams": config.max_streams,
+        "memory_budget_bytes": int(config.memory_budget_mb * 2**20),
+        "client_share": config.client_share,
     }
     hub: Hub
     if config.log == "memory":
@@ -154,6 +157,7 @@ async def stats(request: web.Request) -> web.Response:
             "cpu_s": usage.ru_utime + usage.ru_stime,
             "max_rss_bytes": usage.ru_maxrss * 1024,
             "rss_bytes": _rss_bytes(),
+            "connections": request.app[LIMITS].statistics(),
             "gc": {
                 "policy": request.app[CONFIG].gc,
                 "collections": [g["collections"] for g in gc.get_stats()],
@@ -186,16 +190,19 @@ async def healthz(request: web.Request) -> web.Response:
 
 def make_app(config: ServerConfig | None = None) -> web.Application:
     """The whole server: every transport, stream control, stats."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024)
-    app[CONFIG] = config or ServerConfig()
+    config = config or ServerConfig()
+    app = web.Application(middlewares=[error_middleware, guard.guard], client_max_size=64 * 1024)
+    app[CONFIG] = config
+    guard.install(app, config)
     app[COUNTERS] = Counters()
+    app[LIMITS] = ConnectionLimits.from_config(config)
     app[LOOP_LAG] = {"last_ms": 0.0, "max_ms": 0.0}
     app.cleanup_ctx.append(_hub_context)
     app.cleanup_ctx.append(_gc_context)
     for module in dict.fromkeys(t.server for t in TRANSPORTS.values()):
         importlib.import_module(module).add_routes(app)
     poll.add_stream_routes(app)
-    page.add_routes(app)  # the demo page at / (transports/web/static)
+    page.add_routes(app, debug=config.lab_debug)  # the demo page at / (transports/web/static)
     app.router.add_get("/stats", stats)
     app.router.add_get("/healthz", healthz)
     return app
@@ -222,17 +229,26 @@ def tls_context(config: ServerConfig, pki_dir: Path | None = None) -> tuple[ssl.
 async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> None:
     """Serve until cancelled or SIGINT/SIGTERM; prints the URL once listening."""
     pki_dir = Path(tempfile.mkdtemp(prefix="pushlab-pki-")) if config.tls else None
+    secret_dir = None
+    if config.auth and not config.auth_secret_file:  # a key for this run, named when ready
+        secret_dir = Path(tempfile.mkdtemp(prefix="pushlab-auth-"))
+        config = dataclasses.replace(config, auth_secret_file=str(guard.write_secret(secret_dir)))
     try:
         ssl_context, ca_file = tls_context(config, pki_dir) if config.https else (None, "")
-        runner = web.AppRunner(make_app(config), handler_cancellation=True, access_log=None)
+        app = make_app(config)
+        runner = LimitedRunner(app, handler_cancellation=True, access_log=None,
+                               keepalive_timeout=config.keepalive_s)  # fmt: skip
         await runner.setup()
+        loop = asyncio.get_running_loop()
+        loop_handler = loop.get_exception_handler()
+        accept_errors = AcceptErrors(app[LIMITS])  # quiet and bounded when accept(2) fails
+        loop.set_exception_handler(accept_errors)
         try:
             reuse = config.reuse_port or None
             site = web.TCPSite(runner, config.host, config.port, backlog=4096,
                                ssl_context=ssl_context, reuse_port=reuse)  # fmt: skip
             await site.start()
             stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
             port = runner.addresses[0][1]
@@ -240,15 +256,21 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> Non
             line = f"pushlab serving on {'https' if config.https else 'http'}://{host}:{port}"
             if ca_file:
                 line += f" ca={shlex.quote(ca_file)}"
+            if secret_dir is not None:
+                line += f" secret={shlex.quote(config.auth_secret_file)}"
             print(line, flush=True)  # the ready line
             if ready is not None:
                 ready.set()
             await stop.wait()
         finally:
             await runner.cleanup()
+            loop.set_exception_handler(loop_handler)
+            accept_errors.close()
     finally:
         if pki_dir is not None:
             shutil.rmtree(pki_dir, ignore_errors=True)
+        if secret_dir is not None:
+            shutil.rmtree(secret_dir, ignore_errors=True)
 
 
 def _upstream_config(config: ServerConfig) -> UpstreamConfig:
@@ -267,6 +289,12 @@ def main(argv: list[str] | None = None) -> int:
             tls_context(config)
         except OSError as exc:  # ssl.SSLError is an OSError
             print(f"pushlab serve: cannot use --tls-cert/--tls-key: {exc}", file=sys.stderr)
+            return 2
+    if config.auth_secret_file:  # read the key now: a one-line error, not a traceback
+        try:
+            guard.load_authority(config)
+        except (OSError, ValueError) as exc:
+            print(f"pushlab serve: cannot use --auth-secret-file: {exc}", file=sys.stderr)
             return 2
     if config.upstream:  # check the relay's settings now: a one-line error, not a traceback
         try:
@@ -309,6 +337,10 @@ def serve_workers(config: ServerConfig, start_timeout_s: float = 30.0) -> int:
         return 1
     port = holder.getsockname()[1]
     node = config.node_id or f"{socket.gethostname()}-{os.getpid()}"
+    secret_dir = None
+    if config.auth and not config.auth_secret_file:  # one key for every worker
+        secret_dir = Path(tempfile.mkdtemp(prefix="pushlab-auth-"))
+        config = dataclasses.replace(config, auth_secret_file=str(guard.write_secret(secret_dir)))
     children: list[subprocess.Popen[str]] = []
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -326,7 +358,10 @@ def serve_workers(config: ServerConfig, start_timeout_s: float = 30.0) -> int:
             print("pushlab serve: a worker did not start (its error is above)", file=sys.stderr)
             return 1
         pids = ",".join(str(child.pid) for child in children)
-        print(f"{lines[0]} workers={config.workers} pids={pids}", flush=True)
+        line = f"{lines[0]} workers={config.workers} pids={pids}"
+        if secret_dir is not None:
+            line += f" secret={shlex.quote(config.auth_secret_file)}"
+        print(line, flush=True)
         while not stop.wait(0.5):
             if any(child.poll() is not None for child in children):
                 dead = [str(c.pid) for c in children if c.poll() is not None]
@@ -346,6 +381,8 @@ def serve_workers(config: ServerConfig, start_timeout_s: float = 30.0) -> int:
                 child.kill()
                 child.wait()
         holder.close()
+        if secret_dir is not None:
+            shutil.rmtree(secret_dir, ignore_errors=True)
 
 
 def _ready_line(child: subprocess.Popen[str], timeout_s: float) -> str:

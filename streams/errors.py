@@ -7,6 +7,7 @@
     ├── PermissionDenied    a credential, but not this stream's owner, or a
     │                       request from a host name or origin not allowed  -> HTTP 403
     ├── UnsupportedMediaType a request body that is not application/json   -> HTTP 415
+    ├── RequestTimeout      a request body not received within its time   -> HTTP 408
     ├── QuotaExceeded       one client holds its share of a shared resource -> HTTP 429
     ├── StreamLimitError    the hub holds as many streams (or bytes) as allowed -> HTTP 503
     ├── HistoryGone         a resume from before what the shared log still keeps -> HTTP 410
@@ -85,6 +86,14 @@ class UnsupportedMediaType(PushlabError):
 
     status = 415
     type = "unsupported_media_type_error"
+
+
+class RequestTimeout(PushlabError):
+    """A request whose body did not arrive within the server's body timeout (a client
+    trickling bytes to hold a connection and a handler)."""
+
+    status = 408
+    type = "timeout_error"
 
 
 class QuotaExceeded(PushlabError):

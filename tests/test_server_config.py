@@ -25,6 +25,11 @@ FLAGS = [
     "--uvloop", "--upstream", "--upstream-key-env", "--upstream-model", "--upstream-prompt",
     "--upstream-extra", "--gc", "--log", "--node-id", "--workers", "--reuse-port", "--lease-ms",
     "--log-max-len",
+    # issue 14: who may connect and what one client may take
+    "--auth", "--auth-secret-file", "--auth-query", "--allow-anonymous", "--allowed-hosts",
+    "--allowed-origins", "--lab-debug", "--max-connections", "--client-share",
+    "--memory-budget-mb", "--write-timeout-s", "--header-timeout-s", "--body-timeout-s",
+    "--keepalive-s",
 ]  # fmt: skip
 
 # A value other than the default for every field.
@@ -55,6 +60,20 @@ CHANGED = ServerConfig(
     reuse_port=True,
     lease_ms=500,
     log_max_len=100,
+    auth=True,
+    auth_secret_file="/x/secret",
+    auth_query=True,
+    allow_anonymous=True,
+    allowed_hosts="lab.example,other",
+    allowed_origins="https://lab.example:8443",
+    lab_debug=True,
+    max_connections=900,
+    client_share=0.25,
+    memory_budget_mb=64.0,
+    write_timeout_s=2.5,
+    header_timeout_s=3.5,
+    body_timeout_s=4.5,
+    keepalive_s=5.5,
 )
 
 
