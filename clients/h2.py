@@ -622,7 +622,7 @@ class HTTP2:
     ) -> Response:
         """Open a stream with this request and read its response head."""
         self._end_stream()
-        hdrs = list(headers or [])
+        hdrs = [*self.target.authorization(), *(headers or [])]
         if self.accept_gzip:
             hdrs.append(("accept-encoding", "gzip"))
         if body:

@@ -137,7 +137,7 @@ class HTTP11:
     ) -> Response:
         """Send one request and read its status line and headers."""
         conn, h = await self._ensure_conn()
-        hdrs = [("Host", self.target.authority), *(headers or [])]
+        hdrs = [("Host", self.target.authority), *self.target.authorization(), *(headers or [])]
         if self.accept_gzip:
             hdrs.append(("Accept-Encoding", "gzip"))
         if body:

@@ -53,6 +53,13 @@ class Target:
     host: str = "127.0.0.1"
     port: int = 8000
     secure: bool = False  # an https:// or wss:// URL: the client needs a TLS connector
+    # a credential (streams/credentials.py) sent as `Authorization: Bearer` on every request
+    # and WebSocket handshake; "" for a server without --auth. Never in a repr or a record.
+    token: str = dataclasses.field(default="", repr=False, compare=False)
+
+    def authorization(self) -> list[tuple[str, str]]:
+        """The Authorization header this target's requests carry (none without a token)."""
+        return [("Authorization", f"Bearer {self.token}")] if self.token else []
 
     @classmethod
     def parse(cls, url: str) -> Target:

@@ -49,7 +49,10 @@ class WebSocketClient(Client):
             extensions=extensions,
             max_size=2**20,
         )
-        proto.send_request(proto.connect())
+        handshake = proto.connect()
+        for name, value in http.target.authorization():  # a Python client can set headers
+            handshake.headers[name] = value
+        proto.send_request(handshake)
         self._open = (proto, conn)
         await _flush(proto, conn)
         request_index = http.requests - 1

@@ -326,6 +326,22 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    """`pushlab token`: mint a credential with a server's key, as its operator (the key file
+    is what `pushlab serve --auth --auth-secret-file` reads, or the ready line's secret=)."""
+    from streams.credentials import Authority, check_identity
+
+    try:
+        check_identity(args.identity)
+        credential = Authority(args.secret_file.read_bytes()).mint(
+            args.identity, args.kind, args.ttl_s
+        )
+    except (OSError, ValueError) as exc:
+        raise ParamError(str(exc)) from None
+    print(credential)
+    return 0
+
+
 FRONTS = ("nginx", "caddy")
 
 
@@ -510,6 +526,14 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("a", type=Path, metavar="RUN_A")
     cmp_.add_argument("b", type=Path, metavar="RUN_B")
     sub.add_parser("list", help="list transports and experiments")
+    tok = sub.add_parser("token", help="mint a credential for a server running with --auth")
+    tok.add_argument("--secret-file", type=Path, required=True, metavar="PATH",
+                     help="the server's key (its --auth-secret-file)")  # fmt: skip
+    tok.add_argument("--identity", required=True, help="whose: 1-64 of A-Z a-z 0-9 . _ @ -")
+    tok.add_argument("--kind", choices=("key", "session"), default="key",
+                     help="key: a bearer token (default); session: a cookie's value")  # fmt: skip
+    tok.add_argument("--ttl-s", type=float, default=None, metavar="S",
+                     help="seconds it stays valid (default: 30 days; a session 12 h)")  # fmt: skip
     return p
 
 
@@ -523,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, "pushlab bench: error: --clients must be at least 1\n")
     try:
         commands = {"bench": cmd_bench, "run": cmd_run, "list": cmd_list, "report": cmd_report,
-                    "compare": cmd_compare}  # fmt: skip
+                    "compare": cmd_compare, "token": cmd_token}  # fmt: skip
         return commands[args.command](args)
     except ParamError as exc:
         parser.exit(2, f"pushlab {args.command}: error: {exc.message}\n")

@@ -16,6 +16,7 @@ how to speak to it, and `ready_fields` holds every `key=value`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import selectors
 import shlex
@@ -216,6 +217,29 @@ class ServerProcess(ChildProcess):
         argv = [str(SERVER_PY), *settings, "--host", host, "--port", "0", *(args or [])]
         argv += lab_network_flags(host, argv)
         super().__init__(argv, READY_PREFIX, start_timeout_s=start_timeout_s, prefix=prefix)
+
+    def secret_file(self) -> str:
+        """The key a server with --auth signs credentials with: its --auth-secret-file, or
+        the one it made and named in its ready line (`secret=`); "" without --auth."""
+        if "--auth-secret-file" in self.argv:
+            return self.argv[self.argv.index("--auth-secret-file") + 1]
+        return self.ready_fields.get("secret", "")
+
+    def credential(self, identity: str = "lab", kind: str = "key") -> str:
+        """A credential for `identity`, minted with the server's own key (the lab holds it,
+        as an operator running `pushlab token` would)."""
+        from streams.credentials import Authority
+
+        path = self.secret_file()
+        if not path:
+            raise ValueError("this server runs without --auth: it takes no credential")
+        return Authority(Path(path).read_bytes()).mint(identity, kind)
+
+    def authed_target(self, identity: str = "lab") -> Target:
+        """The server's target carrying a credential for `identity` (as is, without --auth)."""
+        if not self.secret_file():
+            return self.target
+        return dataclasses.replace(self.target, token=self.credential(identity))
 
 
 class ProxyProcess(ChildProcess):

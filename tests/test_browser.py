@@ -66,7 +66,7 @@ STREAMING = [
 @pytest.fixture
 async def target() -> AsyncIterator[Target]:
     """A real server in the test's loop, with the demo page mounted."""
-    app = make_app(ServerConfig(host="127.0.0.1", port=0))
+    app = make_app(ServerConfig(host="127.0.0.1", port=0, lab_debug=True))  # the Cut button
     page_routes.add_routes(app)
     page_routes.add_routes(app)  # mounting twice is harmless
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)

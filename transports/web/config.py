@@ -128,7 +128,6 @@ class ServerConfig:
         min=0,
     )
 
-
     # -- who may connect and what one client may take (docs/SECURITY.md) --
     auth: bool = _opt(
         False,
@@ -255,7 +254,9 @@ class ServerConfig:
         return argv
 
 
-_ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+_ORIGIN = re.compile(
+    r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?"
+)
 
 
 def split_list(text: str) -> list[str]:

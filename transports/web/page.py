@@ -6,7 +6,8 @@ from a CDN. Each transport's browser client is a short function in `static/clien
 to be read beside docs/PROTOCOL.md. Which panes exist, in what order, with which label and
 colour, comes from the registry (`GET /transports`): the page knows no list of transports.
 
-`POST /debug/cut` resets every TCP connection the server holds from the caller's IP address
+`POST /debug/cut` (mounted only with `--lab-debug`, answered only to the page's own origin)
+resets every TCP connection the server holds from the caller's IP address
 (except the one carrying the cut request): what a dropped Wi-Fi link or a NAT box forgetting
 its mappings does to a browser. The sockets get `SO_LINGER` 0 and are aborted, so the peer
 sees a TCP RST mid-response ("connection reset"), not a clean end. Streams live in the hub,
@@ -24,9 +25,11 @@ from pathlib import Path
 
 from aiohttp import web
 
+from streams.errors import PermissionDenied
 from transports import registry
 from transports.errors import error_body
 from transports.web.common import json_response
+from transports.web.guard import same_origin
 
 STATIC_DIR = Path(__file__).parent / "static"
 INDEX_ROUTE = "pushlab-page-index"  # a named resource: mounting twice is a no-op
@@ -96,6 +99,10 @@ async def cut(request: web.Request) -> web.Response:
     `_manager`. Reading that at the moment of the cut costs the rest of the server nothing,
     where tracking connections in a middleware would add work to every measured request.
     """
+    if not same_origin(request.headers.get("Origin", "").lower(), request.headers.get("Host", "")):
+        # the page's own button sends its Origin (a fetch POST always does); a request
+        # without one is not the page, and a foreign one the guard has refused already
+        raise PermissionDenied("POST /debug/cut is for the page's own Cut button", param="Origin")
     manager = getattr(request.protocol, "_manager", None)
     if manager is None or not hasattr(manager, "connections"):
         message = "this aiohttp does not expose its open connections"
@@ -113,11 +120,14 @@ async def cut(request: web.Request) -> web.Response:
     return json_response({"reset": len(victims), "peer": peer})
 
 
-def add_routes(app: web.Application) -> None:
-    """Mount the page on `app` (a second call does nothing)."""
+def add_routes(app: web.Application, *, debug: bool = False) -> None:
+    """Mount the page on `app` (a second call does nothing); `POST /debug/cut` only with
+    `debug` (the server's --lab-debug): it resets other connections of the caller's address,
+    which behind a shared NAT or proxy are other people's."""
     if INDEX_ROUTE in app.router.named_resources():
         return
     app.router.add_get("/", index, name=INDEX_ROUTE)
     app.router.add_get("/static/{name}", static)
     app.router.add_get("/transports", transports)
-    app.router.add_post("/debug/cut", cut)
+    if debug:
+        app.router.add_post("/debug/cut", cut)

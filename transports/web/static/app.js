@@ -151,12 +151,42 @@ async function cut() {
   const response = await fetch("/debug/cut", {method: "POST"});
   const result = await response.json();
   if (!response.ok) {
-    $("#banner").textContent = `cut failed: ${result.error.message}`;
+    $("#banner").textContent = response.status === 404
+      ? "cut failed: the server runs without --lab-debug, which mounts POST /debug/cut"
+      : `cut failed: ${result.error.message}`;
     return;
   }
   $("#banner").textContent =
     `✂ at +${((atMs - run.startMs) / 1000).toFixed(2)} s the server reset ${plural(result.reset, "connection")} ` +
     `from ${result.peer}. Which panes recover by themselves?`;
+}
+
+/** With `pushlab serve --auth` the page needs a session first (docs/SECURITY.md): the key
+ * pasted here is exchanged once for an HttpOnly, SameSite=Strict cookie that every pane's
+ * client then carries by itself: EventSource and WebSocket can send nothing else. */
+async function signIn() {
+  const session = await (await fetch("/auth/session", {cache: "no-store"})).json();
+  if (!session.auth || session.identity) {
+    $("#whoami").textContent = session.identity ? `signed in as ${session.identity}` : "";
+    return;
+  }
+  $("#signin").hidden = false;
+  $("#start").disabled = true;
+  await new Promise((resolve) => $("#signin").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const key = $("#key").value.trim();
+    const response = await fetch("/auth/session", {method: "POST", headers: {Authorization: `Bearer ${key}`}});
+    const body = await response.json();
+    if (!response.ok) {
+      $("#signin-error").textContent = body.error.message;
+      return;
+    }
+    $("#key").value = "";
+    $("#signin").hidden = true;
+    $("#start").disabled = false;
+    $("#whoami").textContent = `signed in as ${body.identity}`;
+    resolve();
+  }));
 }
 
 /** Panes: the registry's browser clients in its display order, then the page's own extras. */
@@ -175,4 +205,5 @@ $("#reseed").addEventListener("click", () => {
   describe(readParams());
 });
 $("#params").addEventListener("input", () => describe(readParams()));
+await signIn();
 document.body.dataset.state = "ready";
