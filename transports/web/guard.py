@@ -204,6 +204,9 @@ def identify(request: web.Request, authority: Authority, config: ServerConfig) -
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie:
         return authority.verify(cookie, ("session",))
+    for name in ("ticket", "access_token"):  # one credential, not a choice of several
+        if len(request.query.getall(name, ())) > 1:
+            raise ParamError(f"parameter '{name}' given more than once", param=name)
     if request.path == "/ws" and "ticket" in request.query:
         return authority.redeem(request.query["ticket"])
     if config.auth_query and "access_token" in request.query:
@@ -244,8 +247,11 @@ async def session_post(request: web.Request) -> web.Response:
     ttl_s = min(SESSION_TTL_S, claim.expires_s - int(authority.now()))
     session = authority.mint(claim.identity, "session", ttl_s)
     resp = json_response({"identity": claim.identity, "expires_in_s": ttl_s})
+    # Secure when the page itself is https: here, or at a TLS front that speaks plain HTTP
+    # to us (the page's fetch carries its Origin; a forged one only makes the cookie Secure)
+    secure = request.secure or request.headers.get("Origin", "").startswith("https://")
     resp.set_cookie(SESSION_COOKIE, session, max_age=ttl_s, path="/", httponly=True,
-                    samesite="Strict", secure=request.secure)  # fmt: skip
+                    samesite="Strict", secure=secure)  # fmt: skip
     return resp
 
 
