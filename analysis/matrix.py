@@ -101,6 +101,9 @@ FIGURES: dict[str, Figure] = {
     "failover_sticky_harm": Figure("the same with sticky routing", "", "streams"),
     "failover_recovery_ms": Figure("recovery p99", "ms", "streams"),
     "failover_retry_ms": Figure("own retry delay", "ms", ""),
+    "browser_auth_ok": Figure(
+        "browser clients that completed with the credential", "frac", "clients"
+    ),
 }
 
 
@@ -251,6 +254,12 @@ def _node_death(f: Facts) -> str:
     return FAIR if f.get("failover_sticky_harm") == 0 else POOR
 
 
+def _browser_auth(f: Facts) -> str:
+    if f["browser_auth_ok"] >= 1.0:
+        return GOOD
+    return FAIR if f["browser_auth_ok"] > 0 else POOR
+
+
 def _node_death_decidable(f: Facts) -> str | None:
     """A harmed stream is graded without its recovery; a clean one needs it."""
     if f["failover_harm"] > 0 or _measured(f.get("failover_recovery_ms")):
@@ -295,6 +304,12 @@ HTTP_VERSION = Setting(
     "HTTP/2 through a TLS front (nginx or Caddy): streams share one connection",
     applies_to=("tab_stalled",),
 )
+BROWSER_CREDENTIAL = Setting(
+    "the credential the page carries",
+    "an Authorization header (what API clients send)",
+    "a session cookie (POST /auth/session first)",
+    applies_to=("browser_auth_ok",),
+)
 
 RULES: tuple[Rule, ...] = (
     Rule("Chat UI in browsers",
@@ -337,6 +352,10 @@ RULES: tuple[Rule, ...] = (
          ("failover_harm", "failover_retry_ms"), _node_death, decidable=_node_death_decidable,
          setting=SHARED_LOG, shows=("failover_recovery_ms", "failover_sticky_harm"),
          remark=_node_death_remark),
+    Rule("Authentication in browsers",
+         "good: every browser client of the transport completes a stream carrying the "
+         "credential (Chromium, against a server with --auth); fair: some do; else poor",
+         ("browser_auth_ok",), _browser_auth, setting=BROWSER_CREDENTIAL),
 )  # fmt: skip
 
 

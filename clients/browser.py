@@ -146,6 +146,7 @@ class RequestBytes:
     stream: str = ""  # from X-Pushlab-Stream, the poll URL, or the WebSocket's started message
     connection: int = -1  # Chrome's socket id (HTTP only)
     protocol: str = ""  # CDP's response.protocol: "http/1.1", "h2"; a WebSocket's from its 101
+    status: int = 0  # the response's HTTP status (a WebSocket's handshake answer); 0: none
     secure: bool = False  # https:// or wss://
     sent_headers: dict[str, str] | None = None
     body_up: int = 0
@@ -246,6 +247,7 @@ class CdpLedger:
         req.stream = req.stream or headers.get("x-pushlab-stream", "")
         req.connection = int(response.get("connectionId", -1))
         req.protocol = str(response.get("protocol", ""))  # "h2", "http/1.1" (ALPN's answer)
+        req.status = int(response.get("status", 0))
         req.head_down = req.head_down or int(response.get("encodedDataLength", 0))
 
     def _on_dataReceived(self, req: RequestBytes, p: Mapping[str, Any]) -> None:
@@ -277,7 +279,8 @@ class CdpLedger:
         text = response.get("headersText")
         # RFC 6455 4.2.2: 101 Switching Protocols is HTTP/1.1's upgrade; RFC 8441 section 5:
         # over HTTP/2 the extended CONNECT is answered 200
-        req.protocol = {101: "http/1.1", 200: "h2"}.get(int(response.get("status", 0)), "")
+        req.status = int(response.get("status", 0))
+        req.protocol = {101: "http/1.1", 200: "h2"}.get(req.status, "")
         if text is None:  # rebuild: status line, headers, blank line
             status = f"HTTP/1.1 {response['status']} {response.get('statusText', '')}\r\n"
             req.head_down = len(status.encode()) + _header_bytes(response["headers"]) + 2

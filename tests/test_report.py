@@ -26,7 +26,8 @@ def good_facts() -> pd.DataFrame:
            "cancel_wasted": 0.0, "cancel_extra_requests": 0.0,
            "relay_added_p50_ms": 0.3, "tab_stalled": 0.0, "tls_bytes_per_token": 22.0,
            "tls_conns_per_answer": 1.0, "failover_harm": 0.0, "failover_sticky_harm": 0.0,
-           "failover_recovery_ms": 600.0, "failover_retry_ms": 50.0}  # fmt: skip
+           "failover_recovery_ms": 600.0, "failover_retry_ms": 50.0,
+           "browser_auth_ok": 1.0}  # fmt: skip
     return pd.DataFrame([row], index=pd.Index(["x"], name="transport"))
 
 
@@ -55,6 +56,8 @@ def test_every_rule_says_good_for_good_numbers() -> None:
         ("tls_bytes_per_token", 80.0, "Production behind TLS", POOR),
         ("failover_recovery_ms", 2000.0, "Survives the death of a node", FAIR),
         ("failover_harm", 30.0, "Survives the death of a node", FAIR),  # fine when sticky
+        ("browser_auth_ok", 0.5, "Authentication in browsers", FAIR),  # EventSource: no header
+        ("browser_auth_ok", 0.0, "Authentication in browsers", POOR),
     ],
 )
 def test_cells_change_when_the_numbers_change(

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import clients.browser
-from experiments import browser_connections, scale
+from experiments import auth, browser_connections, scale
 from experiments.catalog import EXPERIMENTS, SUITE
 from streams.errors import EnvironmentUnavailable
 
@@ -36,6 +36,15 @@ def test_browser_connections_without_chromium_is_unavailable_not_an_error(
     spec = browser_connections.quick(browser_connections.Spec())
     with pytest.raises(EnvironmentUnavailable, match="make system"):
         browser_connections.run(spec, run_id="test")
+
+
+def test_auth_is_in_the_default_suite_and_without_chromium_is_unavailable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert "auth" in SUITE
+    monkeypatch.setattr(clients.browser, "CHROMIUM", "/nonexistent/chromium")
+    with pytest.raises(EnvironmentUnavailable, match="make system"):
+        auth.run(auth.quick(auth.Spec()), run_id="test")
 
 
 def _setup_system_as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
