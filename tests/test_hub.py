@@ -267,12 +267,13 @@ async def test_a_client_past_its_byte_share_loses_its_own_stream_only() -> None:
 async def test_per_client_counters_are_dropped_at_zero() -> None:
     hub = budget_hub()
     streams = [await hub.create(RUNNING, client=f"c{i}") for i in range(20)]
-    assert hub.statistics().clients == 20 and len(hub._client_bytes) == 20
+    assert hub.statistics().clients == 20 and hub._ledger.statistics().clients_holding == 20
     for stream in streams:
         await hub.cancel(stream.id)
-    assert hub.statistics().clients == 0 and hub._client_running == {}
+    assert hub.statistics().clients == 0  # the ledger's per-client entries go at zero
     hub.reap(now_s=max(s.finished_s or 0.0 for s in streams) + hub.retention_s + 1)
-    assert hub._client_bytes == {} and held(hub) == 0 and hub._streams == {}
+    assert hub._ledger.statistics().clients_holding == 0 and held(hub) == 0
+    assert hub._streams == {}
 
 
 async def test_relayed_tokens_are_accounted_as_they_arrive() -> None:

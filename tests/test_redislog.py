@@ -232,7 +232,7 @@ async def test_replicas_count_in_the_memory_budget(
     with pytest.raises(StreamLimitError):  # b's budget is spent: no replica of another one
         await b.readable((await a.create(SLOW)).id)
     b.reap()  # nobody reads the finished replica: dropped, and its bytes with it
-    assert b.held_bytes == 0 and b._client_bytes == {}
+    assert b.held_bytes == 0 and b._ledger.statistics().clients_holding == 0
 
 
 async def test_a_node_forgets_its_finished_streams_for_the_budget_and_the_log_keeps_them(
