@@ -56,21 +56,22 @@ PEER_NAMES = {"peer": "FastAPI + sse-starlette", "bare": "bare aiohttp"}
 def _reference_note(row: dict[str, Any]) -> str:
     """Which server a pushlab row's reference is, when it is not the bare aiohttp one."""
     ref = row.get("reference_side", "bare")
-    if row["side"] != "pushlab" or (ref == "bare" and "best of" not in row["title"]):
+    if not ref or row["side"] != "pushlab" or (ref == "bare" and "best of" not in row["title"]):
         return ""
     return f" ({PEER_NAMES.get(ref, ref)})"
 
 
 def target_cells(row: dict[str, Any]) -> list[str]:
     unit = row["unit"]
+    alone = not row.get("reference_side", "bare")  # a value against its limit alone
     return [
         row["target"],
         row["title"],
         _label(row["transport"]),
         row["gc"],
         f"{_spread(row['value'], unit)} {unit}",
-        f"{_spread(row['reference'], unit)} {unit}{_reference_note(row)}",
-        _spread(row["ratio"], "x"),
+        "–" if alone else f"{_spread(row['reference'], unit)} {unit}{_reference_note(row)}",
+        "–" if alone else _spread(row["ratio"], "x"),
         row["goal"],
         _verdict(row),
         str(row["value"]["n"]),

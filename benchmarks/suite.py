@@ -16,6 +16,7 @@ as plain dicts; it prints nothing (progress goes to a callback) and writes nothi
 | `h2_throughput` | h2 | pushlab's HTTP/2 client vs its HTTP/1.1 client, one SSE stream via nginx |
 | `redis_log` | 13a | streams1000's SSE load: pushlab on the Redis log vs the in-memory hub |
 | `streams5000_workers` | 13b | streams5000's load: `--workers 2` on the Redis log vs one process |
+| `abuse` | 14 | one client's attacks (benchmarks/abuse.py): values against limits, no reference |
 
 `streams1000` on SSE also measures the peer stack (`benchmarks/peer.py`, FastAPI +
 sse-starlette on uvicorn) as a second reference: issue 13's token latency p50 target.
@@ -78,6 +79,7 @@ class Profile:
     h2_tokens: int = 20_000  # h2_throughput: one stream's tokens, at pushlab's highest rate
     h2_reps: int = 5
     peer: bool = True  # streams1000 on SSE also measures the peer stack (benchmarks/peer.py)
+    abuse_sizes: str = "issue"  # abuse: the issue's sizes, or "toy" (benchmarks.abuse.TOY)
 
 
 FULL = Profile()
@@ -98,6 +100,7 @@ QUICK = Profile(
     gc_policies=("scheduled",),
     h2_tokens=5000,
     h2_reps=1,
+    abuse_sizes="toy",
 )
 
 
@@ -266,6 +269,14 @@ def h2_throughput(ctx: Ctx) -> list[Trial]:
     return h2t.measure(ctx.profile.h2_tokens, ctx.profile.h2_reps, ctx.record)
 
 
+def abuse(ctx: Ctx) -> list[Trial]:
+    """Issue 14's probes of one client against the server (`benchmarks.abuse`)."""
+    from benchmarks import abuse as probes
+
+    sizes = probes.TOY if ctx.profile.abuse_sizes == "toy" else probes.ISSUE
+    return probes.measure(sizes, ctx.record)
+
+
 BENCHMARKS: dict[str, Callable[[Ctx], list[Trial]]] = {
     "raw_ceiling": raw_ceiling,
     "throughput": throughput,
@@ -276,6 +287,7 @@ BENCHMARKS: dict[str, Callable[[Ctx], list[Trial]]] = {
     "h2_throughput": h2_throughput,
     "redis_log": redis_log,
     "streams5000_workers": streams5000_workers,
+    "abuse": abuse,
 }
 
 
@@ -307,6 +319,8 @@ _SHOW = (
     ("worker_cores_peak_1s_max", "busiest process {:.2f} cores"),
     ("redis_cores", "Redis {:.2f} cores"),
     ("other_cores", "other load {:.2f} cores"),
+    ("rss_peak_bytes", "RSS peak {:,.0f} B"),
+    ("victim_refused", "victim refused {:d}"),
 )
 
 

@@ -35,7 +35,7 @@ class Goal:
     policies: tuple[str, ...] | None = None  # None: every policy measured
     agg: str = "median"
     side: str = "pushlab"
-    reference: str = "bare"
+    reference: str = "bare"  # "": a value against its limit alone (the abuse probes)
     # more than one reference: the row compares with the best of them (the lowest median; the
     # row names it), and exists only where every one of them was measured
     best_of: tuple[str, ...] = ()
@@ -74,6 +74,74 @@ S5000 = "{scale_streams:,} SSE streams x {scale_rate:g} tokens/s"
 BOTH = ("sse", "websocket")
 RS, WS, MEM = "pushlab+redis", "pushlab-w2+redis", "pushlab"  # redis_log, streams5000_workers
 W2 = f"{S5000}, 2 server processes on the Redis log"
+# Issue 14 (benchmarks/abuse.py): each a value against a limit, no reference server.
+SETTINGS = {"pushlab": "default settings", "pushlab --max-streams 10": "--max-streams 10"}
+NONREADER_SIDES = tuple(SETTINGS)
+
+
+def _nonreader_goals(side: str) -> tuple[Goal, ...]:
+    """The never-reader probe's rows for the server settings `side`."""
+    where, both = SETTINGS[side], ("sse", "ndjson")
+    verdict = "14" if side == "pushlab" else "context"  # the issue asks it of the defaults
+    return (
+        Goal("14", "server RSS per never-reading connection beyond as many reading ones of "
+             f"the same streams (held tokens' difference removed; socket buffers are outside "
+             f"RSS), {where}", "abuse_nonreader", "unread_cost_per_conn_bytes", "bytes",
+             "value", "<=", 2e6, both, side=side, reference=""),
+        Goal("14", f"hub's held-token bytes at their peak over its budget, {where}",
+             "abuse_nonreader", "held_peak_over_budget", "x", "value", "<=", 1.0, both,
+             side=side, reference=""),
+        Goal("context", f"one client's held-token bytes at their peak over its share of the "
+             f"budget, {where}", "abuse_nonreader", "held_peak_over_client_share", "x",
+             "value", "<=", math.inf, both, side=side, reference=""),
+        Goal("context", f"server RSS growth per never-reading connection, held tokens "
+             f"included, {where}", "abuse_nonreader", "rss_growth_per_conn_bytes", "bytes",
+             "value", "<=", math.inf, both, side=side, reference=""),
+        Goal("14", "never-reading connection: from its last write progress to its close, "
+             f"beyond the write timeout, {where}", "abuse_nonreader", "closed_late_s", "s",
+             "value", "<=", 0.5, both, side=side, reference=""),
+        Goal(verdict, f"victim streams refused while never-reading connections are held, "
+             f"{where}", "abuse_nonreader", "victim_refused", "streams", "value", "<=", 0.0,
+             both, side=side, reference=""),
+    )  # fmt: skip
+
+
+# "Small constant" for /v1 is our reading, the issue gives no number: a 128-character model
+# may make the body per token-text byte at most 4x what a usual model name gives. A close
+# "beyond the timeout" is allowed 0.5 s: the sampler sees a socket every 0.1 s, and the
+# server's loop may be late by as much while it generates for the attacker.
+ABUSE_GOALS = (
+    Goal("14", "/v1 body bytes per token-text byte, a 128-character model over a usual one "
+         "(the most of streamed and whole)", "abuse_v1", "model128_growth_max", "x", "value",
+         "<=", 4.0, ("openai",), reference=""),
+    Goal("context", "/v1 body bytes per token-text byte, the most of any request tried",
+         "abuse_v1", "bytes_per_text_byte_max", "x", "value", "<=", math.inf, ("openai",),
+         reference=""),
+    *(g for side in NONREADER_SIDES for g in _nonreader_goals(side)),
+    Goal("14", "hub's held-token bytes at their peak over its budget, long polls never polled",
+         "abuse_longpoll", "held_peak_over_budget", "x", "value", "<=", 1.0, ("longpoll",),
+         reference=""),
+    Goal("context", "one client's held-token bytes at their peak over its share of the "
+         "budget, long polls never polled", "abuse_longpoll", "held_peak_over_client_share",
+         "x", "value", "<=", math.inf, ("longpoll",), reference=""),
+    Goal("context", "victim streams refused while long polls fill memory", "abuse_longpoll",
+         "victim_refused", "streams", "value", "<=", 0.0, ("longpoll",), reference=""),
+    Goal("14", "victim streams refused during one client's fill of one-token creates",
+         "abuse_fill", "victim_refused_during", "streams", "value", "<=", 0.0, ("longpoll",),
+         reference=""),
+    Goal("14", "victim streams refused after one client's fill of one-token creates",
+         "abuse_fill", "victim_refused", "streams", "value", "<=", 0.0, ("longpoll",),
+         reference=""),
+    Goal("14", "victim streams refused while slowloris connections are held",
+         "abuse_slowloris", "victim_refused", "streams", "value", "<=", 0.0, ("http",),
+         reference=""),
+    Goal("14", "slowloris connections still open after the header timeout (+10 s)",
+         "abuse_slowloris", "not_closed", "connections", "value", "<=", 0.0, ("http",),
+         reference=""),
+    Goal("14", "slowloris connection: from its connect to its close, beyond the header "
+         "timeout", "abuse_slowloris", "closed_late_s", "s", "value", "<=", 0.5, ("http",),
+         reference=""),
+)  # fmt: skip
 GOALS = (
     Goal("1", f"server CPU per token, {S1000}", "streams1000", "cpu_per_token_us", "us/token",
          "ratio", "<=", 1.25, BOTH),
@@ -141,6 +209,7 @@ GOALS = (
     Goal("context", f"p99 lateness against the schedule (client clock), {W2}",
          "streams5000_workers", "lateness_p99_ms", "ms", "value", "<=", math.inf, ("sse",),
          side=WS, reference=MEM),
+    *ABUSE_GOALS,
 )  # fmt: skip
 
 
@@ -170,7 +239,7 @@ def evaluate(goal: Goal, trials: Sequence[Trial], transport: str, policy: str) -
     keys = {"benchmark": goal.benchmark, "transport": transport, "gc": policy}
     ours = _select(trials, side=goal.side, **keys)
     reference = _best(goal, trials, keys) if goal.best_of else goal.reference
-    refs = _select(trials, side=reference, **keys)
+    refs = _select(trials, side=reference, **keys) if reference else []
     value = spread([t[goal.metric] for t in ours], goal.agg)
     ref = spread([t[goal.metric] for t in refs], goal.agg)
     by_rep = {t["rep"]: t[goal.metric] for t in refs}
@@ -277,7 +346,7 @@ def targets(trials: Sequence[Trial], profile: dict[str, Any]) -> list[dict[str, 
         for policy in policies:
             for transport in goal.transports:
                 here = _select(measured, transport=transport, gc=policy)
-                needed = {goal.side, goal.reference, *goal.best_of}
+                needed = {goal.side, goal.reference, *goal.best_of} - {""}
                 if here and needed <= {t["side"] for t in here}:
                     row = evaluate(goal, trials, transport, policy)
                     rows.append({**row, "title": goal.title.format(**profile)})
@@ -299,6 +368,10 @@ REDIS_METRICS = (
     "latency_max_ms", "lateness_p99_ms", "duration_ratio_max", "loop_lag_max_ms",
     "client_cores", "machine_busy_cores_total", "other_cores",
 )  # fmt: skip
+ABUSE_MEMORY = ("rss_before_bytes", "rss_peak_bytes", "rss_after_bytes", "held_bytes_peak",
+                "budget_bytes", "evicted")  # fmt: skip
+VICTIM_METRICS = ("victim_requests", "victim_served", "victim_refused",
+                  "victim_first_token_ms_median", "victim_first_token_ms_max")  # fmt: skip
 DETAIL_METRICS = {
     "raw_ceiling": ("tokens_per_s", "cpu_per_token_us", "bytes_down_per_token"),
     "throughput": ("tokens_per_s", "cpu_per_token_us", "server_cores", "reader_cpu_fraction",
@@ -314,6 +387,20 @@ DETAIL_METRICS = {
                       "bytes_down_per_token", "connections", "other_cores"),
     "redis_log": REDIS_METRICS,
     "streams5000_workers": REDIS_METRICS,
+    "abuse_v1": ("stream_usual_bytes_per_text_byte", "stream_ascii128_bytes_per_text_byte",
+                 "stream_escaped128_bytes_per_text_byte", "whole_usual_bytes_per_text_byte",
+                 "whole_ascii128_bytes_per_text_byte", "whole_escaped128_bytes_per_text_byte",
+                 "model129_status"),
+    "abuse_nonreader": ("connections", "status_200", "closed", "stall_to_close_s_max",
+                        "closed_s_max", "queue_peak_bytes", *ABUSE_MEMORY, "quota_cancelled",
+                        "control_rss_growth_bytes", "control_held_bytes_peak",
+                        "write_timeouts", *VICTIM_METRICS),
+    "abuse_longpoll": ("creates", "created", "quota_cancelled", "budget_cancelled",
+                       *ABUSE_MEMORY, *VICTIM_METRICS),
+    "abuse_fill": ("creates", "created", "fill_s", "creates_per_s", "victim_refused_during",
+                   "victim_first_token_ms_max_during", *VICTIM_METRICS, *ABUSE_MEMORY),
+    "abuse_slowloris": ("connections", "closed", "closed_s_min", "closed_s_max",
+                        "header_timeouts", "refused_client", *ABUSE_MEMORY, *VICTIM_METRICS),
 }  # fmt: skip
 
 

@@ -4,6 +4,7 @@ here (the speed targets live in benchmarks/README.md, measured by benchmarks/run
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -20,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # benchmarks/ is not an installed package: `pytest` from anywhere
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import report, run, summary  # noqa: E402
+from benchmarks import report, run, suite, summary  # noqa: E402
 from benchmarks.procs import Server, running  # noqa: E402
 from benchmarks.trials import light_delivery  # noqa: E402
 
@@ -106,3 +107,33 @@ def test_a_target_met_by_the_median_still_names_the_repetition_that_missed() -> 
     lines = report._limits({"targets": [row]}, "")
     assert "met by the median, missed by 1 of 3 repetitions" in lines[0]
     assert "Redis, steady window or whole trial (cores)" in lines[0]
+
+
+def test_abuse_probes_store_a_record_per_probe() -> None:
+    from benchmarks import abuse
+
+    trials = abuse.measure(abuse.TOY, lambda labels, run: {**labels, **run()})
+    assert [(t["benchmark"], t["transport"]) for t in trials] == [
+        ("abuse_v1", "openai"), ("abuse_nonreader", "sse"), ("abuse_nonreader", "ndjson"),
+        ("abuse_longpoll", "longpoll"), ("abuse_fill", "longpoll"), ("abuse_slowloris", "http"),
+    ]  # fmt: skip
+    by_name = {t["benchmark"]: t for t in trials}
+    assert by_name["abuse_v1"]["model129_status"] == 400
+    assert _positive(by_name["abuse_v1"]["model128_growth_max"])
+    for trial in trials[1:]:
+        assert trial["rss_peak_bytes"] >= trial["rss_before_bytes"] > 0
+        assert trial["budget_bytes"] > 0 and "held_peak_over_budget" in trial
+        assert trial["victim_requests"] == abuse.TOY.victims
+    for trial in trials[1:3]:  # every never-reader closed by the server, with its control read
+        assert trial["closed"] == trial["connections"] == abuse.TOY.nonreaders
+        assert trial["write_timeouts"] >= abuse.TOY.nonreaders and trial["control_read_bytes"] > 0
+    fill, slow = by_name["abuse_fill"], by_name["abuse_slowloris"]
+    assert fill["creates"] == abuse.TOY.fill_creates and "victim_refused_during" in fill
+    assert slow["close_statuses"] == {"408": abuse.TOY.slowloris} and slow["not_closed"] == 0
+
+    profile = dataclasses.asdict(suite.QUICK)
+    rows = summary.targets(trials, profile)
+    assert {r["benchmark"] for r in rows} == {t["benchmark"] for t in trials}
+    assert all(r["reference_side"] == "" and r["reference"]["n"] == 0 for r in rows)
+    assert all(r["met"] is None for r in rows if r["target"] == "context")
+    assert {r["benchmark"] for r in summary.details(trials)} == set(by_name)
