@@ -70,6 +70,14 @@ RUNNING, DONE, CANCELLED = "running", "done", "cancelled"
 # headers, 33 and 50; the list slot, 8; the allocator's rounding). A seeded stream's text is
 # the corpus's own string, so it is over-counted by ~60 bytes (179 measured): erring high.
 TOKEN_OVERHEAD = 240
+# The most tokens one emission callback appends. A stream far behind its schedule (rate
+# 100,000: every token due at once) used to append all of them in one callback: measured
+# in benchmarks/abuse.py, 30 such streams of 100,000 tokens kept another client's first
+# token waiting 13-14 s, and a client's memory share was checked once per 100,000 tokens
+# (it held 1.95x its share before its streams were cancelled). 256 tokens are about 1.3 ms
+# of work (~5 us a token); the rest is appended by the next callback, after the loop has
+# served I/O, and the ledger checks the budget and the share after every batch.
+EMIT_BATCH = 256
 
 log = logging.getLogger("pushlab.hub")
 
@@ -525,14 +533,15 @@ class Hub:
         stream._account = _account_nothing
 
     def _emit(self, stream: Stream, i: int, start: float, loop: asyncio.AbstractEventLoop) -> None:
-        """Append every token due by now from index `i` on, then set a timer for the next.
+        """Append the tokens due by now from index `i` on, at most EMIT_BATCH of them, then
+        set a timer for the next (already due: it fires after the loop has polled I/O).
 
         A chain of loop timers rather than a task per stream: one callback per token, no
         coroutine switch, and cancelling is cancelling the pending timer."""
         plan_, params, encode, sink = stream.plan, stream.params, stream.encode, self._sink
         n, first, log, nbytes = len(plan_.texts), i, stream.log, 0
-        now = loop.time()
-        while i < n and start + plan_.offsets_ns[i] / 1e9 <= now:
+        now, last = loop.time(), min(len(plan_.texts), i + EMIT_BATCH)
+        while i < last and start + plan_.offsets_ns[i] / 1e9 <= now:
             t_emit_ns = self._clock_ns()
             text, seq = plan_.texts[i], i + 1
             payload = encode(stream.id, seq, t_emit_ns, text, params)

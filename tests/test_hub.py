@@ -288,3 +288,36 @@ async def test_relayed_tokens_are_accounted_as_they_arrive() -> None:
             await stream.wait_beyond(stream.last_seq)
     assert stream.state == DONE
     assert held(hub) == sum(len(t.payload) + len(t.text) + TOKEN_OVERHEAD for t in stream.log)
+
+
+async def test_a_stream_far_behind_its_schedule_emits_in_bounded_batches() -> None:
+    from streams.hub import EMIT_BATCH
+
+    hub = budget_hub()
+    due_at_once = GenParams(tokens=3 * EMIT_BATCH + 5, rate=100_000.0, ttft_ms=0.0, seed=3)
+    stream = await hub.create(due_at_once)  # every token is due by the first callback
+    sizes: list[int] = []
+    stream.attach(lambda: sizes.append(stream.last_seq))  # called once per wake
+    async with asyncio.timeout(10 * UNIT):
+        while not stream.done:
+            await stream.wait_beyond(stream.last_seq)
+    batches = [b - a for a, b in zip([0, *sizes], sizes, strict=False) if b > a]
+    assert stream.last_seq == due_at_once.tokens and sum(batches) == due_at_once.tokens
+    assert max(batches) <= EMIT_BATCH and len(batches) >= 4  # the loop ran between batches
+
+
+async def test_a_share_is_checked_after_every_batch_not_every_stream() -> None:
+    from streams.hub import EMIT_BATCH
+
+    c = await token_bytes()
+    share = 2 * EMIT_BATCH * c  # a client's half of the budget: two batches' worth
+    hub = budget_hub(2 * share)
+    big = GenParams(tokens=40 * EMIT_BATCH, rate=100_000.0, ttft_ms=0.0, seed=3)
+    stream = await hub.create(big, client="greedy")
+    async with asyncio.timeout(10 * UNIT):
+        while not stream.done:
+            await stream.wait_beyond(stream.last_seq)
+    assert stream.reason == "memory quota"
+    # cancelled within one batch past its share (tokens of this seed cost `c` or less)
+    assert share < stream.held_bytes <= share + EMIT_BATCH * c
+    assert stream.last_seq <= 3 * EMIT_BATCH
