@@ -145,3 +145,14 @@ def test_host_allow_list_configured() -> None:
 )
 def test_same_origin(origin: str, host: str, same: bool) -> None:
     assert same_origin(origin, host) is same
+
+
+def test_host_decisions_are_remembered_within_a_bound() -> None:
+    from transports.web.guard import MAX_DECIDED_HOSTS
+
+    allowed = Allowed(ServerConfig())
+    names = [f"h{i}.example" for i in range(MAX_DECIDED_HOSTS + 500)]
+    assert not any(allowed.host(name) for name in names)  # refused, remembered or not
+    assert len(allowed.decided) == MAX_DECIDED_HOSTS
+    assert allowed.host("127.0.0.1:8000") and allowed.host("127.0.0.1:8000")  # past the bound
+    assert not allowed.host(names[-1])

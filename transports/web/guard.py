@@ -73,21 +73,34 @@ CORS_METHODS = "GET, POST, DELETE"
 CORS_HEADERS = "Authorization, Content-Type, Last-Event-ID"
 CORS_EXPOSE = "X-Pushlab-Stream, Retry-After"
 CORS_MAX_AGE_S = 600
+MAX_DECIDED_HOSTS = 1024
 
 
 class Allowed:
     """The Host names and Origins a server accepts, parsed once from its config."""
 
-    __slots__ = ("any_host", "hosts", "origins")
+    __slots__ = ("any_host", "decided", "hosts", "origins")
 
     def __init__(self, config: ServerConfig) -> None:
         names = [name.lower().rstrip(".") for name in split_list(config.allowed_hosts)]
         self.any_host = "*" in names
         self.hosts = frozenset(names) | LOOPBACK_NAMES
         self.origins = frozenset(o.lower().rstrip("/") for o in split_list(config.allowed_origins))
+        # Host values already decided: a server sees a handful, each on every request, and
+        # parsing an IP literal costs microseconds (the guard took 9.6 us a request before,
+        # timed in-process); bounded, so a client sending random names cannot grow it
+        self.decided: dict[str, bool] = {}
 
     def host(self, host_header: str) -> bool:
         """Whether `Host: host_header` names this server."""
+        known = self.decided.get(host_header)
+        if known is None:
+            known = self._host(host_header)
+            if len(self.decided) < MAX_DECIDED_HOSTS:
+                self.decided[host_header] = known
+        return known
+
+    def _host(self, host_header: str) -> bool:
         if self.any_host:
             return True
         name = _hostname(host_header)
