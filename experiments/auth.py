@@ -10,6 +10,10 @@ one check (`Authority.verify` on a key credential) is measured in-process with `
 (median of `verify_repeats`), and analysis/auth.py sets measured overhead beside predicted
 (requests per answer x one check): streams pay per connection, polling per poll.
 
+`--set control=true` runs the "--auth" side without --auth too: an A/A run of the paired
+design, whose differences are the design's own (run 20261130-045641-auth-4267 resolved none
+by the sign test of analysis/auth.py, where a twice-the-standard-error rule flagged one).
+
 Part B (Chromium, clients/authprobe.py): for each browser API and credential form, a page
 served by the server tries to complete a short stream; `?access_token=` is tried on the
 `--auth` server (refused) and on one with `--auth --auth-query`. Without Chromium the run
@@ -64,6 +68,9 @@ class Spec(RunSpec):
     verify_repeats: int = 7  # timeit repeats of the credential check (the median is kept)
     browsers: bool = True  # part B: needs Chromium
     headless: bool = True
+    # an A/A check of the paired design: the "--auth" side runs without --auth too, so any
+    # difference it measures is the design's own (server order, placement), not the check's
+    control: bool = False
 
 
 def quick(spec: Spec) -> Spec:
@@ -173,7 +180,8 @@ def run(spec: Spec, run_id: str = "", progress: bool = False) -> Tables:
 
     check_environment(spec)
     verify = pd.DataFrame([verify_cost(spec.verify_repeats)])
-    args = {"plain": [], "auth": ["--auth"], "query": ["--auth", "--auth-query"]}
+    args = {"plain": [], "auth": [] if spec.control else ["--auth"],
+            "query": ["--auth", "--auth-query"]}  # fmt: skip
     servers: dict[str, ServerProcess] = {}
     try:
         for name in ("plain", "auth", "query") if spec.browsers else ("plain", "auth"):

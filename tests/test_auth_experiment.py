@@ -65,6 +65,18 @@ def test_overhead_pairs_rounds_and_predicts_one_check_per_request() -> None:
     assert "sse 1 check, 10 µs" in analysis.cost_reading(table.reset_index(), 10.0)
 
 
+def test_a_difference_is_resolved_only_when_every_round_agrees() -> None:
+    rounds = analysis.SIGN_ROUNDS
+    steady = cost_rows("sse", 1.0, [1000] * rounds, [1100] * rounds)  # +100 every round
+    # a larger median, but one round the other way: the noise an A/A run showed
+    noisy = cost_rows("shortpoll", 20.0, [2000] * rounds, [2800] * (rounds - 1) + [1500])
+    short = cost_rows("ndjson", 1.0, [1000] * (rounds - 1), [1100] * (rounds - 1))
+    table = analysis.overhead(pd.DataFrame(steady + noisy + short), verify_us=10.0)
+    assert table.set_index("transport")["same_sign"].to_dict() == {
+        "sse": True, "shortpoll": False, "ndjson": False}  # fmt: skip
+    assert analysis.cost_reading(table, 10.0).endswith("on: sse.")
+
+
 def outcomes_as_the_server_must() -> pd.DataFrame:
     """The outcomes the guard's rules imply (transports/web/guard.py, docs/SECURITY.md)."""
     rows = []
