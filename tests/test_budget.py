@@ -3,14 +3,10 @@ clock, accounts that are plain records, every count exact."""
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import sys
-from pathlib import Path
 
 import pytest
 
-from streams import budget
 from streams.budget import MEMORY_BUDGET, MEMORY_QUOTA, Ledger
 from streams.errors import QuotaExceeded, StreamLimitError
 
@@ -157,14 +153,3 @@ def test_forgotten_and_unheld_streams_leave_the_accounts() -> None:
     book.run(running)
     assert book.hold(running, 300) == MEMORY_BUDGET and dropped == []
 
-
-def test_the_module_imports_no_io_framework() -> None:
-    tree = ast.parse(Path(budget.__file__ or "").read_text(encoding="utf-8"))
-    imported: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module.split(".")[0])
-    assert not imported & {"asyncio", "aiohttp", "time"}
-    assert imported <= set(sys.stdlib_module_names) | {"__future__", "streams"}

@@ -25,6 +25,7 @@ CODECS = sorted(
     | {"transports.token", "transports.registry", "transports.errors", "transports.jsonin"}
     | {"transports.web.config"}  # not a codec, but the harness imports it: no aiohttp either
     | {"streams.resp"}  # the Redis codec (STREAMS below checks it is stdlib-only as well)
+    | {"streams.budget", "streams.credentials"}  # the ledger and credentials: no I/O either
 )
 STREAMS = sorted(f"streams.{p.stem}" for p in (ROOT / "streams").glob("*.py"))
 

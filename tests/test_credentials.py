@@ -112,7 +112,7 @@ def test_secret_and_identity_rules() -> None:
         ("localhost:8000", True),
         ("LOCALHOST.", True),
         ("[::1]:8000", True),
-        ("10.200.1.2:8000", True),  # an IP literal: no DNS name to rebind
+        ("192.0.2.7:8000", True),  # an IP literal (RFC 5737 documentation range): no name
         ("[2001:db8::1]", True),
         ("evil.example:8000", False),  # a rebinding page's own name
         ("localhost.evil.example", False),
