@@ -14,8 +14,9 @@ netem/pki.py into a fresh temporary directory, removed at exit, and the ready li
     pushlab serving on https://127.0.0.1:PORT ca=/tmp/pushlab-pki-.../ca.pem
 
 (the prefix and the address are what harness/children.py reads; without TLS the line is
-`pushlab serving on http://HOST:PORT`, unchanged). HTTP/2 is a front's job: nginx or Caddy
-(`pushlab serve --front nginx|caddy`, experiments/cli.py).
+`pushlab serving on http://HOST:PORT`, unchanged). With the WebTransport endpoint running
+(transports/web/webtransport.py, UDP) the line ends with ` wt=PORT`, its UDP port. HTTP/2
+is a front's job: nginx or Caddy (`pushlab serve --front nginx|caddy`, experiments/cli.py).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from streams.upstream import DEFAULT_PROMPT, UpstreamConfig
 from transports.registry import TRANSPORTS
 from transports.token import encode_token
 from transports.web import guard, page, poll
+from transports.web import webtransport as wt_endpoint
 from transports.web.common import (
     CONFIG,
     COUNTERS,
@@ -158,6 +160,8 @@ async def stats(request: web.Request) -> web.Response:
             "max_rss_bytes": usage.ru_maxrss * 1024,
             "rss_bytes": _rss_bytes(),
             "connections": request.app[LIMITS].statistics(),
+            # the QUIC listener (sessions, connections, cc, its UDP socket's buffers)
+            "webtransport": wt_endpoint.statistics(request.app),
             "gc": {
                 "policy": request.app[CONFIG].gc,
                 "collections": [g["collections"] for g in gc.get_stats()],
@@ -256,6 +260,8 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> Non
             line = f"pushlab serving on {'https' if config.https else 'http'}://{host}:{port}"
             if ca_file:
                 line += f" ca={shlex.quote(ca_file)}"
+            if wt_endpoint.ENDPOINT in app:  # the UDP port of the WebTransport endpoint
+                line += f" wt={app[wt_endpoint.ENDPOINT].port}"
             if secret_dir is not None:
                 line += f" secret={shlex.quote(config.auth_secret_file)}"
             print(line, flush=True)  # the ready line

@@ -40,6 +40,8 @@ class ClientOptions:
     abandon: str = "close"  # how: "close" the connection / stop polling, or "cancel" explicitly
     accept_gzip: bool = False  # send Accept-Encoding: gzip and decode gzip bodies
     part_tokens: int = 0  # ask for at most this many tokens per request, then continue (0: off)
+    wt_delivery: str = "stream"  # WebTransport: tokens on a "stream", or one per "datagram"
+    quic_cc: str = "reno"  # congestion controller of the client's QUIC connections
 
 
 def parts(params: GenParams, part_tokens: int) -> list[GenParams]:

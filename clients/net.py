@@ -137,6 +137,11 @@ class ConnStats:
       (NewSessionTicket, KeyUpdate, alerts such as close_notify). Likewise `*_up`.
       Over TLS, bytes_down = handshake + record + control bytes down, when all was read.
     - `streams`: the most HTTP streams this connection carried at once (HTTP/2 sets it).
+    - QUIC (clients/quic.py; `source` "udp": our exact count of UDP payload bytes):
+      `packets_*` count datagrams, `retransmits` the packets loss detection declared lost,
+      `handshake_packets_up/down` the datagrams until the handshake completed, `cc` the
+      congestion controller ("reno", "cubic"; "" for TCP, whose is the kernel's), and
+      `rcvbuf`/`sndbuf` the socket's buffer sizes (SO_RCVBUF/SO_SNDBUF, -1 unknown).
     """
 
     index: int
@@ -165,6 +170,11 @@ class ConnStats:
     tls_record_bytes_up: int = -1
     tls_control_bytes_up: int = -1
     streams: int = 1
+    handshake_packets_up: int = -1
+    handshake_packets_down: int = -1
+    cc: str = ""
+    rcvbuf: int = -1
+    sndbuf: int = -1
 
 
 class Connection(Protocol):

@@ -166,3 +166,92 @@ def spki_sha256(cert_pem: bytes) -> str:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+# --- the WebTransport endpoint's self-signed certificate ---------------------------------
+
+WT_VALID_DAYS = 10.0
+WT_MAX_DAYS = 14  # Chromium's serverCertificateHashes: "the validity period [...] 2 weeks"
+
+
+@dataclasses.dataclass(frozen=True)
+class WebTransportCertificate:
+    """A self-signed leaf a browser accepts by its hash alone (W3C WebTransport,
+    `serverCertificateHashes`: an X.509v3 certificate, valid at most 14 days, whose key is
+    ECDSA P-256 in Chromium; no CA, no name check, only the SHA-256 of its DER)."""
+
+    cert_pem: bytes
+    key_pem: bytes
+    sha256_hex: str  # SHA-256 of the certificate's DER, as `QuicSettings.cert_sha256` pins it
+    sha256_b64: str  # the same digest base64, as a page hands it to `new WebTransport()`
+    not_before: datetime.datetime
+    not_after: datetime.datetime
+
+    def write(self, directory: Path) -> tuple[Path, Path]:
+        """(cert, key) PEM files in `directory` (the key mode 0600), for a TLS library
+        that reads files (aioquic's `load_cert_chain` does)."""
+        cert, key = directory / "wt.pem", directory / "wt.key"
+        cert.write_bytes(self.cert_pem)
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(self.key_pem)
+        return cert, key
+
+
+def make_webtransport_certificate(
+    hosts: Sequence[str] = HOSTS, valid_days: float = WT_VALID_DAYS
+) -> WebTransportCertificate:
+    """A fresh self-signed ECDSA P-256 certificate for `hosts`, valid `valid_days` (at most
+    14) from an hour ago, and its SHA-256 (hex and base64). In memory: nothing is written."""
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    if not 0 < valid_days <= WT_MAX_DAYS:
+        raise ValueError(f"a hash-pinned certificate lives at most {WT_MAX_DAYS} days")
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)  # X.509 keeps seconds
+    # the hour before now counts against the 14 days (Chromium checks not_after - not_before)
+    start = now - datetime.timedelta(hours=1)
+    end = start + datetime.timedelta(days=valid_days)
+    key = ec.generate_private_key(ec.SECP256R1())
+    alt_names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            alt_names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            alt_names.append(x509.DNSName(host))
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "pushlab"),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"pushlab webtransport {hosts[0]}"),
+        ]
+    )
+    cert = (
+        x509.CertificateBuilder()  # version 3 is the builder's default and only choice
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    digest = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
+    return WebTransportCertificate(
+        cert.public_bytes(serialization.Encoding.PEM),
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+        digest.hex(),
+        base64.b64encode(digest).decode(),
+        start,
+        end,
+    )

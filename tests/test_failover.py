@@ -16,6 +16,9 @@ from collections.abc import Awaitable, Callable, Iterator
 import aiohttp
 import pytest
 
+from clients.base import ClientOptions, ResumePoint, Target
+from clients.recorder import StreamRecord
+from clients.webtransport import WebTransportClient
 from harness.children import SERVER_PY, ServerProcess
 from netem.redis import RedisServer, redis_binary
 from streams.generator import texts
@@ -139,12 +142,33 @@ async def poll_once(http: aiohttp.ClientSession, url: str) -> list[Token]:
         return [token_of(t) for t in (await resp.json())["tokens"]]
 
 
+async def webtransport_first(http: aiohttp.ClientSession, url: str) -> tuple[str, list[Token]]:
+    """A session on node A's QUIC endpoint, left after KILL_AFTER tokens (the lab's client)."""
+    client = WebTransportClient(ClientOptions(abandon_after=KILL_AFTER))
+    rec = StreamRecord("webtransport", "python", PARAMS.tokens)
+    await client.run(Target.parse(url), PARAMS, rec)
+    return rec.stream_id, [(seq, rec.texts[seq]) for seq in rec.seq]
+
+
+async def webtransport_rest(
+    http: aiohttp.ClientSession, url: str, stream: str, after: int
+) -> list[Token]:
+    """A session on node B's endpoint whose control stream resumes A's stream."""
+    client = WebTransportClient()
+    client.resume = ResumePoint(stream, after)
+    rec = StreamRecord("webtransport", "python", PARAMS.tokens)
+    await client.run(Target.parse(url), PARAMS, rec)
+    assert rec.error == "", rec.error
+    return [(seq, rec.texts[seq]) for seq in rec.seq]
+
+
 # The resumable transports whose tokens arrive as they are made: the code is per transport
 # by nature (its wire surface), which transports must have it is the registry's to say.
 CASES: dict[str, tuple[First, Rest]] = {
     "sse": (sse_first, sse_rest),
     "ndjson": (ndjson_first, ndjson_rest),
     "websocket": (websocket_first, websocket_rest),
+    "webtransport": (webtransport_first, webtransport_rest),
     "longpoll": (poll_first("longpoll", "&wait=2"), poll_rest("longpoll", "&wait=2")),
     "shortpoll": (poll_first("shortpoll", ""), poll_rest("shortpoll", "")),
 }

@@ -9,6 +9,10 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 import pytest
 
+from clients.base import ResumePoint, Target
+from clients.recorder import StreamRecord
+from clients.webtransport import WebTransportClient
+from streams.params import GenParams
 from tests.support import UNIT, Served, wait_until_async
 from transports import registry
 from transports.sse import SSEParser
@@ -84,12 +88,27 @@ async def resume_websocket(
         return got
 
 
+async def resume_webtransport(
+    http: aiohttp.ClientSession, url: str, stream: str, after: int
+) -> list[int]:
+    """A session on the QUIC endpoint whose control stream says `resume` (the lab's client,
+    handed the resume point)."""
+    client = WebTransportClient()
+    client.resume = ResumePoint(stream, after)
+    rec = StreamRecord("webtransport", "python", 10)
+    async with asyncio.timeout(5 * UNIT):
+        await client.run(Target.parse(url), GenParams(tokens=10), rec)
+    assert rec.error == ""
+    return list(rec.seq)
+
+
 # Each resumable transport's own wire surface for "resume after seq": the code is per
 # transport by nature; which transports must have one is the registry's to say.
 RESUMABLE = registry.keys_where(lambda t: t.resumable)
 RESUME: dict[str, Resume] = {
     "sse": resume_sse,
     "websocket": resume_websocket,
+    "webtransport": resume_webtransport,
     "ndjson": resume_ndjson,
     "oneshot": resume_oneshot,
     **{k: resume_poll(k) for k in registry.keys_where(lambda t: t.requests_per_answer == "many")},

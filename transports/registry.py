@@ -22,7 +22,10 @@ if TYPE_CHECKING:
 
 Cancel = Literal["message", "request"]
 Requests = Literal["one", "many"]
-Connection = Literal["http", "upgraded"]
+# "http": requests and responses; "upgraded": HTTP only for the handshake (WebSocket);
+# "session": an HTTP/3 extended CONNECT whose streams and datagrams carry the rest (WebTransport)
+Connection = Literal["http", "upgraded", "session"]
+Stack = Literal["tcp", "quic"]  # what carries the transport's bytes: TCP, or QUIC over UDP
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,12 +43,12 @@ class Transport:
     resumable: bool  # a broken connection can resume after the last seq received
     cancel: Cancel  # "message" on the open connection, or a "request": DELETE /streams/{id}
     requests_per_answer: Requests  # "one", or "many" (polling: one request per batch)
-    connection: Connection = "http"  # "upgraded": HTTP only for the handshake (WebSocket)
+    connection: Connection = "http"  # see `Connection`
     holds: bool = True  # the server holds a request open while no token is ready
     incremental: bool = True  # tokens reach the client as they are made, not all at the end
     variant_of: str = ""  # another transport's wire in a different framing (openai: sse)
     browser_clients: tuple[str, ...] = ()  # the page's client functions (static/clients.js)
-    stack: Literal["tcp"] = "tcp"
+    stack: Stack = "tcp"  # "quic": the transport cannot cross a TCP proxy or front
 
     @property
     def cancel_requests(self) -> int:
@@ -176,6 +179,22 @@ TRANSPORTS: dict[str, Transport] = {
             cancel="request",
             requests_per_answer="one",
             variant_of="sse",
+        ),
+        Transport(
+            "webtransport",
+            "WebTransport",
+            "WebTransport over HTTP/3 (QUIC): a JSON line per token on a unidirectional stream",
+            "transports.webtransport",
+            "transports.web.webtransport",
+            "clients.webtransport:WebTransportClient",
+            order=7,
+            colour="#17becf",  # cyan
+            resumable=True,
+            cancel="message",
+            requests_per_answer="one",
+            connection="session",
+            browser_clients=("webtransport",),
+            stack="quic",
         ),
     )
 }

@@ -63,6 +63,26 @@ class ServerConfig:
         min=1,
     )
     ws_compress: bool = _opt(False, "accept WebSocket permessage-deflate")
+    wt_port: int = _opt(
+        0,
+        "UDP port of the WebTransport endpoint (HTTP/3): 0 = the number of the HTTP port when "
+        "--port is fixed, else any free one; -1 = no WebTransport (default %(default)s)",
+        min=-1,
+        max=65535,
+    )
+    quic_cc: str = _opt(
+        "reno",
+        "congestion controller of the server's QUIC connections (aioquic's; its default is "
+        "reno, Linux TCP's is cubic) (default %(default)s)",
+        choices=("reno", "cubic"),
+    )
+    wt_cert_days: float = _opt(
+        10.0,
+        "validity of the WebTransport certificate generated at start; browsers accept a "
+        "serverCertificateHashes certificate of at most 14 days (default %(default)s)",
+        min=0.01,
+        max=14.0,
+    )
     cancel_on_disconnect: bool = _opt(
         False,
         "stop a stream when its SSE/NDJSON/WebSocket reader disconnects "
