@@ -40,6 +40,7 @@ from transports.registry import get
 
 if TYPE_CHECKING:
     from clients.h2 import H2Session
+    from clients.h3 import H3Session
     from clients.http import HTTPLayerFactory
 
 SATURATED_CPU_FRACTION = 0.9  # a worker busier than this is the bottleneck
@@ -152,24 +153,33 @@ async def run_fleet(
 
 
 class _SharedSessions:
-    """One HTTP/2 session per `stack.multiplex` consecutive clients (client i in group
-    i // multiplex); each session's connection counts go, once, to the first record of its
-    group, and every record of the group says how many streams shared it."""
+    """One HTTP/2 (or HTTP/3) session per `stack.multiplex` consecutive clients (client i in
+    group i // multiplex); each session's connection counts go, once, to the first record of
+    its group, and every record of the group says how many streams shared it."""
 
     def __init__(self, stack: Stack, target: Target, records: dict[int, StreamRecord]) -> None:
         self.stack, self.target, self.records = stack, target, records
-        self.sessions: dict[int, H2Session] = {}
+        self.sessions: dict[int, H2Session | H3Session] = {}
 
     def factory(self, i: int) -> HTTPLayerFactory:
-        from clients.h2 import H2Session, shared_factory
-
         group = i // self.stack.multiplex
-        session = self.sessions.get(group)
-        if session is None:
-            session = self.sessions[group] = H2Session(self.target, self.stack.connector())
         members = [j for j in self.records if j // self.stack.multiplex == group]
         self.records[i].streams_per_conn = len(members)
-        return shared_factory(session, raw_connector=self.stack.connector("http/1.1"))
+        raw = self.stack.connector("http/1.1")  # a WebSocket's own TLS connection
+        if self.stack.http == "3":
+            from clients import h3
+
+            h3_session = self.sessions.get(group)
+            if not isinstance(h3_session, h3.H3Session):
+                h3_session = h3.H3Session(self.target, self.stack.quic_settings())
+                self.sessions[group] = h3_session
+            return h3.shared_factory(h3_session, raw_connector=raw)
+        from clients.h2 import H2Session, shared_factory
+
+        session = self.sessions.get(group)
+        if not isinstance(session, H2Session):
+            session = self.sessions[group] = H2Session(self.target, self.stack.connector())
+        return shared_factory(session, raw_connector=raw)
 
     async def aclose(self) -> None:
         for group, session in self.sessions.items():

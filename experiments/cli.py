@@ -239,7 +239,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = apply_settings(spec, args.set or [])
     started = dt.datetime.now(dt.UTC)
     run_id = meta.new_run_id(experiment.name, started)
-    tables = experiment.run(spec, run_id=run_id, progress=not args.no_progress)
+    tables = experiment.execute(spec, run_id=run_id, progress=not args.no_progress)
     out = save_run(tables, experiment, spec, run_id, started, args.out or _root() / run_id)
     _print_summary(tables)
     print(f"report: {out / 'report.md'}")
@@ -361,7 +361,11 @@ def cmd_serve(argv: list[str]) -> int:
     front_parser = _Parser(prog="pushlab serve", add_help=False)
     front_parser.add_argument("--front", choices=FRONTS)
     front_parser.add_argument("--front-port", type=_port)
+    # HTTP/3 (QUIC on UDP, the front's port number) beside h1/h2: Caddy's, off by default
+    front_parser.add_argument("--http3", action="store_true")
     known, rest = front_parser.parse_known_args(argv)
+    if known.http3 and known.front != "caddy":
+        front_parser.error("--http3 needs --front caddy (nginx 1.22 has no HTTP/3)")
     if known.front is None:
         if known.front_port is not None:
             front_parser.error("--front-port needs --front nginx|caddy")
@@ -380,7 +384,7 @@ def cmd_serve(argv: list[str]) -> int:
         front_parser.error("with --front, the address is the front's: give --front-port")
     from netem.fronts import serve_until_stopped
 
-    return serve_until_stopped(known.front, known.front_port or 0, config)
+    return serve_until_stopped(known.front, known.front_port or 0, config, http3=known.http3)
 
 
 def _print_summary(tables: Tables) -> None:

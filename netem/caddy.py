@@ -12,10 +12,30 @@ tag of github.com/caddyserver/caddy):
 - `admin off`: no admin endpoint, so no fixed port (Caddy's default is localhost:2019).
 - `auto_https off`: the certificate is ours (`tls CERT KEY`); Caddy never asks an ACME CA
   and never starts its HTTP->HTTPS redirect server on :80.
-- `servers { protocols h1 h2 }`: HTTP/3 off (Caddy 2.6 enables h3 by default, on UDP);
-  QUIC is a later issue. h2 is offered in ALPN before http/1.1, so a client offering only
-  http/1.1 (a browser's WebSocket connection: Go's HTTP/2 server in 2.6 has no RFC 8441
-  extended CONNECT) still gets it on the same listener.
+- `servers { protocols h1 h2 }`: HTTP/3 off (Caddy 2.6 enables h3 by default, on UDP)
+  unless `CaddySpec(http3=True)`. h2 is offered in ALPN before http/1.1, so a client
+  offering only http/1.1 (a browser's WebSocket connection: Go's HTTP/2 server in 2.6 has no
+  RFC 8441 extended CONNECT) still gets it on the same listener.
+- `protocols h1 h2 h3` (`http3=True`): Caddy also listens for QUIC (quic-go) on UDP at the
+  same address and port number ("enabling HTTP/3 listener" in its log), and announces it
+  with `Alt-Svc: h3=":PORT"` on its TCP responses. So the port picked must be free for TCP
+  AND UDP (`free_port_pair`). MEASURED on 2.6.2 with clients/quic.py (aioquic 1.7.2):
+  - SNI: with SNI "localhost" the QUIC handshake completes (ALPN h3). With the IP literal
+    127.0.0.1 aioquic sends NO SNI (RFC 6066 3 forbids literals) and the handshake completes
+    too, against `https://:PORT` and against `https://localhost:PORT, https://127.0.0.1:PORT`
+    alike, so the site keeps its one catch-all address (naming it by host name changed
+    nothing measurable and would add Host matchers). An EMPTY SNI extension (aioquic with
+    server_name "") is refused at once: CONNECTION_CLOSE 0x10a, CRYPTO_ERROR for TLS alert
+    10 (unexpected_message). The reported "alert 80 without SNI" was not reproduced. The
+    clients send "localhost" (QuicSettings, Stack.server_name), which the lab PKI covers.
+  - streaming: SSE tokens=5 at 10/s over h3 arrived as five DATA frames 0.10 s apart (the
+    first with the response head), i.e. Caddy flushes each upstream read to the QUIC
+    stream at once, as over h1/h2 (tests/test_h3.py checks it token by token for SSE and
+    chunked NDJSON).
+  - the access log says `"proto":"HTTP/3.0"` for those, but its `tls` block is EMPTY over
+    h3 (`version` 0, `cipher_suite` 0, `proto` "", `server_name` "" although "localhost"
+    was sent): Caddy 2.6.2 does not fill it from quic-go's connection state, so the TLS
+    facts of an HTTP/3 request come from the client (clients/quic.py), not from this log.
 - `reverse_proxy ... { flush_interval -1 }`: write each upstream read to the client at once.
   MEASURED on 2.6.2 (tokens=10 at 20/s over HTTP/1.1 and TLS, without this line): SSE and
   chunked NDJSON both streamed, token by token. Caddy's `flushInterval()` returns -1 itself
@@ -80,7 +100,12 @@ class CaddySpec:
     """How Caddy serves; what pushlab measures by default is TLS with HTTP/2 and flushing."""
 
     http2: bool = True  # servers { protocols h1 h2 }; False: h1 only
+    http3: bool = False  # protocols h1 h2 h3: QUIC on UDP, same port number (needs http2)
     flush_immediately: bool = True  # reverse_proxy { flush_interval -1 }
+
+    def __post_init__(self) -> None:
+        if self.http3 and not self.http2:
+            raise ValueError("http3 needs http2 here (protocols h1 h2 h3)")
 
 
 def caddy_binary() -> str | None:
@@ -112,7 +137,8 @@ def render_caddyfile(
     w = workdir.resolve()
     host, port = upstream
     upstream_addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    protocols = "h1 h2" if spec.http2 else "h1"
+    protocols = ("h1 h2 h3" if spec.http3 else "h1 h2") if spec.http2 else "h1"
+    h3_note = "h3: QUIC on UDP, same port" if spec.http3 else "no h3: HTTP/3 is off"
     flush = "flush_interval -1 # write each upstream read at once" if spec.flush_immediately else (
         "# flush_interval unset: Caddy still flushes SSE and chunked responses at once"
     )  # fmt: skip
@@ -123,7 +149,7 @@ def render_caddyfile(
 	auto_https off # our certificate: no ACME, no redirect server on :80
 	grace_period {GRACE_PERIOD_S:g}s # open connections hold a SIGTERM stop this long at most
 	servers {{
-		protocols {protocols} # no h3: HTTP/3 is off
+		protocols {protocols} # {h3_note}
 	}}
 }}
 
@@ -186,7 +212,8 @@ class Caddy:
         attempts = 1 if self.listen_port else _PORT_ATTEMPTS
         error = ""
         for _ in range(attempts):
-            port = self.listen_port or free_loopback_port()
+            free = free_port_pair if self.spec.http3 else free_loopback_port
+            port = self.listen_port or free()
             conf = self.dir / "Caddyfile"
             text = render_caddyfile(
                 self.spec, listen_port=port, upstream=self.upstream, pki=self.pki, workdir=self.dir
@@ -279,6 +306,20 @@ class Caddy:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def free_port_pair(attempts: int = 20) -> int:
+    """A port free on 127.0.0.1 for TCP and UDP both (Caddy's h3 listener takes the TCP
+    port's number on UDP); free now, as `free_loopback_port` says."""
+    for _ in range(attempts):
+        port = free_loopback_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            try:
+                udp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no port free for both TCP and UDP on 127.0.0.1 in {attempts} tries")
 
 
 def _accepts(port: int) -> bool:

@@ -5,6 +5,7 @@
     aiohttp    the server itself    HTTP/1.1 over TLS           aiohttp (ssl context)
     nginx      nginx 1.22           HTTP/1.1 or HTTP/2 (ALPN)   aiohttp, HTTP/1.1 in clear
     caddy      Caddy 2.6            HTTP/1.1 or HTTP/2 (ALPN)   aiohttp, HTTP/1.1 in clear
+                                    + HTTP/3 over QUIC (http3)
 
 `serve(front)` starts the server and its front as child processes with one lab CA
 (netem/pki.py) for all of them, yields a `ServedPath` (the address clients use, the CA file
@@ -16,6 +17,9 @@ listen on its address, so the namespace's loss lies between the client and the f
 Behind nginx the server runs with `--no-accel-header` off (the header is sent) and nginx
 with `proxy_buffering off`: the question here is TLS and HTTP/2, not buffering (which the
 `proxy` experiment measures); Caddy flushes any response without a Content-Length at once.
+With `http3=True` Caddy also serves HTTP/3 on UDP at the same port number (netem/caddy.py);
+`ServedPath.http3` says so, and `pushlab serve --front caddy --http3` adds `h3=udp` to its
+ready line.
 """
 
 from __future__ import annotations
@@ -49,12 +53,15 @@ class ServedPath:
     server_pid: int
     front_pids: list[int]  # nginx's master and workers, Caddy's process; [] without a front
     pki: LabPKI | None
+    http3: bool = False  # the front also serves HTTP/3 (QUIC on UDP, same port number)
 
-    def stack(self, http: str = "1.1", multiplex: int = 1) -> Stack:
+    def stack(self, http: str = "1.1", multiplex: int = 1, cc: str = "reno") -> Stack:
         """The client stack for this path: TLS with its CA unless it is clear text."""
         if self.front == "none":
             return Stack()
-        return Stack(http=http, tls=True, ca_file=self.ca_file, multiplex=multiplex)
+        if http == "3" and not self.http3:
+            raise ValueError(f"the {self.front} front here serves no HTTP/3 (serve(http3=True))")
+        return Stack(http=http, tls=True, ca_file=self.ca_file, multiplex=multiplex, cc=cc)
 
     def cpu_s(self) -> dict[str, float]:
         """CPU seconds so far of the server and (summed) of the front's processes, from the
@@ -78,10 +85,14 @@ def serve(
     server_args: Sequence[str] = (),
     max_concurrent_streams: int | None = None,
     link: NetnsLink | None = None,
+    http3: bool = False,
 ) -> Iterator[ServedPath]:
-    """The server behind `front` (one of FRONTS), for the duration; every process stopped."""
+    """The server behind `front` (one of FRONTS), for the duration; every process stopped.
+    `http3`: the front serves HTTP/3 too (Caddy only)."""
     if front not in FRONTS:
         raise ValueError(f"unknown front {front!r}, expected one of {', '.join(FRONTS)}")
+    if http3 and front != "caddy":
+        raise ValueError("HTTP/3 is served by the caddy front only here")
     host = link.server_host if link is not None else "127.0.0.1"
     prefix = ["ip", "netns", "exec", link.name] if link is not None else None
     with contextlib.ExitStack() as stack:
@@ -100,11 +111,11 @@ def serve(
         if front in HTTP2_FRONTS:
             assert pki is not None
             target, front_pids = _start_front(stack, front, upstream, pki, max_concurrent_streams,
-                                              prefix)  # fmt: skip
+                                              prefix, http3)  # fmt: skip
         elif front == "aiohttp":
             target = dataclasses.replace(upstream, secure=True)
         yield ServedPath(front, target, str(pki.ca_cert) if pki else "", server.pid,
-                         front_pids, pki)  # fmt: skip
+                         front_pids, pki, http3)  # fmt: skip
 
 
 def _start_front(
@@ -114,6 +125,7 @@ def _start_front(
     pki: LabPKI,
     max_concurrent_streams: int | None,
     prefix: list[str] | None,
+    http3: bool = False,
 ) -> tuple[Target, list[int]]:
     if front == "nginx":
         from netem.nginx import Nginx, NginxSpec
@@ -131,16 +143,19 @@ def _start_front(
         raise ValueError("Caddy runs on loopback only here (no namespace support)")
     if max_concurrent_streams is not None:
         raise ValueError("Caddy 2.6 cannot set its HTTP/2 concurrent-stream limit (Go's 250)")
-    caddy = Caddy(CaddySpec(), upstream.host, upstream.port, pki=pki)
+    caddy = Caddy(CaddySpec(http3=http3), upstream.host, upstream.port, pki=pki)
     target = caddy.start()
     stack.callback(caddy.stop)
     return dataclasses.replace(target, secure=True), [caddy.pid]
 
 
-def serve_until_stopped(front: str, front_port: int, config: ServerConfig) -> int:
+def serve_until_stopped(
+    front: str, front_port: int, config: ServerConfig, *, http3: bool = False
+) -> int:
     """`pushlab serve --front`: start the server, then the front, print one ready line
-    (`pushlab serving on https://... ca=... front=...`), wait for SIGINT/SIGTERM; stop both
-    by their own pids. A failure is one line on stderr and exit 1."""
+    (`pushlab serving on https://... ca=... front=...`, then ` h3=udp` when the front serves
+    HTTP/3 on the same port number over UDP), wait for SIGINT/SIGTERM; stop both by their
+    own pids. A failure is one line on stderr and exit 1."""
     import shlex
     import shutil
     import signal
@@ -176,10 +191,11 @@ def serve_until_stopped(front: str, front_port: int, config: ServerConfig) -> in
             spec = NginxSpec(buffering=False, tls=True, http2=True)
             proxy = Nginx(spec, host, port, listen_port=front_port, pki=pki)
         else:
-            proxy = Caddy(CaddySpec(), host, port, listen_port=front_port, pki=pki)
+            proxy = Caddy(CaddySpec(http3=http3), host, port, listen_port=front_port, pki=pki)
         proxy.start()
         ca = shlex.quote(str(pki.ca_cert))
-        print(f"{READY_PREFIX}{proxy.url} ca={ca} front={front}", flush=True)
+        h3 = " h3=udp" if http3 else ""
+        print(f"{READY_PREFIX}{proxy.url} ca={ca} front={front}{h3}", flush=True)
         while not stop.wait(0.2):
             if child.proc is not None and child.proc.poll() is not None:
                 raise ChildStartError(f"the server exited ({child.proc.returncode})")
