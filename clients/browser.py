@@ -60,6 +60,28 @@ frame headers and the HPACK-compressed HEADERS included, without the connection'
 Up is still rebuilt as text from the header list Chrome reports (over h2 the pseudo-headers
 `:method`, `:path`, ... replace the request line), which HPACK would have compressed: an
 overestimate. TLS records are never counted (`stack` "tls").
+
+QUIC. Chromium runs with QUIC on (`BrowserSession(quic=False)` adds `--disable-quic`): the
+page's WebTransport client needs it, and without an Alt-Svc or `--origin-to-force-quic-on`
+no HTTP request goes over QUIC, so the TCP measurements are unchanged (tests/test_browser.py).
+- HTTP/3 (`force_quic=["127.0.0.1:PORT"]`, Caddy with `CaddySpec(http3=True)`): CDP says
+  `response.protocol` "h3"; the record's connection is `stack` "quic", `http_version` "3",
+  and every request of the origin shares one `connectionId`. The lab leaf is trusted over
+  QUIC by the same `--ignore-certificate-errors-spki-list` (MEASURED, Chromium 156, Caddy
+  2.6.2: with it, every HTTP pane completes over h3; the origin may be the IP literal).
+  Byte counts keep CDP's meaning: MEASURED through Caddy, one fetch-SSE stream of 10 tokens:
+  head 163 bytes (the QPACK-compressed HEADERS frame), body 1564 wire vs 1532 app bytes (32:
+  the DATA frames' type and length varints, RFC 9114 section 7.2.1), total 1727 = 163 +
+  1564; no QUIC packet headers, no AEAD tags, no ACKs. Up is rebuilt as for HTTP/2.
+- WebTransport: Chromium 156's Network domain reports `webTransportCreated`,
+  `webTransportConnectionEstablished` and `webTransportClosed` (read from its
+  /json/protocol): a URL and times, NO byte counts and no stream id. So a WebTransport
+  record's connections are the page's own report, one per session (`session_stats`):
+  `bytes_*` -1 and `source` "none" (unknown, never estimated), `app_bytes_*` what its
+  JavaScript wrote and read (control lines up; token stream and datagram payloads down),
+  `stack` "quic", `http_version` "3". `CdpLedger.webtransports()` lists the sessions CDP saw
+  (established or not), e.g. to count the QUIC connections a tab opened: with
+  `serverCertificateHashes` Chromium pools no session, so each is its own connection.
 """
 
 from __future__ import annotations
@@ -88,17 +110,21 @@ if TYPE_CHECKING:
 
 CHROMIUM = "/usr/bin/chromium"
 # Without the background-networking flags Chromium phones home, which a closed network refuses.
+# QUIC is not off: WebTransport needs it (with `--disable-quic` Chromium cannot open a session
+# at all), and without an Alt-Svc or `--origin-to-force-quic-on` Chromium sends no HTTP request
+# over QUIC, so the TCP transports are untouched. `BrowserSession(quic=False)` adds NO_QUIC.
 CHROMIUM_ARGS = (
     "--no-sandbox",
     "--disable-gpu",
-    "--disable-quic",
     "--no-first-run",
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
 )
+NO_QUIC = "--disable-quic"  # QUIC off: no WebTransport, no HTTP/3 (a TCP-only browser)
 CLIENT_NAME = "chromium"
 BYTES_SOURCE = "browser-cdp"
+NO_BYTES_SOURCE = "none"  # WebTransport: CDP reports no byte counts (see the docstring)
 SETTLE_S = 2.0  # at most this long for the last CDP events after the page's clients ended
 HTTP_CONNECTIONS_PER_ORIGIN = 6  # Chrome's HTTP/1.1 socket limit per origin
 
@@ -125,6 +151,24 @@ def first_streaming_clients() -> tuple[str, ...]:
     return tuple(picks)
 
 
+def chromium_args(quic: bool = True, spki: str = "", force_quic: Sequence[str] = ()) -> list[str]:
+    """Chromium's switches: CHROMIUM_ARGS, QUIC off unless `quic`, the lab certificate trusted
+    by its key hash `spki`, and HTTP/3 from the first request to each `force_quic` origin.
+
+    `--ignore-certificate-errors-spki-list` is honoured only with a user-data-dir of its own,
+    which Playwright's launch always passes (a fresh temporary profile); it covers QUIC too:
+    MEASURED (Chromium 156, Caddy 2.6 with h3), the page over HTTP/3 with the lab PKI's leaf
+    trusted by this hash alone (tests/test_browser_h3.py)."""
+    args = list(CHROMIUM_ARGS)
+    if not quic:
+        args.append(NO_QUIC)
+    if spki:
+        args.append(f"--ignore-certificate-errors-spki-list={spki}")
+    if force_quic:
+        args.append(f"--origin-to-force-quic-on={','.join(force_quic)}")
+    return args
+
+
 def _header_bytes(headers: Mapping[str, str]) -> int:
     return sum(len(f"{name}: {value}\r\n".encode()) for name, value in headers.items())
 
@@ -141,6 +185,8 @@ class RequestBytes:
 
     request_id: str
     websocket: bool = False
+    webtransport: bool = False  # a WebTransport session (CDP's transportId): no bytes, no stream
+    established: bool = False  # a WebTransport session CDP saw established
     method: str = "GET"
     path: str = "/"
     stream: str = ""  # from X-Pushlab-Stream, the poll URL, or the WebSocket's started message
@@ -168,15 +214,19 @@ class RequestBytes:
     @property
     def connection_key(self) -> str:
         """The connection this request went over: Chrome's socket id, `ws:<id>` for a
-        WebSocket (its own connection), `req:<id>` when CDP named none (no response)."""
+        WebSocket (its own connection), `wt:<id>` for a WebTransport session (its own QUIC
+        connection), `req:<id>` when CDP named none (no response)."""
         if self.websocket:
             return f"ws:{self.request_id}"
+        if self.webtransport:  # with serverCertificateHashes Chromium never pools a session
+            return f"wt:{self.request_id}"
         return str(self.connection) if self.connection >= 0 else f"req:{self.request_id}"
 
     @property
     def bytes_up(self) -> int:
-        # HTTP/2 has no request line: the pseudo-headers (:method, :path) are in the list
-        h2 = self.protocol == "h2"
+        # HTTP/2 and HTTP/3 have no request line: the pseudo-headers (:method, :path) are in
+        # the list (RFC 9113 section 8.3, RFC 9114 section 4.3)
+        h2 = self.protocol in ("h2", "h3")
         line = 0 if h2 else len(f"{self.method} {self.path} HTTP/1.1\r\n".encode())
         head = line + _header_bytes(self.sent_headers) + 2 if self.sent_headers is not None else 0
         return head + self.body_up + self.frames_up
@@ -219,8 +269,13 @@ class CdpLedger:
     def feed(self, method: str, params: Mapping[str, Any]) -> None:
         """One event, e.g. `("Network.dataReceived", {...})`; others are ignored."""
         handler = getattr(self, "_on_" + method.removeprefix("Network."), None)
-        if handler is not None and "requestId" in params:
-            handler(self._get(params["requestId"]), params)
+        key = params.get("requestId", params.get("transportId"))  # WebTransport: transportId
+        if handler is not None and key is not None:
+            handler(self._get(str(key)), params)
+
+    def webtransports(self) -> list[RequestBytes]:
+        """The WebTransport sessions CDP reported, in order of creation."""
+        return [req for req in self.requests.values() if req.webtransport]
 
     def _on_requestWillBeSent(self, req: RequestBytes, p: Mapping[str, Any]) -> None:
         request = p["request"]
@@ -309,6 +364,25 @@ class CdpLedger:
     def _on_webSocketClosed(self, req: RequestBytes, p: Mapping[str, Any]) -> None:
         req.finished = True
 
+    # WebTransport: Chromium 156's Network domain has three events, `webTransportCreated`
+    # (transportId, url, timestamp, initiator), `webTransportConnectionEstablished` and
+    # `webTransportClosed` (transportId, timestamp): no headers, no byte counts, no stream
+    # data (read from its /json/protocol). A session is kept here so that a test can see
+    # how many Chromium opened and whether each was established; its bytes stay unknown.
+    def _on_webTransportCreated(self, req: RequestBytes, p: Mapping[str, Any]) -> None:
+        req.webtransport = True
+        url = urlsplit(p["url"])
+        req.method, req.secure, req.protocol = "CONNECT", True, "h3"
+        req.path = url.path  # without `?ticket=`: a credential is not a path
+
+    def _on_webTransportConnectionEstablished(
+        self, req: RequestBytes, p: Mapping[str, Any]
+    ) -> None:
+        req.established = True
+
+    def _on_webTransportClosed(self, req: RequestBytes, p: Mapping[str, Any]) -> None:
+        req.finished = True
+
     def by_stream(self) -> dict[str, list[RequestBytes]]:
         """Requests grouped by the stream they served; those without a stream are left out."""
         out: dict[str, list[RequestBytes]] = {}
@@ -334,10 +408,39 @@ def conn_stats(requests: Sequence[RequestBytes]) -> list[ConnStats]:
             packets_down=-1,
             retransmits=-1,
             source=BYTES_SOURCE,
-            stack="tls" if group[0].secure else "tcp",
+            stack=_stack(group[0]),
             http_version=group[0].http_version,
         )
         for i, group in enumerate(groups.values())
+    ]
+
+
+def _stack(req: RequestBytes) -> str:
+    """What carried a request: QUIC for HTTP/3 (TLS 1.3 inside QUIC), else TLS or TCP."""
+    if req.protocol == "h3":
+        return "quic"
+    return "tls" if req.secure else "tcp"
+
+
+def session_stats(sessions: Sequence[Mapping[str, Any]], first_index: int = 0) -> list[ConnStats]:
+    """One `ConnStats` per WebTransport session a page client opened (its report's
+    `sessions`: the bytes its JavaScript wrote and read in each). The wire bytes are unknown
+    (-1, source "none"): CDP counts none for WebTransport, and nothing here invents them."""
+    return [
+        ConnStats(
+            index=first_index + i,
+            bytes_up=-1,
+            bytes_down=-1,
+            app_bytes_up=int(s["up"]),
+            app_bytes_down=int(s["down"]),
+            packets_up=-1,
+            packets_down=-1,
+            retransmits=-1,
+            source=NO_BYTES_SOURCE,
+            stack="quic",
+            http_version="3",
+        )
+        for i, s in enumerate(sessions)
     ]
 
 
@@ -370,11 +473,14 @@ def to_record(
     rec.http_requests = int(data["requests"])
     rec.recoveries_ms = [float(ms) for ms in data["recoveries"]]
     rec.conns = conn_stats(requests)
+    # WebTransport sessions, which CDP attributes to no stream: from the page's own report
+    rec.conns += session_stats(data.get("sessions", ()), len(rec.conns))
     return rec
 
 
 def bytes_source(rec: StreamRecord) -> str:
-    """The `bytes_source` of a record: its connections' common source, else "app"."""
+    """The `bytes_source` of a record: its connections' common source ("browser-cdp";
+    "none" for WebTransport, whose bytes CDP does not count), else "app"."""
     sources = {c.source for c in rec.conns}
     return sources.pop() if len(sources) == 1 else "app"
 
@@ -399,13 +505,28 @@ class BrowserSession:
 
     `async with BrowserSession(target) as session: await session.run("sse", params, 3)`.
     For an https:// target with the lab's certificate, pass `spki=pki.spki_sha256()`.
+    `quic=False`: Chromium with QUIC off (no WebTransport, no HTTP/3). `force_quic`: origins
+    ("localhost:8443") whose HTTP requests go over HTTP/3 from the first one, without waiting
+    for an Alt-Svc (`--origin-to-force-quic-on`).
     After `run`, `requests` holds the CDP requests of each stream it ran (by stream id).
     """
 
-    def __init__(self, target: Target | str, *, headless: bool = True, spki: str = "") -> None:
+    def __init__(
+        self,
+        target: Target | str,
+        *,
+        headless: bool = True,
+        spki: str = "",
+        quic: bool = True,
+        force_quic: Sequence[str] = (),
+    ) -> None:
         self.target = target if isinstance(target, Target) else Target.parse(target)
         self.headless = headless
         self.spki = spki  # base64 SHA-256 of the lab certificate's key (LabPKI.spki_sha256())
+        if force_quic and not quic:
+            raise ValueError("force_quic needs quic=True")
+        self.quic = quic
+        self.force_quic = tuple(force_quic)
         self.ledger = CdpLedger()
         self.requests: dict[str, list[RequestBytes]] = {}  # the last run's, by stream id
         self._pw: Playwright | None = None
@@ -414,6 +535,7 @@ class BrowserSession:
         self._cdp: CDPSession | None = None
         self.console_errors: list[str] = []
         self.last_cut: dict[str, Any] | None = None  # the server's answer to the last cut
+        self.reports: list[dict[str, Any]] = []  # the last run's page reports (Tally.toJSON())
 
     async def __aenter__(self) -> BrowserSession:
         from playwright.async_api import async_playwright
@@ -424,9 +546,7 @@ class BrowserSession:
             )
         self._pw = await async_playwright().start()
         try:
-            args = list(CHROMIUM_ARGS)
-            if self.spki:  # honoured with a user-data-dir, which Playwright's launch passes
-                args.append(f"--ignore-certificate-errors-spki-list={self.spki}")
+            args = chromium_args(self.quic, self.spki, self.force_quic)
             self._browser = await self._pw.chromium.launch(
                 executable_path=CHROMIUM, args=args, headless=self.headless
             )
@@ -476,11 +596,15 @@ class BrowserSession:
         *,
         timeout_s: float | None = None,
         cut_after_tokens: int = 0,
+        client_options: Mapping[str, object] | None = None,
     ) -> list[StreamRecord]:
         """Run the page's `key` client `clients` times at once; one record per client.
 
         `cut_after_tokens` > 0: once a client holds that many tokens, the page asks the
-        server to reset its connections (`POST /debug/cut`); `self.last_cut` is the answer."""
+        server to reset its connections (`POST /debug/cut`); `self.last_cut` is the answer.
+        `client_options`: the page client's own options (webtransport: `{"delivery":
+        "datagram"}`). `self.reports` keeps the clients' own reports (`Tally.toJSON()`), e.g.
+        `lost`: the tokens a WebTransport datagram client counted missing from `done`'s seq."""
         if key not in browser_keys():
             raise ValueError(f"unknown browser client {key!r}; choose from {browser_keys()}")
         assert self.page is not None, "use the session in `async with`"
@@ -495,20 +619,21 @@ class BrowserSession:
                     params.as_dict(),
                     clients,
                     int(timeout_s * 1e3),
-                    {"cutAfterTokens": cut_after_tokens},
+                    {"cutAfterTokens": cut_after_tokens, "options": client_options},
                 ],
             )
         reports, self.last_cut = result["records"], result["cut"]
+        self.reports = reports
         streams = {str(r["stream"]) for r in reports if r["stream"]}
         await self._settle(ledger, streams)
         self.requests = by_stream = ledger.by_stream()
         records = [to_record(key, params, r, by_stream.get(str(r["stream"]), [])) for r in reports]
-        # streams sharing an HTTP/2 connection (all of a tab's, on one): what the record's
+        # streams sharing an HTTP/2 or HTTP/3 connection (all of a tab's, on one): the record's
         # `streams_per_conn` says, as the Python fleet records it for a shared session. An
         # HTTP/1.1 connection reused by a later stream carried them one after the other
         sharing: dict[str, set[str]] = {}
         for stream, requests in by_stream.items():
-            for conn in connection_keys([r for r in requests if r.protocol == "h2"]):
+            for conn in connection_keys([r for r in requests if r.protocol in ("h2", "h3")]):
                 sharing.setdefault(conn, set()).add(stream)
         for rec in records:
             conns = connection_keys(by_stream.get(rec.stream_id, []))
@@ -541,6 +666,9 @@ _CDP_EVENTS = tuple(
         "webSocketFrameSent",
         "webSocketFrameReceived",
         "webSocketClosed",
+        "webTransportCreated",
+        "webTransportConnectionEstablished",
+        "webTransportClosed",
     )
 )
 

@@ -189,8 +189,9 @@ def stream_row(rec: StreamRecord) -> dict[str, object]:
         "connections": len(conns),
         # one stack for all the stream's connections, else "mixed" ("" when it had none)
         "stack": conns[0].stack if len({c.stack for c in conns}) == 1 else "mixed" if conns else "",
-        "bytes_up": sum(c.bytes_up for c in conns),
-        "bytes_down": sum(c.bytes_down for c in conns),
+        # -1 when a connection's wire bytes are unknown (a browser's WebTransport session)
+        "bytes_up": _known_sum([c.bytes_up for c in conns]),
+        "bytes_down": _known_sum([c.bytes_down for c in conns]),
         "app_bytes_up": sum(c.app_bytes_up for c in conns),
         "app_bytes_down": sum(c.app_bytes_down for c in conns),
         # one source for all the stream's connections (kernel, browser-cdp), else the app's count
@@ -205,6 +206,11 @@ def stream_row(rec: StreamRecord) -> dict[str, object]:
         "end_reason": rec.end_reason,
         "error": rec.error,
     }
+
+
+def _known_sum(values: list[int]) -> int:
+    """The sum, or -1 when any value is unknown (-1)."""
+    return -1 if any(v < 0 for v in values) else sum(values)
 
 
 def _one(values: set[str]) -> str:

@@ -132,7 +132,8 @@ async def test_every_pane_completes_over_http2_through_each_front(
     async with tls_tab(front.url, pki.spki_sha256()) as (tab, session):
         await every_pane_completes(tab)
         protocols = transport_requests(session)
-        http = [r for r in session.ledger.requests.values() if not r.websocket and r.protocol]
+        http = [r for r in session.ledger.requests.values()
+                if not r.websocket and not r.webtransport and r.protocol]
         ws = [r for r in session.ledger.requests.values() if r.websocket]
     assert set(protocols) == PAGE_TRANSPORTS
     for key, seen in protocols.items():

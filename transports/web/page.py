@@ -14,6 +14,13 @@ sees a TCP RST mid-response ("connection reset"), not a clean end. Streams live 
 not in connections, so nothing is cancelled: each client must notice the broken connection
 and resume on its own, or not. Behind a proxy the caller's address is the proxy's, so every
 proxied connection is cut. Do not press it while a benchmark runs from the same machine.
+
+QUIC has no RST: the WebTransport endpoint's connections from the same address (UDP, not in
+aiohttp's list) are closed at once with CONNECTION_CLOSE (RFC 9000 section 10.2, error
+H3_NO_ERROR, reason "cut"): the browser sees its session fail (`WebTransport.closed`
+rejects), as it sees a reset TCP connection fail, and the hub's stream lives on. A
+silently dropped path would instead leave it waiting for its idle timeout (30 s in
+Chromium), which no pane should sit through.
 """
 
 from __future__ import annotations
@@ -117,7 +124,21 @@ async def cut(request: web.Request) -> web.Response:
     ]
     for transport in victims:
         reset(transport)
-    return json_response({"reset": len(victims), "peer": peer})
+    quic = _cut_quic(request.app, peer)
+    return json_response({"reset": len(victims) + quic, "quic": quic, "peer": peer})
+
+
+def _cut_quic(app: web.Application, peer: str | None) -> int:
+    """Close the WebTransport endpoint's QUIC connections from `peer`; how many."""
+    from transports.web import webtransport
+
+    endpoint = app.get(webtransport.ENDPOINT)
+    if endpoint is None or peer is None:
+        return 0
+    victims = [p for p in list(endpoint.protocols) if p.peer == peer and not p.gone]
+    for proto in victims:
+        proto.close(error_code=webtransport.H3_NO_ERROR, reason_phrase="cut")
+    return len(victims)
 
 
 def add_routes(app: web.Application, *, debug: bool = False) -> None:

@@ -172,6 +172,189 @@ export function websocket(base, params, rec, signal) {
   }));
 }
 
+// --- WebTransport over HTTP/3 (transports/webtransport.py) ----------------------------------
+/** Where the server's WebTransport endpoint is: GET /webtransport (its URL names 127.0.0.1:
+ *  with `localhost` Chromium tries ::1 first) and the hash of its short-lived certificate,
+ *  which `serverCertificateHashes` makes the browser accept without a CA. Asked once per page
+ *  (and per server origin); forgotten when a session fails, since a restarted server has a
+ *  new certificate. `auth`: whether the server runs with --auth (GET /auth/session). */
+const wtEndpoints = new Map();  // base -> Promise<{url, hashes, auth}>
+function wtEndpoint(base) {
+  if (!wtEndpoints.has(base)) {
+    const asked = (async () => {
+      const response = await fetch(`${base}/webtransport`, {cache: "no-store"});
+      await expectStatus(response);
+      const info = await response.json();
+      const session = await fetch(`${base}/auth/session`, {cache: "no-store"})
+        .then((r) => r.ok ? r.json() : {auth: false}, () => ({auth: false}));
+      const hashes = info.certificate_hashes.map(({algorithm, value}) =>
+        ({algorithm, value: Uint8Array.from(atob(value), (c) => c.charCodeAt(0))}));
+      return {url: info.url, hashes, auth: Boolean(session.auth)};
+    })();
+    asked.catch(() => wtEndpoints.delete(base));
+    wtEndpoints.set(base, asked);
+  }
+  return wtEndpoints.get(base);
+}
+
+const WT_DATAGRAM_GRACE_MS = 250;  // after `done`, how long datagrams still on their way may come
+const WT_CANCEL_GRACE_MS = 1000;   // after a cancel, how long we wait for its `done` before closing
+
+/** The highest seq below which every token is held: where a datagram resume continues, so
+ *  that datagrams lost before a break are sent again. */
+function contiguousSeq(rec) {
+  let seq = 0;
+  while (rec.texts.has(seq + 1)) seq += 1;
+  return seq;
+}
+
+/** One session per attempt: a QUIC connection to the server's own UDP endpoint, an extended
+ *  CONNECT to /wt (with `?ticket=` under --auth: WebTransport carries no cookie), then we open
+ *  the control stream and send `start` (or `resume` after a break); the server opens a
+ *  unidirectional stream: `started`, `token` lines (or, with `delivery: "datagram"`, one
+ *  datagram per token), `done`, FIN. Datagrams may be lost or reordered: what never came is
+ *  counted from `done`'s seq (`rec.lost`). A session that ends before `done` is a broken
+ *  connection; a session that cannot even open on the first attempt (wrong certificate hash,
+ *  nothing listening, QUIC off in the browser) is an error: the browser does not say which. */
+export function webtransport(base, params, rec, signal, {delivery = "stream"} = {}) {
+  if (typeof WebTransport === "undefined") {
+    return Promise.reject(new Error("this browser has no WebTransport (it needs a secure context)"));
+  }
+  rec.sent();
+  const encoder = new TextEncoder();
+  return resuming(rec, signal, async () => {
+    const endpoint = await wtEndpoint(base);
+    let url = endpoint.url;
+    if (endpoint.auth) {  // a single-use ticket per session, bought with the page's cookie
+      const {ticket} = await fetchJSON(rec, `${base}/auth/ticket`, {method: "POST"});
+      url += `?ticket=${encodeURIComponent(ticket)}`;
+    }
+    const first = !rec.stream;
+    rec.request();
+    const transport = new WebTransport(url, {serverCertificateHashes: endpoint.hashes});
+    transport.closed.catch(() => {});  // observed below; never an unhandled rejection
+    const onEarlyAbort = () => transport.close();  // `ready` then rejects, and we stop
+    signal.addEventListener("abort", onEarlyAbort, {once: true});
+    try {
+      await transport.ready;
+    } catch (err) {
+      if (signal.aborted) throw signal.reason;
+      wtEndpoints.delete(base);  // the server may have restarted with another certificate
+      const why = `${err.name ?? "Error"}: ${err.message} (WebTransport session to ${endpoint.url} not established)`;
+      if (first) throw new Error(why);
+      throw new Broken(why);
+    } finally {
+      signal.removeEventListener("abort", onEarlyAbort);
+    }
+    return await wtSession(transport, rec, signal, encoder, first
+      ? {type: "start", ...params, delivery}
+      : {type: "resume", stream: rec.stream, after: delivery === "datagram" ? contiguousSeq(rec) : rec.lastSeq, delivery});
+  });
+}
+
+/** One established session: send `message` on the control stream, read what comes back. */
+async function wtSession(transport, rec, signal, encoder, message) {
+  let control = null, cancelled = false;
+  const bytes = {up: 0, down: 0};  // what this session's JavaScript wrote and read
+  rec.sessions.push(bytes);
+  const send = (text) => { const data = encoder.encode(text); bytes.up += data.byteLength; return control.write(data); };
+  const close = (reason) => { try { transport.close({closeCode: 0, reason}); } catch { /* closed */ } };
+  const onAbort = async () => {
+    cancelled = true;  // the server answers `done` with reason "cancelled"; we wait for it a while
+    try { if (control) await send('{"type":"cancel"}\n'); } catch { /* gone */ }
+    setTimeout(() => close("cancelled"), WT_CANCEL_GRACE_MS);
+  };
+  signal.addEventListener("abort", onAbort, {once: true});
+  const sessionEnd = transport.closed.then(
+    ({closeCode, reason}) => closeCode === 1008
+      ? new Error(`WebTransport session closed ${closeCode}: ${reason}`)
+      : new Broken(`WebTransport session closed (${closeCode}${reason ? `: ${reason}` : ""})`),
+    (err) => new Broken(`${err.name ?? "Error"}: ${err.message}`));
+  try {
+    const bidi = await transport.createBidirectionalStream();
+    control = bidi.writable.getWriter();
+    await send(JSON.stringify(message) + "\n");
+    const ended = sessionEnd.then((err) => { throw err; });
+    const controlFailed = readControl(bidi.readable);
+    if (message.delivery === "datagram") readDatagrams(transport, rec, bytes);
+    const streams = transport.incomingUnidirectionalStreams.getReader();
+    const {value: stream, done} = await Promise.race([streams.read(), controlFailed, ended]);
+    if (done) throw new Broken("the session ended before its token stream opened");
+    const outcome = await Promise.race([readTokenStream(stream, rec, bytes), controlFailed, ended]);
+    if (message.delivery === "datagram") await datagramsSettle(rec, outcome.seq);
+    close("done");
+    return outcome.reason;
+  } catch (err) {
+    close("gave up");
+    if (cancelled) throw signal.reason;
+    throw err instanceof Error && !(err instanceof Broken) && err.name === "WebTransportError"
+      ? new Broken(`${err.name}: ${err.message}`) : err;
+  } finally {
+    signal.removeEventListener("abort", onAbort);
+  }
+}
+
+/** The control stream's answers: only `{"type":"error"}` before the server closes. */
+async function readControl(readable) {
+  const lines = new LineSplitter();
+  for await (const bytes of readable) {
+    for (const line of lines.feed(bytes)) {
+      const message = parseJSON(line);
+      if (message.type === "error") throw new Error(message.error.message);
+    }
+  }
+  return new Promise(() => {});  // the control stream ended: the token stream decides
+}
+
+/** The token stream: `started`, tokens (stream delivery), `done`, then FIN. */
+async function readTokenStream(readable, rec, bytes) {
+  const lines = new LineSplitter();
+  const reader = readable.getReader();
+  let end = null;
+  for (;;) {
+    let chunk;
+    try {
+      chunk = await reader.read();
+    } catch (err) {
+      throw new Broken(`${err.name ?? "Error"}: ${err.message}`);
+    }
+    if (chunk.done) break;
+    const atMs = nowMs();
+    rec.addBytes(chunk.value.byteLength);
+    bytes.down += chunk.value.byteLength;
+    for (const line of lines.feed(chunk.value)) {
+      const message = parseJSON(line);
+      if (message.type === "token") rec.token(readToken(message), atMs);
+      else if (message.type === "started") rec.stream ||= message.stream;
+      else if (message.type === "done") end = message;
+      else if (message.type === "error") throw new Error(message.error.message);
+    }
+  }
+  if (end) return end;
+  throw new Broken("the token stream ended before the done line");
+}
+
+/** Datagram delivery: each datagram one token object. Runs until the session ends. */
+async function readDatagrams(transport, rec, bytes) {
+  const decoder = new TextDecoder();
+  try {
+    for await (const datagram of transport.datagrams.readable) {
+      const atMs = nowMs();
+      rec.addBytes(datagram.byteLength);
+      bytes.down += datagram.byteLength;
+      const message = parseJSON(decoder.decode(datagram));
+      if (message.type === "token") rec.token(readToken(message), atMs);
+    }
+  } catch { /* the session ended */ }
+}
+
+/** After `done` (seq LAST): give datagrams still in flight a moment, then count the rest lost. */
+async function datagramsSettle(rec, last) {
+  const deadline = nowMs() + WT_DATAGRAM_GRACE_MS;
+  while (rec.count < last && nowMs() < deadline) await new Promise((r) => setTimeout(r, 10));
+  rec.lost = Math.max(0, last - rec.count);
+}
+
 // --- NDJSON over fetch() (PROTOCOL.md "ndjson") ---------------------------------------------
 /** One chunked response, one JSON object per line; we split the lines ourselves. After a
  *  broken connection: GET /ndjson?stream=ID&after=SEQ continues the same stream. */
@@ -266,11 +449,13 @@ export async function fakeTypewriter(base, params, rec, signal, answer = fetchAn
  *  `browser_clients`); here each name says only how to run it: `variant` follows the
  *  transport's label in the pane title, `how` is the request it makes. `pageOnly` clients are
  *  no transport (they get a pane after the registry's); `sharesAnswer` clients take one
- *  shared one-shot answer as their extra argument. */
+ *  shared one-shot answer as their extra argument; the others may take an options object
+ *  (`webtransport`: `{delivery: "datagram"}`, clients/browser.py's `client_options`). */
 export const CLIENTS = {
   "sse": {run: sseEventSource, variant: "EventSource", how: "GET /sse"},
   "sse-fetch": {run: sseFetch, variant: "fetch + parser", how: "POST /sse"},
   "websocket": {run: websocket, how: "GET /ws"},
+  "webtransport": {run: webtransport, variant: "HTTP/3", how: "CONNECT /wt · one uni stream"},
   "ndjson": {run: ndjson, variant: "fetch", how: "GET /ndjson"},
   "longpoll": {run: longpoll, how: `GET /longpoll/{id}?wait=${LONGPOLL_WAIT_S}`},
   "shortpoll": {run: shortpoll, how: `GET /shortpoll/{id} /${SHORTPOLL_INTERVAL_MS} ms`},

@@ -20,6 +20,8 @@ export class Tally {
     this.texts = new Map();      // seq -> text, first delivery only
     this.tokens = [];            // every delivery: [seq, t_emit_ns, receive ms, request index, text]
     this.duplicates = 0;
+    this.lost = 0;               // tokens the server sent that never came (WebTransport datagrams)
+    this.sessions = [];          // WebTransport: per session, {up, down} bytes JS wrote and read
     this.lastSeq = 0;            // highest seq held: what a resume continues after
     this.breaks = [];            // {atMs, afterSeq, why}: each time a connection broke under us
     this.recoveries = [];        // ms from a break to the next new token
@@ -31,7 +33,7 @@ export class Tally {
   /** The first request goes out now (later ones do not move the origin). */
   sent() { if (!this.sentMs) this.sentMs = nowMs(); }
 
-  /** One more HTTP request or WebSocket handshake. */
+  /** One more HTTP request, WebSocket handshake or WebTransport session. */
   request() { this.requests += 1; this.onChange("request"); }
 
   /** Bytes the page's JavaScript received: response body bytes for fetch (after HTTP
@@ -86,6 +88,7 @@ export class Tally {
     return {
       stream: this.stream, sentMs: this.sentMs, endMs: this.endMs, endReason: this.endReason,
       error: this.error, requests: this.requests, reconnects: this.reconnects, bytes: this.bytes,
+      lost: this.lost, sessions: this.sessions,
       breaks: this.breaks, recoveries: this.recoveries, tokens: this.tokens,
     };
   }
