@@ -24,7 +24,7 @@ from clients.http import HTTP11
 from clients.recorder import StreamRecord, to_tables
 from experiments.descriptor import Experiment
 from experiments.engine import Point, condition_keys, measure_records, run_sync, server_target
-from experiments.spec import RunSpec
+from experiments.spec import RunSpec, over_tcp
 from presentation import charts_net
 from records.schema import Tables, concat
 from streams.params import GenParams
@@ -42,6 +42,7 @@ POLICIES = {"keep": (), "cancel-on-disconnect": ("--cancel-on-disconnect",)}
 
 @dataclasses.dataclass(frozen=True)
 class Spec(RunSpec):
+    transports: tuple[str, ...] = dataclasses.field(default_factory=over_tcp)
     hows: tuple[str, ...] = ("close", "cancel")
     policies: tuple[str, ...] = ("keep", "cancel-on-disconnect")
     tokens: int = 200

@@ -57,6 +57,17 @@ class Experiment:
     tables: Callable[[StoredRun], list[tuple[str, pd.DataFrame]]] = _no_tables
     reading: Callable[[StoredRun, pd.DataFrame], str] = _no_reading
     in_suite: bool = True
+    # the path this experiment's streams take when it carries TCP only (a fault proxy, nginx,
+    # a TLS front): a QUIC transport asked for there is refused in one line; "": any stack
+    tcp_only: str = ""
+
+    def execute(self, spec: Any, run_id: str = "", progress: bool = False) -> Tables:
+        """`run`, after refusing transports its path cannot carry."""
+        if self.tcp_only:
+            from experiments.spec import check_over_tcp
+
+            check_over_tcp(tuple(getattr(spec, "transports", ())), self.tcp_only)
+        return self.run(spec, run_id=run_id, progress=progress)
 
     def draw(self, run: StoredRun) -> list[Path]:
         """Every chart of this experiment for a stored run, each drawn once."""

@@ -27,6 +27,7 @@ from clients.base import ClientOptions, Target
 from clients.fleet import FleetPool, FleetSpec, WorkerStats, run_fleet, saturated
 from clients.recorder import StreamRecord, measuring, to_tables
 from clients.stack import Stack
+from experiments.spec import check_over_tcp
 from harness.children import ServerProcess, proxied
 from records.schema import Tables, concat
 from streams.params import GenParams
@@ -273,7 +274,10 @@ def run_points(
         tqdm(total=len(points), desc=experiment, unit="point", disable=not progress) as bar,
         FleetPool(1) if cluster.default() else contextlib.nullcontext() as pool,
     ):
-        for net, group in itertools.groupby(points, key=lambda p: p.net):
+        for net, grouped in itertools.groupby(points, key=lambda p: p.net):
+            group = list(grouped)
+            if net:  # the fault proxy relays TCP
+                check_over_tcp(tuple(p.transport for p in group), "the fault proxy of --net")
             with proxied(direct, net) as target:
                 for point in group:
                     keys = condition_keys(run_id, experiment, point)
@@ -314,6 +318,8 @@ def run_measured(
     parts, load = [], []
     with contextlib.ExitStack() as stack:
         direct = stack.enter_context(server_target(spec.server, server_args))
+        if spec.net:  # the fault proxy relays TCP
+            check_over_tcp(spec.transports, "the fault proxy of --net")
         target = stack.enter_context(proxied(direct, spec.net))
         many = spec.workers > 1 or cluster.default()
         pool = stack.enter_context(FleetPool(spec.workers)) if many else None

@@ -29,7 +29,7 @@ from clients.net import Target
 from clients.recorder import StreamRecord, measuring, to_tables
 from experiments.descriptor import Experiment
 from experiments.engine import WARMUP, Point, condition_keys, measure_records, run_sync
-from experiments.spec import RunSpec
+from experiments.spec import RunSpec, over_tcp
 from netem.fronts import HTTP2_FRONTS, ServedPath, serve
 from presentation import charts_tls
 from records.schema import Tables, concat
@@ -47,6 +47,7 @@ VERSIONS = ("1.1", "2")
 
 @dataclasses.dataclass(frozen=True)
 class Spec(RunSpec):
+    transports: tuple[str, ...] = dataclasses.field(default_factory=over_tcp)
     fronts: tuple[str, ...] = HTTP2_FRONTS
     tokens: int = 60
     rate: float = 20.0
@@ -296,4 +297,5 @@ EXPERIMENT = Experiment(
     },
     tables=tables,
     reading=reading,
+    tcp_only="nginx and Caddy over TCP",
 )

@@ -21,7 +21,7 @@ from clients.fleet import FleetSpec, run_fleet
 from clients.recorder import StreamRecord, to_tables
 from experiments.descriptor import Experiment
 from experiments.engine import Point, condition_keys, run_sync, server_target
-from experiments.spec import RunSpec
+from experiments.spec import RunSpec, over_tcp
 from netem.nginx import Nginx, NginxSpec
 from presentation import charts_net
 from records.schema import Tables, concat
@@ -37,6 +37,7 @@ NAME = "idle-timeout"
 
 @dataclasses.dataclass(frozen=True)
 class Spec(RunSpec):
+    transports: tuple[str, ...] = dataclasses.field(default_factory=over_tcp)
     read_timeout_s: float = 1.0  # nginx proxy_read_timeout
     heartbeat_s: float = 0.3  # the keep-alive variant's server heartbeat (and long-poll hold)
     tokens: int = 4
@@ -156,4 +157,5 @@ EXPERIMENT = Experiment(
     captions={"reconnect.png": "Streams cut by nginx's read timeout: recovery, loss, completion"},
     tables=tables,
     reading=reading,
+    tcp_only="nginx",
 )

@@ -25,7 +25,7 @@ from clients.base import ClientOptions
 from clients.recorder import to_tables
 from experiments.descriptor import Experiment
 from experiments.engine import Point, condition_keys, measure_records, run_sync, server_target
-from experiments.spec import RunSpec
+from experiments.spec import RunSpec, over_tcp
 from netem.nginx import MODES, Nginx, directives, render_config, server_args_for
 from presentation import charts_arrival, charts_net
 from records.schema import Tables, concat
@@ -43,6 +43,7 @@ QUICK_MODES = ("direct", "buffered-http1.0", "buffered", "http1.0-accel-header")
 
 @dataclasses.dataclass(frozen=True)
 class Spec(RunSpec):
+    transports: tuple[str, ...] = dataclasses.field(default_factory=over_tcp)
     modes: tuple[str, ...] = ALL_MODES
     tokens: int = 20
     rate: float = 20.0
@@ -223,4 +224,5 @@ EXPERIMENT = Experiment(
     },
     tables=tables,
     reading=reading,
+    tcp_only="nginx",
 )

@@ -18,7 +18,7 @@ from analysis.readings import span
 from clients.base import ClientOptions
 from experiments.descriptor import Experiment
 from experiments.engine import Point, run_points
-from experiments.spec import RunSpec
+from experiments.spec import RunSpec, over_tcp
 from presentation import charts_net
 from records.schema import Tables, concat
 from streams.params import GenParams
@@ -33,6 +33,7 @@ NAME = "reconnect"
 
 @dataclasses.dataclass(frozen=True)
 class Spec(RunSpec):
+    transports: tuple[str, ...] = dataclasses.field(default_factory=over_tcp)
     cut_every_tokens: tuple[int, ...] = (10,)
     cut_mode: str = "rst"  # rst: a network failure; fin: an orderly close by a middlebox
     tokens: int = 60
@@ -186,4 +187,5 @@ EXPERIMENT = Experiment(
     captions={"reconnect.png": "Recovery from repeated connection cuts"},
     tables=tables,
     reading=reading,
+    tcp_only="the fault proxy that cuts connections",
 )

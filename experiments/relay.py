@@ -20,7 +20,7 @@ from analysis.readings import extremes
 from clients.base import ClientOptions
 from experiments.descriptor import Experiment
 from experiments.engine import Point, run_points
-from experiments.spec import RunSpec
+from experiments.spec import RunSpec, over_tcp
 from harness.children import ServerProcess
 from presentation import charts_arrival
 from records.schema import Tables
@@ -37,6 +37,7 @@ NAME = "relay"
 
 @dataclasses.dataclass(frozen=True)
 class Spec(RunSpec):
+    transports: tuple[str, ...] = dataclasses.field(default_factory=over_tcp)
     upstream: str = ""  # an OpenAI-compatible base URL (…/v1); "": a pushlab model process
     upstream_model: str = "pushlab-synthetic"
     tokens: int = 40

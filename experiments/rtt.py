@@ -13,7 +13,7 @@ from analysis.readings import worst_point_reading
 from clients.base import ClientOptions
 from experiments.descriptor import Experiment
 from experiments.engine import Point, run_points
-from experiments.spec import RunSpec
+from experiments.spec import RunSpec, over_tcp
 from presentation import charts_net
 from records.schema import Tables
 from streams.params import GenParams
@@ -23,6 +23,7 @@ NAME = "rtt"
 
 @dataclasses.dataclass(frozen=True)
 class Spec(RunSpec):
+    transports: tuple[str, ...] = dataclasses.field(default_factory=over_tcp)
     rtts_ms: tuple[float, ...] = (0.0, 20.0, 100.0, 300.0)
     tokens: int = 20
     rate: float = 20.0
@@ -74,4 +75,5 @@ EXPERIMENT = Experiment(
     charts=(charts_net.latency_vs_sweep,),
     captions={"latency_vs_sweep.png": "Token latency and TTFT across the sweep"},
     reading=lambda run, facts: worst_point_reading(run),
+    tcp_only="the fault proxy that adds the delay",
 )

@@ -26,6 +26,25 @@ def all_transports() -> tuple[str, ...]:
     return tuple(registry.KEYS)
 
 
+def over_tcp() -> tuple[str, ...]:
+    """The transports a TCP-only path can carry (a fault proxy, nginx, a TLS front, a cut):
+    every registered one whose stack is TCP. The default of the experiments whose path is
+    TCP all the way; QUIC (WebTransport) is measured where UDP can pass (latency, loss,
+    http3)."""
+    return registry.keys_where(lambda t: t.stack == "tcp")
+
+
+def check_over_tcp(transports: tuple[str, ...], path: str) -> None:
+    """ParamError (one line) when a transport that cannot cross `path` was asked for."""
+    for key in transports:
+        if registry.get(key).stack != "tcp":
+            raise ParamError(
+                f"{key} runs over QUIC (UDP), and {path} carries TCP only: "
+                "choose TCP transports here",
+                param="transports",
+            )
+
+
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
     """What every experiment has: the transports measured and the generator's seed."""

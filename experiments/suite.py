@@ -63,7 +63,7 @@ def run_suite(names: tuple[str, ...] = SUITE, *, quick: bool = True, out: Path |
         if progress:
             print(f"suite: {name}", flush=True)
         try:
-            tables = experiment.run(spec, run_id=run_id, progress=progress)
+            tables = experiment.execute(spec, run_id=run_id, progress=progress)
         except EnvironmentUnavailable as exc:
             skipped[name] = exc.message[:300]
             continue

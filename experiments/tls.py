@@ -37,7 +37,7 @@ from clients.fleet import FleetSpec, run_fleet
 from clients.recorder import StreamRecord, connection_rows, measuring, to_tables
 from experiments.descriptor import Experiment
 from experiments.engine import WARMUP, Point, condition_keys, run_sync
-from experiments.spec import RunSpec, all_transports
+from experiments.spec import RunSpec, over_tcp
 from harness.children import proxied
 from netem.fronts import FRONTS, ServedPath, label, serve
 from presentation import charts_tls
@@ -61,6 +61,7 @@ CHECK_PARAMS = GenParams(tokens=200, rate=2000.0, ttft_ms=0.0)
 
 @dataclasses.dataclass(frozen=True)
 class Spec(RunSpec):
+    transports: tuple[str, ...] = dataclasses.field(default_factory=over_tcp)
     fronts: tuple[str, ...] = FRONTS
     tokens: int = 200
     rate: float = 100.0
@@ -71,7 +72,7 @@ class Spec(RunSpec):
     cut_transports: tuple[str, ...] = dataclasses.field(
         default_factory=lambda: keys_where(lambda t: t.resumable and t.holds and t.incremental)
     )
-    check_transports: tuple[str, ...] = dataclasses.field(default_factory=all_transports)
+    check_transports: tuple[str, ...] = dataclasses.field(default_factory=over_tcp)
     options: ClientOptions = dataclasses.field(
         default_factory=lambda: ClientOptions(max_reconnects=20, backoff_ms=10.0)
     )
@@ -295,4 +296,5 @@ EXPERIMENT = Experiment(
     captions={"byte_layers.png": "Bytes per token received, by layer, clear text and TLS"},
     tables=tables,
     reading=reading,
+    tcp_only="the TLS fronts (aiohttp, nginx, Caddy over TCP)",
 )
