@@ -14,7 +14,7 @@ from experiments.descriptor import Experiment
 # browser tab holds to one origin; it needs Chromium (skipped with the reason without it)
 MODULES = ("latency", "rtt", "reconnect", "cancel", "proxy", "idle_timeout", "loss", "scale",
            "idle", "scale_out", "browser_connections", "relay", "tls", "http2", "hol_blocking",
-           "failover", "storm", "auth")  # fmt: skip
+           "failover", "storm", "auth", "http3")  # fmt: skip
 
 
 def _load() -> dict[str, Experiment]:
