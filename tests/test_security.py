@@ -248,12 +248,15 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 # -- 1. refusals ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("key", registry.KEYS)
+# HTTP requests and WebSocket handshakes; a QUIC session's refusals (no credential, someone
+# else's stream) are tests/test_webtransport.py's, over its own endpoint
+OVER_TCP = registry.keys_where(lambda t: t.connection != "session")
+
+
+@pytest.mark.parametrize("key", OVER_TCP)
 async def test_no_valid_credential_is_refused_before_anything(
     authed: ServerProcess, alice_stream: str, session: aiohttp.ClientSession, key: str
 ) -> None:
-    if registry.get(key).connection == "session":
-        pytest.skip("a QUIC session: tests/test_webtransport.py refuses it without a credential")
     for case, headers in bad_credentials(authed).items():
         for call in [*creates(key), *reads(key, alice_stream)]:
             status, resp_headers, body = await send(session, authed.url, call, headers)
@@ -338,13 +341,11 @@ async def read_ws(ws: aiohttp.ClientWebSocketResponse, start: GenParams = QUICK)
     return "".join(got)
 
 
-@pytest.mark.parametrize("key", registry.KEYS)
+@pytest.mark.parametrize("key", OVER_TCP)  # a session's Bearer: test_python_clients_complete...
 async def test_bearer_header_works_on_every_transport(
     authed: ServerProcess, session: aiohttp.ClientSession, key: str
 ) -> None:
     alice = bearer(mint(authed, "alice"))
-    if registry.get(key).connection == "session":
-        pytest.skip("a QUIC session: test_python_clients_complete_with_a_credential sends it")
     if registry.get(key).connection == "upgraded":
         async with session.ws_connect(f"{authed.url}/ws", headers=alice) as ws:
             assert await read_ws(ws) == "".join(texts(QUICK))
