@@ -65,6 +65,7 @@ class QuicSettings:
     cc: str = "reno"  # congestion controller: "reno" (aioquic's default) or "cubic"
     webtransport: bool = False  # offer H3_DATAGRAM and ENABLE_WEBTRANSPORT
     idle_timeout_s: float = 60.0
+    source_host: str = ""  # bind the UDP socket to this local address ("": any)
 
     def __post_init__(self) -> None:
         if self.cc not in CONGESTION_CONTROLLERS:
@@ -161,7 +162,8 @@ class QuicConn:
                 self.target.host, self.target.port, type=socket.SOCK_DGRAM
             )
             family, _, _, _, addr = infos[0]
-            local = ("0.0.0.0", 0) if family == socket.AF_INET else ("::", 0)
+            any_host = "0.0.0.0" if family == socket.AF_INET else "::"
+            local = (self.settings.source_host or any_host, 0)
             transport, _ = await loop.create_datagram_endpoint(
                 lambda: _Endpoint(self), local_addr=local
             )

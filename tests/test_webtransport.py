@@ -8,13 +8,20 @@ import base64
 import dataclasses
 import datetime
 import hashlib
+import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import aiohttp
 import pytest
-from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
+from aioquic.buffer import Buffer
+from aioquic.h3.events import (
+    DataReceived,
+    H3Event,
+    HeadersReceived,
+    WebTransportStreamDataReceived,
+)
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -25,7 +32,7 @@ from clients.quic import QuicConn, QuicSettings
 from clients.recorder import StreamRecord, stream_row
 from clients.webtransport import WebTransportClient
 from netem.pki import make_webtransport_certificate
-from streams.errors import ParamError, ProtocolError
+from streams.errors import ParamError, ProtocolError, TransportError
 from streams.generator import texts
 from streams.params import GenParams
 from tests.support import UNIT, Served, ServeFactory, wait_until_async
@@ -33,7 +40,13 @@ from transports import webtransport as codec
 from transports.token import TokenRecord
 from transports.web.common import COUNTERS, WRITE_CHUNK_BYTES
 from transports.web.guard import AUTHORITY
-from transports.web.webtransport import ENDPOINT
+from transports.web.webtransport import (
+    ENDPOINT,
+    MAX_H3_BUFFER,
+    MAX_INBOX_MESSAGES,
+    MAX_SESSIONS_PER_CONNECTION,
+    RECEIVE_WINDOW,
+)
 
 FAST = GenParams(tokens=12, rate=400.0, ttft_ms=5.0, seed=7)
 
@@ -224,21 +237,36 @@ async def raw_sessions() -> AsyncIterator[list[QuicConn]]:
         await conn.aclose()
 
 
-async def open_raw(served: Served, conns: list[QuicConn], headers: list[tuple[bytes, bytes]],
-                   path: bytes = b"/wt", method: bytes = b"CONNECT") -> Raw:  # fmt: skip
-    info = await discovery(served, dict(served.target.authorization()))
+async def connect(info: dict[str, object], conns: list[QuicConn], source: str = "") -> QuicConn:
+    """A QUIC connection to the endpoint `info` (discovery's answer) describes, from
+    `source` (a local address; "" for any)."""
     settings = QuicSettings(server_name="localhost", cert_sha256=str(info["sha256"]),
-                            webtransport=True)  # fmt: skip
+                            webtransport=True, source_host=source)  # fmt: skip
     conn = await QuicConn.open(Target("127.0.0.1", int(str(info["port"]))), settings)
     conns.append(conn)
+    return conn
+
+
+async def open_raw(served: Served, conns: list[QuicConn], headers: list[tuple[bytes, bytes]],
+                   path: bytes = b"/wt", method: bytes = b"CONNECT") -> Raw:  # fmt: skip
+    """A request on a new connection."""
+    info = await discovery(served, dict(served.target.authorization()))
+    return request(await connect(info, conns), headers, path, method)
+
+
+def request(conn: QuicConn, headers: Sequence[tuple[bytes, bytes]] = (),
+            path: bytes = b"/wt", method: bytes = b"CONNECT") -> Raw:  # fmt: skip
+    """A request on `conn`: its events are this Raw's from now on (an earlier Raw on the
+    same connection hears nothing more)."""
     events: asyncio.Queue[H3Event] = asyncio.Queue()
     conn.on_event = events.put_nowait
     sid = conn.quic.get_next_available_stream_id()
-    pseudo = [(b":method", method), (b":scheme", b"https"),
-              (b":authority", f"127.0.0.1:{info['port']}".encode()), (b":path", path)]  # fmt: skip
+    authority = f"127.0.0.1:{conn.target.port}".encode()
+    pseudo = [(b":method", method), (b":scheme", b"https"), (b":authority", authority),
+              (b":path", path)]  # fmt: skip
     if method == b"CONNECT":
         pseudo.insert(1, (b":protocol", b"webtransport"))
-    conn.h3.send_headers(sid, pseudo + headers, end_stream=method != b"CONNECT")
+    conn.h3.send_headers(sid, pseudo + list(headers), end_stream=method != b"CONNECT")
     conn.transmit()
     return Raw(conn, sid, events)
 
@@ -412,6 +440,9 @@ async def test_stats_and_counters_describe_the_endpoint(served: Served) -> None:
         stats = await resp.json()
     wt = stats["webtransport"]
     assert wt["cc"] == "reno" and wt["sessions_total"] == 1 and wt["rcvbuf"] > 0
+    # --max-connections 0: the fixed QUIC default, not the descriptor-derived TCP cap
+    assert (wt["max_connections"], wt["max_per_address"]) == (4096, 2048)
+    assert wt["refused_global"] == wt["refused_client"] == wt["sessions_refused"] == 0
     counters = stats["transports"]["webtransport"]
     assert counters["requests"] == 1 and counters["tokens_sent"] == 12
     assert counters["bytes_sent"] > 0
@@ -475,3 +506,164 @@ async def test_a_reader_that_stops_acknowledging_is_bounded_then_dropped(
     assert counters["write_timeouts"] == 1 and counters["open"] == 0
     # one chunk (64 KiB) plus at most one batch beyond it, whatever the backlog
     assert 0 < max(held) < 2 * WRITE_CHUNK_BYTES, max(held)
+
+
+# --- what one client may hold ----------------------------------------------------------------
+
+
+async def stream_tokens(raw: Raw, params: GenParams) -> int:
+    """Start `params` on `raw`'s accepted session; the tokens read until `done`."""
+    control = raw.conn.h3.create_webtransport_stream(raw.id, is_unidirectional=False)
+    raw.conn.quic.send_stream_data(control, codec.encode_start(params))
+    raw.conn.transmit()
+    lines, tokens = codec.LineBuffer(), 0
+    async with asyncio.timeout(10 * UNIT):
+        while True:
+            event = await raw.events.get()
+            if isinstance(event, WebTransportStreamDataReceived) and event.stream_id != control:
+                for line in lines.feed(event.data):
+                    msg = codec.parse_server_line(line)
+                    tokens += isinstance(msg, TokenRecord)
+                    if isinstance(msg, codec.Done):
+                        return tokens
+
+
+async def test_beyond_the_connection_cap_a_new_connection_is_refused_and_others_stream_on(
+    serve: ServeFactory, raw_sessions: list[QuicConn]
+) -> None:
+    served = await serve(max_connections=1, client_share=1.0)
+    endpoint = served.app[ENDPOINT]
+    info = await discovery(served)
+    first = request(await connect(info, raw_sessions))
+    assert (await first.response())[0] == 200
+    # refused at its first Initial with CONNECTION_CLOSE(CONNECTION_REFUSED): no connection
+    # is made, so none is counted
+    with pytest.raises(TransportError, match="maximum of 1 connections"):
+        await connect(info, raw_sessions)
+    stats = endpoint.statistics()
+    assert (stats["refused_global"], stats["refused_client"], stats["connections"]) == (1, 0, 1)
+    params = GenParams(tokens=30, rate=1000.0, ttft_ms=0.0, seed=5)
+    assert await stream_tokens(first, params) == 30  # the admitted session is served whole
+
+
+async def test_one_address_takes_only_its_share_while_another_connects(
+    serve: ServeFactory, raw_sessions: list[QuicConn]
+) -> None:
+    try:  # the kernel routes all of 127.0.0.0/8 to lo; a sandbox may still refuse the bind
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM).bind(("127.0.0.2", 0))
+    except OSError as exc:
+        pytest.skip(f"cannot bind 127.0.0.2 as a second client address: {exc}")
+    served = await serve(max_connections=4, client_share=0.5)  # 2 connections an address
+    endpoint = served.app[ENDPOINT]
+    info = await discovery(served)
+    held = [await connect(info, raw_sessions, "127.0.0.1") for _ in range(2)]
+    with pytest.raises(TransportError, match="share of 2 connections"):
+        await connect(info, raw_sessions, "127.0.0.1")
+    other = request(await connect(info, raw_sessions, "127.0.0.2"))
+    assert (await other.response())[0] == 200
+    assert endpoint.by_address == {"127.0.0.1": 2, "127.0.0.2": 1}
+    assert endpoint.refused_client == 1 and endpoint.refused_global == 0
+    await held[0].aclose()  # a connection that leaves gives its address's slot back
+    await wait_until_async(lambda: endpoint.by_address.get("127.0.0.1") == 1,
+                           what="the closed connection released")  # fmt: skip
+    again = request(await connect(info, raw_sessions, "127.0.0.1"))
+    assert (await again.response())[0] == 200
+
+
+async def test_sessions_beyond_the_per_connection_cap_get_429_saying_why(
+    served: Served, raw_sessions: list[QuicConn]
+) -> None:
+    conn = await connect(await discovery(served), raw_sessions)
+    for _ in range(MAX_SESSIONS_PER_CONNECTION):
+        assert (await request(conn).response())[0] == 200
+    status, body = await request(conn).response()
+    assert status == 429 and b"rate_limit_error" in body
+    assert f"maximum of {MAX_SESSIONS_PER_CONNECTION} sessions".encode() in body
+    assert served.app[ENDPOINT].sessions_refused == 1
+    rec, _ = await run(served)  # a new connection is served
+    assert rec.error == "" and len(rec.texts) == 12
+
+
+async def test_a_second_client_stream_in_a_session_closes_it_1008(
+    served: Served, raw_sessions: list[QuicConn]
+) -> None:
+    raw = await open_raw(served, raw_sessions, [])
+    assert (await raw.response())[0] == 200
+    control = raw.conn.h3.create_webtransport_stream(raw.id, is_unidirectional=False)
+    raw.conn.quic.send_stream_data(control, b"")
+    extra = raw.conn.h3.create_webtransport_stream(raw.id, is_unidirectional=True)
+    raw.conn.quic.send_stream_data(extra, b"x" * 100)
+    raw.conn.transmit()
+    [closed] = await raw.capsules()
+    assert isinstance(closed, codec.SessionClosed) and closed.code == 1008
+    assert "besides the control stream" in closed.message
+
+
+async def test_control_messages_beyond_the_inbox_bound_close_the_session_1008(
+    served: Served, raw_sessions: list[QuicConn]
+) -> None:
+    raw = await open_raw(served, raw_sessions, [])
+    assert (await raw.response())[0] == 200
+    control = raw.conn.h3.create_webtransport_stream(raw.id, is_unidirectional=False)
+    start = GenParams(tokens=10_000, rate=100.0, ttft_ms=0.0, seed=6)
+    raw.conn.quic.send_stream_data(control, codec.encode_start(start))
+    raw.conn.transmit()
+    await wait_until_async(lambda: raw.events.qsize() > 1, what="the stream started")
+    # one write, so every line is queued before the session's task reads one
+    flood = codec.encode_cancel() * (MAX_INBOX_MESSAGES + 4)
+    raw.conn.quic.send_stream_data(control, flood)
+    raw.conn.transmit()
+    closed = [c for c in await raw.capsules() if isinstance(c, codec.SessionClosed)]
+    assert [c.code for c in closed] == [1008]
+    assert f"over {MAX_INBOX_MESSAGES} control messages" in closed[0].message
+
+
+async def test_a_stream_with_a_gap_holds_at_most_the_receive_window(
+    served: Served, raw_sessions: list[QuicConn]
+) -> None:
+    """A stream whose first bytes never come: what follows waits in the server's reorder
+    buffer. aioquic alone doubles the stream's window whenever the highest offset passes half
+    of it, delivered or not, so that buffer could grow without bound."""
+    raw = await open_raw(served, raw_sessions, [])
+    assert (await raw.response())[0] == 200
+    [protocol] = served.app[ENDPOINT].protocols
+    control = raw.conn.h3.create_webtransport_stream(raw.id, is_unidirectional=False)
+    sender = raw.conn.quic._streams[control].sender
+    sender.write(b"\n" * 200)
+    sender._pending.subtract(0, sender._buffer_stop)  # never sent: a loss never repaired
+    server_streams = protocol._quic._streams
+    for _ in range(8):  # 8 windows offered; flow control lets one through
+        sender.write(b"z" * RECEIVE_WINDOW)
+        raw.conn.transmit()
+        await asyncio.sleep(0.02 * UNIT)
+    await wait_until_async(
+        lambda: (
+            control in server_streams
+            and server_streams[control].receiver.highest_offset > RECEIVE_WINDOW // 2
+        ),
+        what="bytes past half the window held behind the gap",
+    )
+    for _ in range(4):  # more sending rounds: the window must not move
+        raw.conn.transmit()
+        await asyncio.sleep(0.02 * UNIT)
+    stream = server_streams[control]
+    assert stream.max_stream_data_local == RECEIVE_WINDOW
+    assert stream.receiver.starting_offset() == 0
+    assert 0 < len(stream.receiver._buffer) <= RECEIVE_WINDOW
+
+
+async def test_an_endless_http3_frame_closes_its_connection_only(
+    served: Served, raw_sessions: list[QuicConn]
+) -> None:
+    """aioquic buffers a HEADERS frame whole, however long it says it is."""
+    conn = await connect(await discovery(served), raw_sessions)
+    sid = conn.quic.get_next_available_stream_id()
+    head = Buffer(capacity=16)
+    head.push_uint_var(0x1)  # HEADERS
+    head.push_uint_var(1 << 30)  # announced: 1 GiB
+    conn.quic.send_stream_data(sid, head.data + b"\0" * (2 * MAX_H3_BUFFER))
+    conn.transmit()
+    await wait_until_async(lambda: conn.terminated, what="the connection closed")
+    assert f"HTTP/3 frame of over {MAX_H3_BUFFER} bytes" in conn.terminated
+    rec, _ = await run(served)
+    assert rec.error == "" and len(rec.texts) == 12

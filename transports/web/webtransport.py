@@ -31,6 +31,29 @@ than WRITE_CHUNK_BYTES unacknowledged, or fewer than MAX_PENDING_DATAGRAMS datag
 beyond, it waits for the peer's acknowledgements (each received UDP datagram wakes the
 waiters), and `write_timeout_s` without progress closes the QUIC connection (the reader
 stopped reading: the TCP transports' abort). Per session that is one chunk plus one batch.
+
+What one client may hold (the TCP side's rule, transports/web/limits.py: no client takes
+memory or slots without bound, refusals are quiet and cheap):
+
+- QUIC connections: at most `max_connections` (`--max-connections`; its 0, the TCP side's
+  descriptor-derived cap, means DEFAULT_MAX_CONNECTIONS here: a QUIC connection costs memory,
+  not a descriptor) and `client_share` of that per peer address (an identity is not known
+  before the handshake). `_Server` checks both before aioquic makes a connection, and answers
+  the Initial with CONNECTION_CLOSE(CONNECTION_REFUSED) and a reason phrase: one packet of
+  at most 136 bytes, no state kept. The refusals are /stats' `refused_global`/`refused_client`.
+- Sessions: MAX_SESSIONS_PER_CONNECTION (16) on one connection; the next CONNECT gets 429
+  with the JSON error body. A browser opens one session per connection unless it pools.
+- Client streams: a session's first client bidirectional stream is its control stream; any
+  other stream the client opens in it closes the session 1008 (nothing is defined on it),
+  and gets STOP_SENDING. QUIC lets a client open MAX_CLIENT_BIDI_STREAMS and
+  MAX_CLIENT_UNI_STREAMS at once (aioquic: 128 each).
+- Buffers: each client stream's receive window is credit beyond what was delivered
+  (`_BoundedQuicConnection`, RECEIVE_WINDOW 128 KiB: aioquic's own doubling let a stream with
+  a gap grow its reorder buffer without limit), an HTTP/3 frame aioquic must hold whole is at
+  most MAX_H3_BUFFER (else the connection closes with H3_EXCESSIVE_LOAD), the CONNECT
+  stream's capsule parser holds at most one capsule of MAX_CAPSULE_BYTES (64 KiB), the
+  control stream's line buffer one line of MAX_LINE_BYTES (64 KiB), and a session's inbox at
+  most MAX_INBOX_MESSAGES lines (more waiting: 1008) plus its end.
 """
 
 from __future__ import annotations
@@ -40,6 +63,7 @@ import contextlib
 import dataclasses
 import datetime
 import logging
+import math
 import socket
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
@@ -48,6 +72,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.asyncio.server import QuicServer
+from aioquic.buffer import Buffer
 from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import (
     DataReceived,
@@ -55,9 +80,23 @@ from aioquic.h3.events import (
     HeadersReceived,
     WebTransportStreamDataReceived,
 )
-from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection
-from aioquic.quic.events import ConnectionTerminated, ProtocolNegotiated, QuicEvent
+from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
+from aioquic.quic.connection import (
+    MAX_STREAM_DATA_FRAME_CAPACITY,
+    TRANSPORT_CLOSE_FRAME_CAPACITY,
+    NetworkAddress,
+    QuicConnection,
+)
+from aioquic.quic.crypto import CryptoPair
+from aioquic.quic.events import (
+    ConnectionTerminated,
+    ProtocolNegotiated,
+    QuicEvent,
+    StreamDataReceived,
+)
+from aioquic.quic.packet import QuicErrorCode, QuicFrameType, QuicPacketType, pull_quic_header
+from aioquic.quic.packet_builder import QuicPacketBuilder
+from aioquic.quic.stream import QuicStream
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
@@ -68,6 +107,7 @@ from streams.errors import (
     PermissionDenied,
     ProtocolError,
     PushlabError,
+    QuotaExceeded,
 )
 from streams.hub import Hub, Stream, Token
 from transports import webtransport as codec
@@ -98,6 +138,32 @@ MAX_DATAGRAM_PAYLOAD = 1100
 MAX_PENDING_DATAGRAMS = 64  # about WRITE_CHUNK_BYTES of tokens waiting for the congestion window
 H3_NO_ERROR = 0x100
 H3_INTERNAL_ERROR = 0x102
+H3_EXCESSIVE_LOAD = 0x107  # RFC 9114 section 8.1
+
+# What one client may hold (the module docstring, "Bounds"). QUIC connections cost memory,
+# not descriptors, so `--max-connections 0` (the TCP side's descriptor-derived cap) gives
+# this fixed default here instead.
+DEFAULT_MAX_CONNECTIONS = 4096
+# Sessions one QUIC connection may carry. Chromium pools WebTransport sessions to an origin
+# on one connection only when the page asks (`allowPooling`) and the server allows it (a
+# later draft's SETTINGS_WEBTRANSPORT_MAX_SESSIONS; draft-02 has none), so a browser opens
+# one session per connection and the lab's clients do too; 16 leaves room for a pooling
+# client while the connection's share of memory stays a small multiple of one session's.
+MAX_SESSIONS_PER_CONNECTION = 16
+MAX_INBOX_MESSAGES = 16  # control lines read but not yet acted on, per session
+# Each stream the client opens may hold at most this much received-but-unread data: the
+# longest control line or capsule (64 KiB) and its framing fit. aioquic doubles a stream's
+# window whenever the highest offset seen passes half of it, consumed or not, so a client
+# that leaves a gap at the front of a stream grows the reorder buffer without limit
+# (`_BoundedQuicConnection`). The streams a client may have open at once: every session's
+# CONNECT and control stream, a few spare; HTTP/3's three unidirectional streams and spare.
+RECEIVE_WINDOW = 128 * 1024
+MAX_CLIENT_BIDI_STREAMS = 2 * MAX_SESSIONS_PER_CONNECTION + 4
+MAX_CLIENT_UNI_STREAMS = 16
+# aioquic's HTTP/3 layer buffers a frame it must parse whole (HEADERS, SETTINGS, a stream
+# blocked on QPACK) with no limit of its own, as the QUIC layer delivers it; our requests'
+# header blocks are well under 1 KiB, so a frame this large is a client's attack
+MAX_H3_BUFFER = RECEIVE_WINDOW
 
 
 @dataclasses.dataclass
@@ -116,8 +182,14 @@ class Endpoint:
     server: QuicServer | None = None
     rcvbuf: int = -1
     sndbuf: int = -1
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_per_address: int = DEFAULT_MAX_CONNECTIONS // 2
     connections: int = 0  # QUIC connections open now
     connections_total: int = 0
+    by_address: dict[str, int] = dataclasses.field(default_factory=dict)  # deleted at zero
+    refused_global: int = 0  # new connections refused: the endpoint was full
+    refused_client: int = 0  # ... the peer's address held its share
+    sessions_refused: int = 0  # sessions beyond MAX_SESSIONS_PER_CONNECTION (429)
     sessions: int = 0  # sessions open now (counters["open"] counts them too)
     sessions_total: int = 0
     # ports of this server's HTTP listener a page can have come from (its Origin), learnt
@@ -137,6 +209,12 @@ class Endpoint:
             "cc": self.config.quic_cc,
             "connections": self.connections,
             "connections_total": self.connections_total,
+            "max_connections": self.max_connections,
+            "max_per_address": self.max_per_address,
+            "addresses": len(self.by_address),
+            "refused_global": self.refused_global,
+            "refused_client": self.refused_client,
+            "sessions_refused": self.sessions_refused,
             "sessions": self.sessions,
             "sessions_total": self.sessions_total,
             "rcvbuf": self.rcvbuf,
@@ -164,8 +242,10 @@ class _Protocol(QuicConnectionProtocol):
         endpoint.protocols.add(self)
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
-        if not self.peer:
+        if not self.peer:  # the first datagram: the one _Server admitted
             self.peer = str(addr[0])
+            by_address = self.endpoint.by_address
+            by_address[self.peer] = by_address.get(self.peer, 0) + 1
         super().datagram_received(data, addr)
         self.wake_writers()  # an ACK may have freed send buffer or congestion window
 
@@ -191,13 +271,23 @@ class _Protocol(QuicConnectionProtocol):
                     log.error("webtransport event handling failed", exc_info=exc)
                     session = self.sessions.get(getattr(h3_event, "session_id", -1))
                     if session is not None:
-                        session.inbox.put_nowait(PushlabError("internal error"))
+                        session.post(PushlabError("internal error"))
+            if isinstance(event, StreamDataReceived):
+                stream = self.h3._stream.get(event.stream_id)
+                if stream is not None and len(stream.buffer) > MAX_H3_BUFFER:
+                    why = f"an HTTP/3 frame of over {MAX_H3_BUFFER} bytes"
+                    self.close(error_code=H3_EXCESSIVE_LOAD, reason_phrase=why)
 
     def _terminated(self, reason: str) -> None:
         if self.gone:
             return
         self.gone = True
         self.endpoint.connections -= 1
+        by_address = self.endpoint.by_address
+        if self.peer in by_address:
+            by_address[self.peer] -= 1
+            if not by_address[self.peer]:
+                del by_address[self.peer]
         self.endpoint.protocols.discard(self)
         self.wake_writers(ConnectionError(f"QUIC connection closed: {reason}"))
         for session in list(self.sessions.values()):
@@ -242,6 +332,15 @@ class _Protocol(QuicConnectionProtocol):
             self.endpoint.counters["errors"] += 1
             self._respond(event.stream_id, exc.status, exception_body(exc),
                           www_auth=exc.status == 401)  # fmt: skip
+            return
+        if len(self.sessions) >= MAX_SESSIONS_PER_CONNECTION:
+            self.endpoint.sessions_refused += 1
+            self.endpoint.counters["errors"] += 1
+            full = QuotaExceeded(
+                f"this connection holds its maximum of {MAX_SESSIONS_PER_CONNECTION} sessions; "
+                "open another connection"
+            )
+            self._respond(event.stream_id, full.status, exception_body(full))
             return
         identity = claim.identity if claim is not None else ""
         self.h3.send_headers(
@@ -326,7 +425,9 @@ class Session:
         self.control: int | None = None
         self.lines = codec.LineBuffer()
         self.capsules = codec.CapsuleParser()
+        # at most MAX_INBOX_MESSAGES lines, then one error or None (`_post`)
         self.inbox: asyncio.Queue[bytes | PushlabError | None] = asyncio.Queue()
+        self.inbox_ended = False  # an error or None is queued: nothing after it is read
         self.closed = False  # a close capsule was sent, or the peer ended the session
         self.fin_sent = False  # our half of the CONNECT stream has ended
         self.stream: Stream | None = None
@@ -338,16 +439,37 @@ class Session:
 
     # --- input (from the protocol's event handler, synchronous) ------------------------
 
+    def post(self, item: bytes | PushlabError | None) -> None:
+        """Queue a control line, or the error or end that stops the session's task; a line
+        beyond MAX_INBOX_MESSAGES waiting is a 1008 (the client sends faster than its
+        commands are served), and nothing is queued after an error or the end."""
+        if self.inbox_ended:
+            return
+        if isinstance(item, bytes) and self.inbox.qsize() >= MAX_INBOX_MESSAGES:
+            item = ProtocolError(f"over {MAX_INBOX_MESSAGES} control messages waiting to be served")
+        self.inbox_ended = not isinstance(item, bytes)
+        self.inbox.put_nowait(item)
+
     def stream_data(self, stream_id: int, data: bytes, ended: bool) -> None:
         if self.control is None and stream_id % 4 == 0:  # client-initiated bidirectional
             self.control = stream_id
         if stream_id != self.control:
-            return  # another stream of the client's: nothing is defined on it
+            # Nothing is defined on any other client stream: a policy violation (1008), and
+            # STOP_SENDING so the peer's stream stops holding one of its connection's slots.
+            with contextlib.suppress(Exception):  # already stopped or finished
+                self.proto._quic.stop_stream(stream_id, H3_NO_ERROR)
+            self.post(ProtocolError(
+                "a client stream besides the control stream (the session's first "
+                "bidirectional stream): nothing is defined on it"
+            ))  # fmt: skip
+            return
+        if self.inbox_ended:
+            return
         try:
             for line in self.lines.feed(data):
-                self.inbox.put_nowait(line)
+                self.post(line)
         except ProtocolError as exc:
-            self.inbox.put_nowait(exc)
+            self.post(exc)
 
     def connect_stream_data(self, data: bytes, ended: bool) -> None:
         try:
@@ -359,12 +481,12 @@ class Session:
                 self.capsules.end()
                 self.peer_gone()  # FIN on the CONNECT stream ends the session (draft-02 5)
         except ProtocolError as exc:
-            self.inbox.put_nowait(exc)
+            self.post(exc)
 
     def peer_gone(self) -> None:
         """The client closed the session (capsule or FIN) or the connection is lost."""
         self.closed = True
-        self.inbox.put_nowait(None)
+        self.post(None)
 
     # --- the session's task ------------------------------------------------------------
 
@@ -537,6 +659,120 @@ class Session:
         proto.transmit()
 
 
+# --- the listener: admission of new connections ------------------------------------------------
+
+
+def encode_refusal(version: int, client_dcid: bytes, client_scid: bytes, reason: str) -> bytes:
+    """A server Initial packet that closes the connection at once: CONNECTION_CLOSE (type
+    0x1c) with CONNECTION_REFUSED, "the server refused to accept a new connection" (RFC 9000
+    section 20.1). Its keys are the Initial keys of the client's Destination Connection ID,
+    which any observer can derive (RFC 9001 section 5.2): the refusal is as authentic as the
+    client's Initial, no more. 48 bytes with 8-byte connection ids and no reason, at most 136
+    (20-byte ids, the reason cut to 64; ours are under 70) answer at least 1200 (RFC 9000
+    section 14.1): well under the 3x an unvalidated address may be sent (section 8.1). As
+    aioquic's own INVALID_TOKEN close (`aioquic.asyncio.server._encode_invalid_token_close`)."""
+    crypto = CryptoPair()
+    crypto.setup_initial(cid=client_dcid, is_client=False, version=version)
+    builder = QuicPacketBuilder(host_cid=client_dcid, is_client=False, version=version,
+                                max_datagram_size=SMALLEST_MAX_DATAGRAM_SIZE,
+                                peer_cid=client_scid)  # fmt: skip
+    builder.start_packet(QuicPacketType.INITIAL, crypto)
+    phrase = reason.encode()[:64]
+    buf = builder.start_frame(QuicFrameType.TRANSPORT_CLOSE,
+                              capacity=TRANSPORT_CLOSE_FRAME_CAPACITY + len(phrase))  # fmt: skip
+    buf.push_uint_var(QuicErrorCode.CONNECTION_REFUSED)
+    buf.push_uint_var(QuicFrameType.PADDING)  # frame type 0: no frame caused it
+    buf.push_uint_var(len(phrase))
+    buf.push_bytes(phrase)
+    datagrams, _ = builder.flush()
+    return datagrams[0]
+
+
+class _Server(QuicServer):
+    """aioquic's QuicServer, with the endpoint's caps checked before a connection is made.
+
+    A connection is made in `QuicServer.datagram_received` for an Initial of at least 1200
+    bytes whose Destination Connection ID names no connection yet; that is the one datagram
+    refused here (every other goes to aioquic untouched: the hot path gains a dict lookup).
+    The refusal keeps no state: a client that retransmits its Initial is refused again."""
+
+    def __init__(self, endpoint: Endpoint, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.endpoint = endpoint
+
+    def datagram_received(self, data: bytes | str, addr: NetworkAddress) -> None:
+        assert isinstance(data, bytes)
+        ep = self.endpoint
+        if len(data) >= SMALLEST_MAX_DATAGRAM_SIZE and (
+            ep.connections >= ep.max_connections
+            or ep.by_address.get(addr[0], 0) >= ep.max_per_address
+        ):
+            try:
+                cid_length = self._configuration.connection_id_length
+                header = pull_quic_header(Buffer(data=data), host_cid_length=cid_length)
+            except ValueError:
+                return
+            if (
+                header.packet_type == QuicPacketType.INITIAL
+                and header.destination_cid not in self._protocols
+                and header.version in self._configuration.supported_versions
+            ):
+                assert header.version is not None and self._transport is not None
+                if ep.connections >= ep.max_connections:
+                    ep.refused_global += 1
+                    reason = f"the server holds its maximum of {ep.max_connections} connections"
+                else:
+                    ep.refused_client += 1
+                    reason = f"this address holds its share of {ep.max_per_address} connections"
+                self._transport.sendto(
+                    encode_refusal(header.version, header.destination_cid, header.source_cid,
+                                   reason), addr)  # fmt: skip
+                return
+        super().datagram_received(data, addr)
+
+
+class _BoundedQuicConnection(QuicConnection):
+    """aioquic's server connection with bounded receive buffers (see RECEIVE_WINDOW).
+
+    aioquic raises a stream's flow-control window by doubling it whenever the highest offset
+    received passes half of it (`QuicConnection._write_stream_limits`), whether or not the
+    bytes before it arrived: a client that never sends a stream's first byte can make the
+    receiver's reorder buffer (`QuicStreamReceiver._buffer`) grow by doubling. Here the
+    window is credit beyond what was delivered in order (`receiver.starting_offset()`, bytes
+    already handed to the application as events), so a stream holds at most RECEIVE_WINDOW
+    bytes, and the client may open MAX_CLIENT_BIDI_STREAMS and MAX_CLIENT_UNI_STREAMS at
+    once instead of aioquic's 128 each (RFC 9000 section 4.6: a closed stream gives its slot
+    back, as aioquic does)."""
+
+    @classmethod
+    def bound(cls, quic: QuicConnection) -> QuicConnection:
+        """`quic`, made one of these. QuicServer makes its QuicConnection itself, with no
+        hook for the class; this runs in `create_protocol`, before the connection read its
+        first datagram, so the transport parameters it sends already carry the limits."""
+        quic.__class__ = cls
+        quic._local_max_streams_bidi.value = MAX_CLIENT_BIDI_STREAMS
+        quic._local_max_streams_uni.value = MAX_CLIENT_UNI_STREAMS
+        return quic
+
+    def _write_stream_limits(self, builder: Any, space: Any, stream: QuicStream) -> None:
+        """aioquic's method (MAX_STREAM_DATA when the window moves; qlog left out: the
+        server keeps none) with credit instead of doubling; raised once half the window was
+        consumed, so one frame per half window, as aioquic batches."""
+        if not stream.max_stream_data_local:  # a stream of ours that receives nothing
+            return
+        credit = stream.receiver.starting_offset() + RECEIVE_WINDOW
+        if credit - stream.max_stream_data_local >= RECEIVE_WINDOW // 2:
+            stream.max_stream_data_local = credit
+        if stream.max_stream_data_local_sent != stream.max_stream_data_local:
+            buf = builder.start_frame(QuicFrameType.MAX_STREAM_DATA,
+                                      capacity=MAX_STREAM_DATA_FRAME_CAPACITY,
+                                      handler=self._on_max_stream_data_delivery,
+                                      handler_args=(stream,))  # fmt: skip
+            buf.push_uint_var(stream.stream_id)
+            buf.push_uint_var(stream.max_stream_data_local)
+            stream.max_stream_data_local_sent = stream.max_stream_data_local
+
+
 # --- the listener and the discovery route ---------------------------------------------------
 
 
@@ -558,6 +794,7 @@ async def _endpoint_context(app: web.Application) -> AsyncIterator[None]:
         alpn_protocols=list(H3_ALPN),
         max_datagram_frame_size=65536,
         congestion_control_algorithm=config.quic_cc,
+        max_stream_data=RECEIVE_WINDOW,  # each stream's first window; see _BoundedQuicConnection
     )
     quic_config.certificate = x509.load_pem_x509_certificate(cert.cert_pem)
     quic_config.private_key = load_pem_private_key(cert.key_pem, password=None)
@@ -577,15 +814,18 @@ async def _endpoint_context(app: web.Application) -> AsyncIterator[None]:
         rcvbuf=sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
         sndbuf=sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
     )  # fmt: skip
+    endpoint.max_connections = config.max_connections or DEFAULT_MAX_CONNECTIONS
+    endpoint.max_per_address = math.ceil(endpoint.max_connections * config.client_share)
     if config.port:
         endpoint.http_ports.add(config.port)
 
     def create_protocol(quic: QuicConnection, **kwargs: Any) -> _Protocol:
-        return _Protocol(quic, endpoint=endpoint, **kwargs)
+        return _Protocol(_BoundedQuicConnection.bound(quic), endpoint=endpoint, **kwargs)
 
     loop = asyncio.get_running_loop()
     _, server = await loop.create_datagram_endpoint(
-        lambda: QuicServer(configuration=quic_config, create_protocol=create_protocol), sock=sock
+        lambda: _Server(endpoint, configuration=quic_config, create_protocol=create_protocol),
+        sock=sock,
     )
     endpoint.server = server
     app[ENDPOINT] = endpoint
