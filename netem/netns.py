@@ -7,6 +7,7 @@ Theory of operation
     root namespace (client)                      pushlab-<pid>-<n> (server)
     pushlab-x<X>  198.18.X.1/30  <--- veth --->  veth0  198.18.X.2/30,  lo up
     [tbf: up]                                    [tbf: down]  [nft table inet pushlab]
+    [nft table netdev pushlab_x<X>]
 
 Addresses come from 198.18.0.0/15 (RFC 2544, benchmarking). X is claimed atomically by
 creating the root-side interface `pushlab-x<X>` (interface names are unique, so two
@@ -14,11 +15,24 @@ processes can never get the same X); its alias names the namespace, so a leftove
 attributed. `popen` runs a command inside the namespace with `ip netns exec`.
 
 Loss (`LinkSpec.loss_pct`) applies to BOTH directions, as "packet loss on a path" usually
-means: the namespace's nftables table `inet pushlab` has one rule on the `input` hook
-(client -> server) and one on `output` (server -> client), each
-`iifname|oifname "veth0" meta l4proto tcp numgen random mod 10000 < N counter name ... drop`.
-Only TCP on the veth is dropped (loopback inside the namespace and ICMP are not), with a
-resolution of 0.01 %. There is no seed: `numgen random` draws from the kernel's own PRNG.
+means, and always on the RECEIVING side, as a lossy path drops: the sender never learns of
+it. Client -> server: the namespace's nftables table `inet pushlab`, `input` hook,
+`iifname "veth0" meta l4proto { tcp, udp } numgen random mod 10000 < N counter name
+"dropped_in" drop`. Server -> client: the same rule (counter "dropped_out") in the root
+namespace's table `netdev pushlab_x<X>`, on the `ingress` hook of `pushlab-x<X>` only (no
+other interface of the machine is touched; `close()` and `cleanup_stale()` delete it, as
+the kernel keeps a netdev table after its device is gone). TCP and UDP are dropped alike,
+so QUIC (HTTP/3, WebTransport: UDP) suffers the same loss as TCP; loopback inside the
+namespace, ICMP and ARP are not, with a resolution of 0.01 %. There is no seed: `numgen
+random` draws from the kernel's own PRNG. Each counter counts both protocols together.
+
+Why not the namespace's `output` hook for server -> client (as this module first did, TCP
+only): a packet dropped on a local output hook fails the sender's own send with EPERM.
+MEASURED here with a UDP echo at 30 %: the first dropped reply made its `sendto` raise
+PermissionError. TCP absorbs that (the segment stays queued and goes again), asyncio hands
+it to `error_received`, but quic-go (Caddy's HTTP/3) destroys the whole connection on any
+send error but "message too long" (send_queue.go returns it; read in quic-go's source, not
+measured here): a local drop is not loss, and must not look like a broken socket.
 Both veth ends get `gso_max_segs 1`, so the stack hands the veth MSS-sized packets; without
 it a "packet" is a GSO super-packet of up to 64 KiB and one drop loses ~45 segments at once.
 Both ends also get one queue with RPS over all CPUs: a veth delivers on the backlog of the
@@ -71,6 +85,7 @@ _TEE = _tool("tee")
 _CMD_TIMEOUT_S = 10.0
 _STOP_TIMEOUT_S = 3.0
 _NS_RE = re.compile(r"^pushlab-(\d+)-\w+$")
+_STALE_TABLE_RE = re.compile(r"^pushlab_x\d+$")  # a root-side loss table (`_ingress_table`)
 _NS_IF = "veth0"
 _LOSS_MOD = 10_000  # numgen modulus: loss resolution 0.01 %
 _TBF_BURST_S = 0.010
@@ -119,21 +134,46 @@ def _cpu_mask(n_cpus: int) -> str:
     return ",".join(reversed(groups))
 
 
-def _nft_script(loss_pct: float) -> str:
-    """The whole `inet pushlab` table, loadable again to change the loss atomically."""
+def _drop_rule(loss_pct: float) -> str:
+    """The match of both loss rules: TCP and UDP, `loss_pct` of them at random."""
     threshold = round(loss_pct * _LOSS_MOD / 100)
-    rule = f"meta l4proto tcp numgen random mod {_LOSS_MOD} < {threshold}"
+    return f"meta l4proto {{ tcp, udp }} numgen random mod {_LOSS_MOD} < {threshold}"
+
+
+def _nft_script(loss_pct: float) -> str:
+    """The namespace's `inet pushlab` table (client -> server drops, received on veth0),
+    loadable again to change the loss atomically."""
     return f"""table inet pushlab {{
     counter dropped_in {{ }}
-    counter dropped_out {{ }}
     chain input {{ type filter hook input priority filter; policy accept; }}
-    chain output {{ type filter hook output priority filter; policy accept; }}
 }}
 flush chain inet pushlab input
-flush chain inet pushlab output
-add rule inet pushlab input iifname "{_NS_IF}" {rule} counter name "dropped_in" drop
-add rule inet pushlab output oifname "{_NS_IF}" {rule} counter name "dropped_out" drop
+add rule inet pushlab input iifname "{_NS_IF}" {_drop_rule(loss_pct)} counter name "dropped_in" drop
 """
+
+
+def _ingress_table(device: str) -> str:
+    """The root-side table's name for `device` (nft names: no hyphen)."""
+    return device.replace("-", "_")
+
+
+def _ingress_script(device: str, loss_pct: float) -> str:
+    """Table `netdev <device>` dropping server -> client packets as `device` receives them;
+    loadable again to change the loss atomically (declared, flushed, refilled)."""
+    table = _ingress_table(device)
+    return f"""table netdev {table} {{
+    counter dropped_out {{ }}
+    chain ingress {{ type filter hook ingress device "{device}" priority filter; policy accept; }}
+}}
+flush chain netdev {table} ingress
+add rule netdev {table} ingress {_drop_rule(loss_pct)} counter name "dropped_out" drop
+"""
+
+
+def _delete_ingress_table(device: str) -> None:
+    """Delete the root-side table of `device`, if there is one."""
+    table = _ingress_table(device)
+    _run([_NFT, "-f", "-"], stdin=f"table netdev {table} {{ }}\ndelete table netdev {table}\n")
 
 
 def _tbf_args(rate_bps: float) -> list[str]:
@@ -176,6 +216,7 @@ def _probes(ns: str) -> dict[str, list[_Step]]:
                          "1%"])],
         "nft_random_drop": [
             _Step([_NFT, "-f", "-"], _nft_script(1.0), ns),
+            _Step([_NFT, "-f", "-"], _ingress_script("p1", 1.0), ns),
             _Step(_NFT_COUNTERS, None, ns),
         ],
     }  # fmt: skip
@@ -214,8 +255,9 @@ def capabilities() -> Capabilities:
 
 @dataclass(frozen=True)
 class LinkSpec:
-    """Conditions on the path: `loss_pct` drops TCP packets in both directions (0-100, to
-    0.01 %, kernel RNG, no seed); `rate_bps` limits each direction with tbf (None = unlimited).
+    """Conditions on the path: `loss_pct` drops TCP and UDP packets in both directions (0-100,
+    to 0.01 %, kernel RNG, no seed); `rate_bps` limits each direction with tbf (None =
+    unlimited).
     """
 
     loss_pct: float = 0.0
@@ -266,6 +308,8 @@ class NetnsLink:
             self._octet = self._claim_host_if()
             self.host_if = f"pushlab-x{self._octet}"
             undo.callback(_run, [_IP, "link", "del", "dev", self.host_if])
+            if self._has_nft:
+                undo.callback(_delete_ingress_table, self.host_if)
             self._configure()
             self._undo = undo.pop_all()
 
@@ -323,6 +367,7 @@ class NetnsLink:
 
     def _load_nft(self, loss_pct: float) -> None:
         _run([_NFT, "-f", "-"], stdin=_nft_script(loss_pct), netns=self.name)
+        _run([_NFT, "-f", "-"], stdin=_ingress_script(self.host_if, loss_pct))
 
     def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
         """Start `argv` inside the namespace; `close()` stops it by its pid."""
@@ -345,7 +390,11 @@ class NetnsLink:
         """Packets and bytes dropped by the loss rules since the link was made."""
         result = {f"dropped_{d}_{u}": 0 for d in ("in", "out") for u in ("packets", "bytes")}
         if self._has_nft:
-            for item in json.loads(_run(_NFT_COUNTERS, netns=self.name))["nftables"]:
+            table = ["netdev", _ingress_table(self.host_if)]
+            root_counters = [_NFT, "-j", "list", "counters", "table", *table]
+            items = [*json.loads(_run(_NFT_COUNTERS, netns=self.name))["nftables"],
+                     *json.loads(_run(root_counters))["nftables"]]  # fmt: skip
+            for item in items:
                 counter = item.get("counter")
                 if counter and counter["name"] in ("dropped_in", "dropped_out"):
                     result[f"{counter['name']}_packets"] = int(counter["packets"])
@@ -404,4 +453,15 @@ def cleanup_stale() -> list[str]:
         if _is_stale(entry["name"]):
             _delete_namespace(entry["name"])
             removed.append(entry["name"])
+    # root-side loss tables whose veth is gone (the kernel keeps them after the device); the
+    # tables first: a link makes its veth before its table, so a live one's veth is listed
+    if capabilities().nft_random_drop:
+        tables = json.loads(_run([_NFT, "-j", "list", "tables", "netdev"]) or "{}")
+        links = json.loads(_run([_IP, "-j", "link", "show"]) or "[]")
+        devices = {link["ifname"] for link in links}
+        for item in tables.get("nftables", []):
+            name = item.get("table", {}).get("name", "")
+            if _STALE_TABLE_RE.match(name) and name.replace("_", "-") not in devices:
+                _delete_ingress_table(name.replace("_", "-"))
+                removed.append(f"netdev {name}")
     return removed

@@ -6,6 +6,7 @@ Every test ends by proving nothing of this process is left (`_nothing_left`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -61,7 +62,17 @@ def _ours() -> set[str]:
     namespaces = {entry["name"] for entry in json.loads(_ip("-j", "netns", "list") or "[]")}
     links = json.loads(_ip("-j", "link", "show", "type", "veth") or "[]")
     ours = {name for name in namespaces if name.startswith(prefix)}
-    return ours | {link["ifname"] for link in links if link.get("ifalias", "").startswith(prefix)}
+    ours |= {link["ifname"] for link in links if link.get("ifalias", "").startswith(prefix)}
+    # a root-side loss table whose veth is gone (ours, or anyone's: none may be left over)
+    tables = json.loads(_nft("-j", "list", "tables", "netdev") or "{}").get("nftables", [])
+    names = {item["table"]["name"] for item in tables if "table" in item}
+    devices = {link["ifname"] for link in json.loads(_ip("-j", "link", "show") or "[]")}
+    return ours | {f"netdev {name}" for name in names
+                   if name.startswith("pushlab_x") and name.replace("_", "-") not in devices}
+
+
+def _nft(*args: str) -> str:
+    return subprocess.run(["nft", *args], capture_output=True, text=True, check=True).stdout
 
 
 def _ip(*args: str) -> str:
@@ -170,6 +181,68 @@ def test_loss_is_repaired_by_tcp_and_counted() -> None:
         print(f"20 % loss, 300 kB echoed: total_retrans={retrans} counters={counters}")
         assert retrans > 0
         assert counters["dropped_in_packets"] > 0 and counters["dropped_out_packets"] > 0
+
+
+UDP_ECHO = r"""
+import socket, sys
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind((sys.argv[1], int(sys.argv[2])))
+while True:
+    data, peer = sock.recvfrom(2048)
+    sock.sendto(data, peer)
+"""
+
+
+def test_loss_rules_drop_tcp_and_udp_where_they_are_received() -> None:
+    inside = netns._nft_script(5.0)  # client -> server: the namespace receives on veth0
+    root = netns._ingress_script("pushlab-x7", 5.0)  # server -> client: the root side does
+    rules = [line for text in (inside, root) for line in text.splitlines()
+             if line.startswith("add rule")]  # fmt: skip
+    assert rules == [
+        'add rule inet pushlab input iifname "veth0" meta l4proto { tcp, udp } numgen random '
+        'mod 10000 < 500 counter name "dropped_in" drop',
+        "add rule netdev pushlab_x7 ingress meta l4proto { tcp, udp } numgen random "
+        'mod 10000 < 500 counter name "dropped_out" drop',
+    ]
+    assert 'hook ingress device "pushlab-x7"' in root
+    assert "output" not in inside  # a local output drop fails the sender's send (EPERM)
+
+
+def test_udp_is_dropped_and_counted() -> None:
+    """QUIC rides UDP: the loss rule drops datagrams too, both ways, and counts them."""
+    sent = 400
+    with NetnsLink(LinkSpec(loss_pct=30)) as link:
+        link.popen([sys.executable, "-c", UDP_ECHO, link.server_host, str(PORT)])
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)  # holds every echo
+            sock.settimeout(0.05)
+            # the echo is up once one probe round-trips (each probe crosses the loss twice)
+            def probe() -> bool:
+                sock.sendto(b"probe", (link.server_host, PORT))
+                try:
+                    return sock.recv(64) == b"probe"
+                except TimeoutError:
+                    return False
+
+            wait_until(probe, what="the UDP echo answers")
+            before = link.counters()
+            for i in range(sent):
+                sock.sendto(f"{i:04d}".encode(), (link.server_host, PORT))
+                time.sleep(0.001)
+            echoed = set()
+            with contextlib.suppress(TimeoutError):
+                while True:
+                    echoed.add(sock.recv(64))
+            after = link.counters()
+    dropped_in = after["dropped_in_packets"] - before["dropped_in_packets"]
+    dropped_out = after["dropped_out_packets"] - before["dropped_out_packets"]
+    received = len(echoed - {b"probe"})
+    print(f"30 % loss each way, {sent} datagrams: {received} echoed, "
+          f"dropped in={dropped_in} out={dropped_out}")  # fmt: skip
+    assert dropped_in > 0 and dropped_out > 0
+    # every datagram sent either came back or was dropped on one of the two crossings
+    assert received + dropped_in + dropped_out == sent
+    assert received < sent
 
 
 def test_tbf_limits_bandwidth() -> None:
