@@ -130,6 +130,72 @@ def test_loss_makes_tcp_retransmit_and_still_delivers_everything() -> None:
 
 
 @pytest.mark.slow
+def test_loss_reaches_quic_too_and_reports_every_arm() -> None:
+    """QUIC crosses the same loss: WebTransport (stream and datagram delivery) to the server's
+    own endpoint, and N SSE streams through Caddy over one HTTP/3 connection, one HTTP/2
+    connection or N HTTP/1.1 connections; datagram losses are counted, never dropped."""
+    quick = loss.quick(loss.Spec())
+    assert (quick.losses_pct, quick.clients, quick.streams, quick.datagram) == ((0.0, 10.0), 1,
+                                                                                 4, True)
+    assert "webtransport" in quick.transports  # every registered transport, QUIC's included
+    spec = dataclasses.replace(quick, transports=("sse", "webtransport"), streams=3)
+    tables = loss.run(spec)
+    arms = tables.extra["arms"].set_index(["loss_pct", "arm"])
+    shared = [label for label, _, _ in loss.shared_arms(3)]
+    expected = ["sse", "webtransport", "webtransport datagram", *shared]
+    assert sorted(arms.index) == sorted((lp, a) for lp in (0.0, 10.0) for a in expected)
+    # the main tables keep the per-transport arms only (the datagram one has its own rows)
+    assert set(tables.streams["condition"]) == {"loss=0%", "loss=10%"}
+    assert set(tables.extra["arm_streams"]["condition"]) == {
+        f"loss={lp:g}% {a}" for lp in (0, 10) for a in ["webtransport datagram", *shared]}
+    for (lp, arm), row in arms.iterrows():
+        assert row["tokens_received"] + row["tokens_lost"] == row["tokens_expected"], arm
+        assert row["n"] == row["tokens_received"]  # one latency per token that came
+        if row["delivery"] != "datagram":  # reliable: loss costs time, never tokens
+            assert (row["tokens_lost"], row["completed"]) == (0, row["streams"]), (lp, arm)
+    assert arms.loc[(10.0, shared[0]), "connections"] == 1  # HTTP/3: ONE QUIC connection
+    assert arms.loc[(10.0, shared[1]), "connections"] == 1  # HTTP/2: ONE TCP connection
+    assert arms.loc[(10.0, shared[2]), "connections"] == 3  # HTTP/1.1: one per stream
+    # what carried each arm: aioquic's reno for QUIC, the kernel's controller for TCP
+    for arm in ("webtransport", "webtransport datagram", shared[0]):
+        assert arms.loc[(10.0, arm), "cc"] == "reno" and arms.loc[(10.0, arm), "rcvbuf"] > 0
+    assert arms.loc[(10.0, "sse"), "cc"] == "kernel"
+    lossy = arms.loc[10.0]
+    assert (lossy["dropped_in_packets"] + lossy["dropped_out_packets"]).sum() > 0
+    clean = arms.loc[0.0]
+    assert (clean["dropped_in_packets"] + clean["dropped_out_packets"]).sum() == 0
+    path = tables.extra["path"].set_index("side")
+    assert len(path) == 3 and (path["tcp_congestion_control"] != "unknown").all()
+    assert path["quic_cc"].str.startswith("reno").all()
+    assert path["rmem_max"].str.isdigit().all()
+    facts = loss.loss_facts(tables.extra["arms"])
+    assert facts["webtransport"]["n:loss_dgram_tokens_lost"] == spec.tokens
+    assert facts["webtransport"]["loss_dgram_tokens_lost"] == lossy.loc["webtransport datagram",
+                                                                         "tokens_lost"]
+    assert facts["sse"]["n:loss_h3_p99_ms"] == 3 and facts["sse"]["n:loss_p99_ms"] == spec.tokens
+    text = loss.loss_reading(tables.extra["arms"], tables.extra["path"])
+    assert text.startswith("At 10% loss each way, token latency p99: sse ")
+    assert "webtransport datagram lost " in text and "HTTP/3 x3 one connection" in text
+    assert "QUIC reno" in text and "TCP " in text
+
+
+def test_loss_arm_summary_counts_datagram_losses() -> None:
+    """Hand-made rows: a stream missing two tokens reports them as lost, its p99 over the
+    tokens that came, and the per-stream figures."""
+    from analysis.loss import arm_summary
+
+    tokens = pd.DataFrame({"stream_id": ["a"] * 3 + ["b"] * 5, "seq": [0, 1, 4, 0, 1, 2, 3, 4],
+                           "t_recv_ns": range(8), "latency_ms": [1.0] * 7 + [9.0]})
+    streams = pd.DataFrame({"error": ["", ""], "lost": [2, 0], "tokens_expected": [5, 5],
+                            "tokens_received": [3, 5], "gap_max_ms": [40.0, 20.0],
+                            "connections": [1, 1], "retransmits": [0, 3]})
+    got = arm_summary(tokens, streams)
+    assert (got["tokens_lost"], got["tokens_received"], got["n"]) == (2, 8, 8)
+    assert (got["completed"], got["gap_max_ms"], got["retransmits"]) == (1, 40.0, 3)
+    assert got["p99_ms"] > 1.0 and got["stream_p99_ms_median"] > 1.0
+
+
+@pytest.mark.slow
 def test_proxy_nginx_in_the_path_and_http10_turns_streams_into_one_burst(
     tmp_path: Path,
 ) -> None:
