@@ -17,6 +17,8 @@ as plain dicts; it prints nothing (progress goes to a callback) and writes nothi
 | `redis_log` | 13a | streams1000's SSE load: pushlab on the Redis log vs the in-memory hub |
 | `streams5000_workers` | 13b | streams5000's load: `--workers 2` on the Redis log vs one process |
 | `abuse` | 14 | one client's attacks (benchmarks/abuse.py): values against limits, no reference |
+| `webtransport` | wt | 100 WebTransport sessions vs 100 WebSocket streams x 20 tokens/s |
+| `quic_delay` | quic | HTTP/3 via Caddy: a 40 ms one-way UDP delay seen in token latency |
 
 `streams1000` on SSE also measures the peer stack (`benchmarks/peer.py`, FastAPI +
 sse-starlette on uvicorn) as a second reference: issue 13's token latency p50 target.
@@ -80,6 +82,14 @@ class Profile:
     h2_reps: int = 5
     peer: bool = True  # streams1000 on SSE also measures the peer stack (benchmarks/peer.py)
     abuse_sizes: str = "issue"  # abuse: the issue's sizes, or "toy" (benchmarks.abuse.TOY)
+    wt_sessions: int = 100  # webtransport: sessions, and as many WebSocket streams
+    wt_tokens: int = 200  # webtransport: tokens per stream (10 s at 20/s; the ramp takes 5)
+    wt_rate: float = 20.0
+    wt_reps: int = 2
+    delay_streams: int = 10  # quic_delay: HTTP/3 streams per arm, one connection each
+    delay_tokens: int = 100
+    delay_rate: float = 20.0
+    delay_reps: int = 3
 
 
 FULL = Profile()
@@ -101,6 +111,12 @@ QUICK = Profile(
     h2_tokens=5000,
     h2_reps=1,
     abuse_sizes="toy",
+    wt_sessions=10,
+    wt_tokens=20,
+    wt_reps=1,
+    delay_streams=2,
+    delay_tokens=20,
+    delay_reps=1,
 )
 
 
@@ -277,6 +293,22 @@ def abuse(ctx: Ctx) -> list[Trial]:
     return probes.measure(sizes, ctx.record)
 
 
+def webtransport(ctx: Ctx) -> list[Trial]:
+    """WebTransport against WebSocket on one server (`benchmarks.webtransport`)."""
+    from benchmarks import webtransport as wt
+
+    p = ctx.profile
+    return wt.measure(p.wt_sessions, p.wt_tokens, p.wt_rate, p.wt_reps, ctx.record)
+
+
+def quic_delay(ctx: Ctx) -> list[Trial]:
+    """A one-way UDP delay seen in HTTP/3 token latency (`benchmarks.quic_delay`)."""
+    from benchmarks import quic_delay as qd
+
+    p = ctx.profile
+    return qd.measure(p.delay_streams, p.delay_tokens, p.delay_rate, p.delay_reps, ctx.record)
+
+
 BENCHMARKS: dict[str, Callable[[Ctx], list[Trial]]] = {
     "raw_ceiling": raw_ceiling,
     "throughput": throughput,
@@ -288,6 +320,8 @@ BENCHMARKS: dict[str, Callable[[Ctx], list[Trial]]] = {
     "redis_log": redis_log,
     "streams5000_workers": streams5000_workers,
     "abuse": abuse,
+    "webtransport": webtransport,
+    "quic_delay": quic_delay,
 }
 
 
@@ -316,6 +350,8 @@ _SHOW = (
     ("bytes_per_connection", "{:,.0f} B/conn"),
     ("delivered_pct", "delivered {:.2f}%"),
     ("latency_p99_ms", "p99 {:.1f} ms"),
+    ("latency_count", "n={:,.0f}"),
+    ("added_ms", "delay seen {:.2f} ms"),
     ("worker_cores_peak_1s_max", "busiest process {:.2f} cores"),
     ("redis_cores", "Redis {:.2f} cores"),
     ("other_cores", "other load {:.2f} cores"),

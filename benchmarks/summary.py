@@ -59,6 +59,20 @@ EXPLAIN_LABELS = {
     "whole_redis_cpu_per_token_us": "Redis's CPU per token, whole trial (us)",
     "listen_drops": "connections dropped with an accept queue full (TcpExt ListenDrops)",
     "duration_ratio_max": "slowest stream's duration / ideal",
+    "latency_count": "token latencies measured",
+    "steady_p99_ms": "token latency p99 while every stream was open (ms)",
+    "steady_count": "token latencies while every stream was open",
+    "client_process_cores": "the clients, one process (cores)",
+    "server_lag_p90_ms": "server event-loop lag, p90 of 0.2 s samples (ms)",
+    "server_lag_max_ms": "server event-loop lag, highest sample (ms)",
+    "client_lag_p90_ms": "clients' event-loop lag, p90 (ms)",
+    "client_lag_max_ms": "clients' event-loop lag, highest (ms)",
+    "latency_p50_ms": "token latency p50 (ms)",
+    "cpu_per_token_us": "server CPU per token, whole trial (us)",
+    "added_ms": "median latency with the delay minus without (ms)",
+    "direct_p50_ms": "median latency straight to Caddy (ms)",
+    "delayed_p50_ms": "median latency through the relay (ms)",
+    "delayed_count": "token latencies through the relay",
 }
 CPU_EXPLAIN = ("whole_server_cpu_per_token_us", "whole_redis_cpu_per_token_us",
                "worker_cores_peak_1s_max", "server_cores", "redis_cores", "client_cores",
@@ -142,6 +156,37 @@ ABUSE_GOALS = (
          "timeout", "abuse_slowloris", "closed_late_s", "s", "value", "<=", 0.5, ("http",),
          reference=""),
 )  # fmt: skip
+# The QUIC issue: WebTransport (benchmarks/webtransport.py) and HTTP/3 under a one-way delay
+# (benchmarks/quic_delay.py).
+WT = "{wt_sessions:,} sessions x {wt_rate:g} tokens/s"
+QUIC_GOALS = (
+    Goal("wt", f"delivered, WebTransport (stream delivery), {WT}", "webtransport",
+         "delivered_pct", "%", "value", ">=", 100.0, ("webtransport",), agg="min",
+         side="webtransport", reference="websocket"),
+    Goal("wt", f"p99 token latency, WebTransport against WebSocket, {WT}, one server",
+         "webtransport", "latency_p99_ms", "ms", "ratio", "<=", 2.0, ("webtransport",),
+         side="webtransport", reference="websocket",
+         explain=("latency_count", "latency_p50_ms", "steady_p99_ms", "steady_count",
+                  "cpu_per_token_us", "server_cores",
+                  "client_process_cores", "server_lag_p90_ms", "server_lag_max_ms",
+                  "client_lag_p90_ms", "client_lag_max_ms", "duration_ratio_max",
+                  "other_cores")),
+    Goal("context", f"p99 token latency while every stream was open (no handshake running), "
+         f"WebTransport against WebSocket, {WT}", "webtransport", "steady_p99_ms", "ms",
+         "ratio", "<=", math.inf, ("webtransport",), side="webtransport",
+         reference="websocket"),
+    Goal("context", f"server CPU per token, WebTransport against WebSocket, {WT}",
+         "webtransport", "cpu_per_token_us", "us/token", "ratio", "<=", math.inf,
+         ("webtransport",), side="webtransport", reference="websocket"),
+    Goal("quic", "HTTP/3 median token latency, 40 ms one-way UDP delay minus none: distance "
+         "from 40 ms", "quic_delay", "delay_error_ms", "ms", "value", "<=", 2.0, ("sse",),
+         side="h3", reference="",
+         explain=("added_ms", "direct_p50_ms", "delayed_p50_ms", "delayed_count",
+                  "other_cores")),
+    Goal("context", "HTTP/3 median token latency, with the 40 ms one-way delay minus without",
+         "quic_delay", "added_ms", "ms", "value", "<=", math.inf, ("sse",), side="h3",
+         reference=""),
+)  # fmt: skip
 GOALS = (
     Goal("1", f"server CPU per token, {S1000}", "streams1000", "cpu_per_token_us", "us/token",
          "ratio", "<=", 1.25, BOTH),
@@ -210,6 +255,7 @@ GOALS = (
          "streams5000_workers", "lateness_p99_ms", "ms", "value", "<=", math.inf, ("sse",),
          side=WS, reference=MEM),
     *ABUSE_GOALS,
+    *QUIC_GOALS,
 )  # fmt: skip
 
 
@@ -399,6 +445,15 @@ DETAIL_METRICS = {
                        *ABUSE_MEMORY, *VICTIM_METRICS),
     "abuse_fill": ("creates", "created", "fill_s", "creates_per_s", "victim_refused_during",
                    "victim_first_token_ms_max_during", *VICTIM_METRICS, *ABUSE_MEMORY),
+    "webtransport": ("delivered_pct", "latency_p50_ms", "latency_p99_ms", "latency_count",
+                     "steady_p50_ms", "steady_p99_ms", "steady_count",
+                     "cpu_per_token_us", "server_cores", "client_process_cores",
+                     "server_lag_p90_ms", "client_lag_p90_ms",
+                     "duration_ratio_max",
+                     "connections", "other_cores"),
+    "quic_delay": ("added_ms", "delay_error_ms", "direct_p50_ms", "delayed_p50_ms",
+                   "direct_p99_ms", "delayed_p99_ms", "direct_count", "delayed_count",
+                   "other_cores"),
     "abuse_slowloris": ("connections", "closed", "closed_s_min", "closed_s_max",
                         "header_timeouts", "refused_client", *ABUSE_MEMORY, *VICTIM_METRICS),
 }  # fmt: skip

@@ -137,3 +137,41 @@ def test_abuse_probes_store_a_record_per_probe() -> None:
     assert all(r["reference_side"] == "" and r["reference"]["n"] == 0 for r in rows)
     assert all(r["met"] is None for r in rows if r["target"] == "context")
     assert {r["benchmark"] for r in summary.details(trials)} == set(by_name)
+
+
+def test_webtransport_benchmark_runs_both_sides_on_one_server() -> None:
+    """Tiny sizes: both sides measured, every token delivered and timed, target rows made."""
+    from benchmarks import webtransport
+
+    trials = webtransport.measure(4, 5, 50.0, 1, lambda labels, run: {**labels, **run()})
+    assert [t["side"] for t in trials] == ["websocket", "webtransport"]
+    for trial in trials:
+        assert (trial["delivered_pct"], trial["tokens_lost"], trial["stream_errors"]) == (100.0,
+                                                                                         0, 0)
+        assert trial["latency_count"] == 4 * 5 and trial["connections"] == 4
+        assert _positive(trial["latency_p99_ms"]) and _positive(trial["cpu_per_token_us"])
+    assert (trials[0]["stack"], trials[0]["cc"]) == ("tcp", "kernel")
+    assert (trials[1]["stack"], trials[1]["cc"]) == ("quic", "reno")
+    rows = {(r["target"], r["metric"]): r
+            for r in summary.targets(trials, dataclasses.asdict(suite.QUICK))}  # fmt: skip
+    p99 = rows[("wt", "latency_p99_ms")]
+    assert p99["met"] in (True, False) and p99["reference_side"] == "websocket"
+    assert p99["value"]["n"] == p99["reference"]["n"] == 1
+    assert rows[("wt", "delivered_pct")]["met"] is True
+
+
+def test_quic_delay_benchmark_sees_the_relays_delay() -> None:
+    """Tiny sizes: both arms over HTTP/3 through Caddy, the relay's 40 ms each way showing in
+    the median (a bound of the relay, which never releases a datagram early)."""
+    from benchmarks import quic_delay
+
+    (trial,) = quic_delay.measure(2, 5, 50.0, 1, lambda labels, run: {**labels, **run()})
+    assert (trial["tokens_lost"], trial["stream_errors"]) == (0, 0), trial["first_error"]
+    assert trial["direct_count"] == trial["delayed_count"] == 2 * 5
+    assert trial["direct_connections"] == trial["delayed_connections"] == 2
+    assert trial["delayed_p50_ms"] >= quic_delay.DELAY_MS > trial["direct_p50_ms"]
+    assert trial["added_ms"] == trial["delayed_p50_ms"] - trial["direct_p50_ms"]
+    assert trial["relay_datagrams"] > 0
+    (row,) = [r for r in summary.targets([trial], dataclasses.asdict(suite.QUICK))
+              if r["target"] == "quic"]  # fmt: skip
+    assert row["met"] in (True, False) and row["value"]["n"] == 1
