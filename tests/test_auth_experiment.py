@@ -120,7 +120,8 @@ def test_auth_is_in_the_catalog() -> None:
 @pytest.mark.timeout(240 * UNIT)
 def test_auth_quick_checks_per_request_and_browsers_carry_what_the_server_takes() -> None:
     browsers = os.access(clients.browser.CHROMIUM, os.X_OK)
-    # one of each kind the cost is checked by: a request stream, an upgraded connection, a poller
+    # one of each kind the cost is checked by: a request stream, an upgraded connection, a
+    # poller, a QUIC session
     kinds: dict[str, str] = {}
     for t in registry.ordered():
         kind = "many" if t.requests_per_answer == "many" else t.connection
@@ -130,10 +131,11 @@ def test_auth_quick_checks_per_request_and_browsers_carry_what_the_server_takes(
     tables = auth.run(spec, run_id="test")
     assert (tables.streams["error"] == "").all() and (tables.streams["lost"] == 0).all()
     cost = tables.extra["auth_cost"]
-    assert len(cost) == 3 * 2 * spec.rounds
+    assert len(cost) == len(kinds) * 2 * spec.rounds  # each kind against both servers
     assert (cost["answers"] == spec.clients).all() and (cost["failed"] == 0).all()
     requests = cost.groupby("transport")["requests_per_answer"].max()
     assert requests[kinds["http"]] == 1 and requests[kinds["upgraded"]] == 1
+    assert all(requests[kinds[k]] == 1 for k in kinds if k not in ("http", "upgraded", "many"))
     assert requests[kinds["many"]] > 1
     assert len(tables.extra["auth_verify"]) == 1
     assert float(tables.extra["auth_verify"]["verify_us"].iloc[0]) > 0

@@ -15,11 +15,11 @@ import pandas as pd
 import pytest
 
 from experiments.cli import main
+from experiments.spec import over_tcp
 from harness.children import ServerProcess
 from netem.conditions import parse_net
 from netem.proxy import FaultProxy
 from tests.support import UNIT
-from experiments.spec import over_tcp
 
 BENCH = ["--clients", "1", "--tokens", "8", "--rate", "100", "--ttft-ms", "0",
          "--interval-ms", "20", "--no-warmup", "--no-progress", "--no-charts"]  # fmt: skip
