@@ -18,6 +18,7 @@ as plain dicts; it prints nothing (progress goes to a callback) and writes nothi
 | `streams5000_workers` | 13b | streams5000's load: `--workers 2` on the Redis log vs one process |
 | `abuse` | 14 | one client's attacks (benchmarks/abuse.py): values against limits, no reference |
 | `webtransport` | wt | 100 WebTransport sessions vs 100 WebSocket streams x 20 tokens/s |
+| `webtransport_sweep` | wt | the same by load (5-100 sessions), clients over the worker processes |
 | `quic_delay` | quic | HTTP/3 via Caddy: a 40 ms one-way UDP delay seen in token latency |
 
 `streams1000` on SSE also measures the peer stack (`benchmarks/peer.py`, FastAPI +
@@ -86,6 +87,9 @@ class Profile:
     wt_tokens: int = 200  # webtransport: tokens per stream (10 s at 20/s; the ramp takes 5)
     wt_rate: float = 20.0
     wt_reps: int = 2
+    # webtransport_sweep: these loads (sessions x wt_rate), both sides, clients over `workers`
+    wt_sweep: tuple[int, ...] = (5, 10, 25, 50, 100)
+    wt_sweep_reps: int = 2
     delay_streams: int = 10  # quic_delay: HTTP/3 streams per arm, one connection each
     delay_tokens: int = 100
     delay_rate: float = 20.0
@@ -114,6 +118,8 @@ QUICK = Profile(
     wt_sessions=10,
     wt_tokens=20,
     wt_reps=1,
+    wt_sweep=(2, 4),
+    wt_sweep_reps=1,
     delay_streams=2,
     delay_tokens=20,
     delay_reps=1,
@@ -301,6 +307,15 @@ def webtransport(ctx: Ctx) -> list[Trial]:
     return wt.measure(p.wt_sessions, p.wt_tokens, p.wt_rate, p.wt_reps, ctx.record)
 
 
+def webtransport_sweep(ctx: Ctx) -> list[Trial]:
+    """`webtransport` by load, the clients over the pool's workers (`benchmarks.webtransport`)."""
+    from benchmarks import webtransport as wt
+
+    p = ctx.profile
+    return wt.measure_sweep(p.wt_sweep, p.wt_tokens, p.wt_rate, p.wt_sweep_reps, ctx.fleet,
+                            ctx.record)  # fmt: skip
+
+
 def quic_delay(ctx: Ctx) -> list[Trial]:
     """A one-way UDP delay seen in HTTP/3 token latency (`benchmarks.quic_delay`)."""
     from benchmarks import quic_delay as qd
@@ -321,6 +336,7 @@ BENCHMARKS: dict[str, Callable[[Ctx], list[Trial]]] = {
     "streams5000_workers": streams5000_workers,
     "abuse": abuse,
     "webtransport": webtransport,
+    "webtransport_sweep": webtransport_sweep,
     "quic_delay": quic_delay,
 }
 

@@ -67,6 +67,8 @@ EXPLAIN_LABELS = {
     "server_lag_max_ms": "server event-loop lag, highest sample (ms)",
     "client_lag_p90_ms": "clients' event-loop lag, p90 (ms)",
     "client_lag_max_ms": "clients' event-loop lag, highest (ms)",
+    "client_worker_cores_max": "busiest client worker process (cores)",
+    "server_sys_share": "server CPU in the kernel (share of its CPU)",
     "latency_p50_ms": "token latency p50 (ms)",
     "cpu_per_token_us": "server CPU per token, whole trial (us)",
     "added_ms": "median latency with the delay minus without (ms)",
@@ -159,6 +161,8 @@ ABUSE_GOALS = (
 # The QUIC issue: WebTransport (benchmarks/webtransport.py) and HTTP/3 under a one-way delay
 # (benchmarks/quic_delay.py).
 WT = "{wt_sessions:,} sessions x {wt_rate:g} tokens/s"
+# the loads a sweep may measure, as benchmarks.webtransport.sweep_label names them
+WT_SWEEP = tuple(f"{n} sessions" for n in (2, 4, 5, 10, 25, 50, 75, 100, 150, 200))
 QUIC_GOALS = (
     Goal("wt", f"delivered, WebTransport (stream delivery), {WT}", "webtransport",
          "delivered_pct", "%", "value", ">=", 100.0, ("webtransport",), agg="min",
@@ -178,6 +182,22 @@ QUIC_GOALS = (
     Goal("context", f"server CPU per token, WebTransport against WebSocket, {WT}",
          "webtransport", "cpu_per_token_us", "us/token", "ratio", "<=", math.inf,
          ("webtransport",), side="webtransport", reference="websocket"),
+    # the sweep (benchmarks.webtransport.measure_sweep): one row per load measured, its
+    # `transport` the load's label (`sweep_label`)
+    Goal("wt", "p99 token latency, WebTransport against WebSocket, by load x {wt_rate:g} "
+         "tokens/s, one server, clients over {workers} processes", "webtransport_sweep",
+         "latency_p99_ms", "ms", "ratio", "<=", 2.0, WT_SWEEP, side="webtransport",
+         reference="websocket",
+         explain=("latency_count", "steady_p99_ms", "steady_count", "cpu_per_token_us",
+                  "server_cores", "server_lag_p90_ms", "client_cores",
+                  "client_worker_cores_max", "client_lag_p90_ms", "other_cores")),
+    Goal("context", "p99 token latency while every stream was open, WebTransport against "
+         "WebSocket, by load x {wt_rate:g} tokens/s, clients over {workers} processes",
+         "webtransport_sweep", "steady_p99_ms", "ms", "ratio", "<=", math.inf, WT_SWEEP,
+         side="webtransport", reference="websocket"),
+    Goal("context", "server CPU per token, WebTransport against WebSocket, by load x "
+         "{wt_rate:g} tokens/s", "webtransport_sweep", "cpu_per_token_us", "us/token",
+         "ratio", "<=", math.inf, WT_SWEEP, side="webtransport", reference="websocket"),
     Goal("quic", "HTTP/3 median token latency, 40 ms one-way UDP delay minus none: distance "
          "from 40 ms", "quic_delay", "delay_error_ms", "ms", "value", "<=", 2.0, ("sse",),
          side="h3", reference="",
@@ -451,6 +471,13 @@ DETAIL_METRICS = {
                      "server_lag_p90_ms", "client_lag_p90_ms",
                      "duration_ratio_max",
                      "connections", "other_cores"),
+    "webtransport_sweep": ("delivered_pct", "latency_p50_ms", "latency_p99_ms",
+                           "latency_count", "steady_p99_ms", "steady_count",
+                           "cpu_per_token_us", "server_cores", "server_sys_share",
+                           "server_lag_p90_ms", "server_lag_max_ms", "client_cores",
+                           "client_worker_cores_max", "client_lag_p90_ms",
+                           "client_lag_max_ms", "client_worker_wall_s_max", "wall_s",
+                           "duration_ratio_max", "other_cores"),
     "quic_delay": ("added_ms", "delay_error_ms", "direct_p50_ms", "delayed_p50_ms",
                    "direct_p99_ms", "delayed_p99_ms", "direct_count", "delayed_count",
                    "other_cores"),

@@ -285,6 +285,17 @@ class FleetPool:
         fleet = functools.partial(run_light_fleet, spec, target, params)
         return self._dispatch(spec, target, params, fleet)
 
+    def run_with(
+        self,
+        spec: FleetSpec,
+        target: Target,
+        params: GenParams,
+        fleet: Callable[..., Awaitable[list[R]]],
+    ) -> tuple[list[R], list[WorkerStats]]:
+        """Any fleet, `fleet(indices=, start_at_s=)` returning one item per index (picklable:
+        a partial of a module-level function), spread over the workers as `run`'s."""
+        return self._dispatch(spec, target, params, fleet)
+
     def _dispatch(
         self,
         spec: FleetSpec,

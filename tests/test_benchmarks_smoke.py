@@ -10,6 +10,7 @@ import math
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -158,6 +159,29 @@ def test_webtransport_benchmark_runs_both_sides_on_one_server() -> None:
     assert p99["met"] in (True, False) and p99["reference_side"] == "websocket"
     assert p99["value"]["n"] == p99["reference"]["n"] == 1
     assert rows[("wt", "delivered_pct")]["met"] is True
+
+
+def test_webtransport_sweep_runs_each_load_with_clients_in_workers() -> None:
+    """Tiny sizes: two loads, both sides, the clients in two worker processes whose loop lag
+    and CPU are recorded; one target row per load."""
+    from benchmarks import webtransport
+
+    with FleetPool(2) as pool:
+        measured = webtransport.measure_sweep((2, 3), 5, 50.0, 1, pool,
+                                              lambda labels, run: {**labels, **run()})  # fmt: skip
+    trials = cast(list[dict[str, Any]], measured)
+    assert [(t["transport"], t["side"]) for t in trials] == [
+        ("2 sessions", "websocket"), ("2 sessions", "webtransport"),
+        ("3 sessions", "websocket"), ("3 sessions", "webtransport")]  # fmt: skip
+    for trial in trials:
+        assert (trial["tokens_lost"], trial["stream_errors"]) == (0, 0), trial["first_error"]
+        assert trial["latency_count"] == trial["sessions"] * 5
+        assert trial["client_workers"] == 2 and trial["client_lag_max_ms"] >= 0.0
+        assert _positive(trial["client_cores"]) and _positive(trial["cpu_per_token_us"])
+    rows = [r for r in summary.targets(trials, dataclasses.asdict(suite.QUICK))
+            if r["benchmark"] == "webtransport_sweep" and r["target"] == "wt"]  # fmt: skip
+    assert [r["transport"] for r in rows] == ["2 sessions"]  # a load summary.WT_SWEEP lists
+    assert rows[0]["met"] in (True, False) and rows[0]["reference_side"] == "websocket"
 
 
 def test_quic_delay_benchmark_sees_the_relays_delay() -> None:
