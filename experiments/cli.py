@@ -318,11 +318,13 @@ def _experiment_list(text: str) -> list[str]:
 
 def cmd_list(args: argparse.Namespace) -> int:
     print("transports:")
+    width = max(map(len, TRANSPORTS))
     for t in TRANSPORTS.values():
-        print(f"  {t.key:<10} {t.summary}")
+        print(f"  {t.key:<{width}} {t.summary}")
     print("experiments:")
+    width = max(map(len, EXPERIMENTS))
     for name in EXPERIMENTS:
-        print(f"  {name:<19} {EXPERIMENTS[name].question}")
+        print(f"  {name:<{width}} {EXPERIMENTS[name].question}")
     return 0
 
 
