@@ -1,5 +1,5 @@
 """Experiment `browser-connections`: how many live streams can one browser tab hold, over
-HTTP/1.1 and over HTTP/2?
+HTTP/1.1, over HTTP/2 and over HTTP/3?
 
 Question: Chrome opens at most six HTTP/1.1 connections per origin (its socket pool's
 per-group limit), and an EventSource holds its connection for the whole answer. So a tab
@@ -8,18 +8,28 @@ until an earlier one ends; WebSockets are pooled separately and should not wait.
 multiplexes every request of an origin on one connection, so there the six-connection stall
 should vanish, up to the server's SETTINGS_MAX_CONCURRENT_STREAMS (RFC 9113 section 6.5.2):
 Chrome queues the streams beyond it until earlier ones close (section 5.1.2: a client "MUST
-NOT" exceed it). For each path, each transport, each n in `ns`, one Chromium context opens n
-streams of the page's own client at once (EventSource `sse`, then WebSocket) and records each
-stream's time to first token and the connections CDP says they used.
+NOT" exceed it). HTTP/3 multiplexes them on one QUIC connection the same way (RFC 9114
+section 6.1: "only one HTTP/3 connection per server endpoint"; the stream limit is QUIC's
+MAX_STREAMS, RFC 9000 section 4.6). For each path, each transport, each n in `ns`, one
+Chromium context opens n streams of the page's own client at once (EventSource `sse`,
+WebSocket, then WebTransport) and records each stream's time to first token and the
+connections CDP says they used.
 
 Paths (`Spec.paths`), each its own origin and its own Chromium:
     http1.1         the server directly, cleartext HTTP/1.1 (the six-connection pool)
     nginx-h2        nginx 1.22 terminating TLS with HTTP/2 (unbuffered) in front of it
     caddy-h2        Caddy 2.6 terminating TLS with HTTP/2 in front of it (Go's HTTP/2
                     server announces 250 concurrent streams, not settable in 2.6)
+    caddy-h3        Caddy 2.6 with HTTP/3 (`CaddySpec(http3=True)`: QUIC on UDP at the
+                    same port number), Chromium started with `--origin-to-force-quic-on`
+                    for that origin (its IP literal), so HTTP goes over QUIC from the first
+                    request instead of after Caddy's Alt-Svc
     nginx-h2-maxN   nginx with `http2_max_concurrent_streams N`: the ceiling, made low
-The fronts use a lab CA made for the run (netem/pki.py), trusted by its key hash. Neither
-front offers RFC 8441, so each WebSocket still gets an HTTP/1.1 (TLS) connection of its own.
+The fronts use a lab CA made for the run (netem/pki.py), trusted by its key hash (over QUIC
+too). No front offers RFC 8441 (nor RFC 9220 over HTTP/3), so each WebSocket still gets an
+HTTP/1.1 (TLS over TCP) connection of its own, on caddy-h3 as well. WebTransport never
+passes a front: the page asks the origin (through the front) for the server's own HTTP/3
+endpoint and opens its sessions there, so on every path it measures the same thing.
 
 A stream is *stalled* when its first token comes later than `stall_deadline_ms`: the
 stream's `ttft_ms` plus half its generation time. A queued stream can only start once a
@@ -31,13 +41,16 @@ streams 7 and up stall at every n (first token ~1.3 s, one whole stream later; 6
 used); through nginx and through Caddy over HTTP/2 none of n = 1..10 stalls, all n on one
 connection; with nginx announcing 8 concurrent streams, the 9th and 10th stall, still on that
 one connection (Chrome queues them rather than opening a second). WebSockets never stall,
-each on its own connection on every path.
+each on its own connection on every path. Through Caddy over HTTP/3 (quick size, n = 6 and
+8): none stalls, CDP says "h3" for every EventSource and all n share one connection; first
+tokens at 120 to 143 ms for n=8, as over HTTP/2.
 
-WebTransport is not in the default transports (each session is a QUIC connection of its own
-to the server's UDP endpoint, no front in between), but `--set transports=webtransport`
-runs it: MEASURED on the direct path, n=8 (12 tokens at 10/s, ttft 100 ms): 8 sessions, 8
-QUIC connections (`connections_used`), none stalled, first tokens at 0.38 to 0.59 s in three
-steps; the session setup (QUIC and TLS handshake, extended CONNECT), not a pool, is the wait.
+WebTransport (each session a QUIC connection of its own to the server's UDP endpoint):
+MEASURED on the direct path, n=8: 8 sessions, 8 QUIC connections (`connections_used`), none
+stalled, first tokens at 0.38 to 0.59 s in three steps; the session setup (QUIC and TLS
+handshake, extended CONNECT), not a pool, is the wait. On the caddy-h3 path, n=8: the same
+8 and 8, none stalled, first tokens 147 to 257 ms. It is in the default transports, not in
+`quick` (it would add about 9 s to the quick suite for the same answer on every path).
 
 The server is a child process (`python server.py`), or `spec.server` (plain http://: the
 fronts proxy to it). Output: the browser clients' `tokens` and `streams` tables (condition
@@ -78,6 +91,7 @@ from presentation import charts_net
 from records.schema import Tables, concat
 from streams.errors import EnvironmentUnavailable, ParamError
 from streams.params import GenParams
+from transports import registry
 from transports.registry import by_browser_client
 
 if TYPE_CHECKING:
@@ -102,29 +116,43 @@ CONNECTION_COLUMNS = (
     "connections_used",
 )
 DIRECT = "http1.1"
-FRONT_PATHS = {"nginx-h2": "nginx", "caddy-h2": "caddy"}
+FRONT_PATHS = {"nginx-h2": "nginx", "caddy-h2": "caddy"}  # HTTP/2 fronts (facts' `@fixed`)
+H3_PATHS = {"caddy-h3": "caddy"}  # HTTP/3 fronts: Chromium forced onto QUIC for the origin
 _MAX_STREAMS = re.compile(r"nginx-h2-max(\d+)")
 PATHS = (DIRECT, *FRONT_PATHS)
 
 
-def parse_path(path: str) -> tuple[str, int | None]:
-    """(front: "" for none, "nginx", "caddy"; nginx's http2_max_concurrent_streams or None)."""
+def parse_path(path: str) -> tuple[str, int | None, bool]:
+    """(front: "" for none, "nginx", "caddy"; nginx's http2_max_concurrent_streams or None;
+    whether the front speaks HTTP/3 and the browser is forced onto it)."""
     if path == DIRECT:
-        return "", None
+        return "", None, False
     if path in FRONT_PATHS:
-        return FRONT_PATHS[path], None
+        return FRONT_PATHS[path], None, False
+    if path in H3_PATHS:
+        return H3_PATHS[path], None, True
     if match := _MAX_STREAMS.fullmatch(path):
-        return "nginx", int(match.group(1))
-    raise ValueError(f"unknown path {path!r}: {DIRECT}, {', '.join(FRONT_PATHS)}, nginx-h2-maxN")
+        return "nginx", int(match.group(1)), False
+    known = ", ".join((DIRECT, *FRONT_PATHS, *H3_PATHS))
+    raise ValueError(f"unknown path {path!r}: {known}, nginx-h2-maxN")
+
+
+def default_clients() -> tuple[str, ...]:
+    """The page's clients measured by default: one HTTP streaming client and one on an
+    upgraded connection (`first_streaming_clients`), then the first of a QUIC session
+    transport (WebTransport), from the registry."""
+    quic = [t.browser_clients[0] for t in registry.ordered() if t.stack == "quic" and
+            t.browser_clients]  # fmt: skip
+    return (*first_streaming_clients(), *quic[:1])
 
 
 @dataclasses.dataclass(frozen=True)
 class Spec(RunSpec):
     ns: tuple[int, ...] = tuple(range(1, 11))  # streams opened at once
-    # the page's client keys: one HTTP streaming client, one on an upgraded connection
-    transports: tuple[str, ...] = dataclasses.field(default_factory=first_streaming_clients)
+    # the page's client keys: HTTP streaming, upgraded connection, QUIC session
+    transports: tuple[str, ...] = dataclasses.field(default_factory=default_clients)
     # the last one: nginx announcing 8 concurrent streams, so n=9 and 10 go over it
-    paths: tuple[str, ...] = (*PATHS, "nginx-h2-max8")
+    paths: tuple[str, ...] = (*PATHS, *H3_PATHS, "nginx-h2-max8")
     tokens: int = 12
     rate: float = 10.0  # tokens/s: each stream lasts ttft + tokens/rate, about 1.3 s
     ttft_ms: float = 100.0
@@ -141,9 +169,13 @@ class Spec(RunSpec):
 
 
 def quick(spec: Spec) -> Spec:
-    """Six (all fit in HTTP/1.1's pool) and eight (two over it), on the three plain paths:
-    about 30 s."""
-    return dataclasses.replace(spec, ns=(6, 8), paths=PATHS)
+    """Six (all fit in HTTP/1.1's pool) and eight (two over it), on the plain paths and HTTP/3:
+    about 35 s. MEASURED (2 cores): the three TCP paths with EventSource and WebSocket 26 s,
+    caddy-h3 added 8 s; WebTransport on those paths would add 9 s more, for the same
+    answer on each (its sessions never pass a front), so quick leaves it out."""
+    return dataclasses.replace(
+        spec, ns=(6, 8), paths=(*PATHS, *H3_PATHS), transports=first_streaming_clients()
+    )
 
 
 def params_of(spec: Spec) -> GenParams:
@@ -212,7 +244,7 @@ def path_target(path: str, server: Target, pki: LabPKI) -> Iterator[Target]:
     from netem.caddy import Caddy, CaddySpec
     from netem.nginx import Nginx, NginxSpec
 
-    front, max_streams = parse_path(path)
+    front, max_streams, http3 = parse_path(path)
     if not front:
         yield server
         return
@@ -220,8 +252,8 @@ def path_target(path: str, server: Target, pki: LabPKI) -> Iterator[Target]:
     if front == "nginx":
         spec = NginxSpec(buffering=False, tls=True, http2=True, max_concurrent_streams=max_streams)
         proxy = Nginx(spec, server.host, server.port, pki=pki)
-    else:
-        proxy = Caddy(CaddySpec(), server.host, server.port, pki=pki)
+    else:  # http3: QUIC on UDP at the same port number, h1 and h2 still on TCP
+        proxy = Caddy(CaddySpec(http3=http3), server.host, server.port, pki=pki)
     proxy.start()
     try:
         yield Target.parse(proxy.url)
@@ -236,7 +268,12 @@ async def _session(
     """One Chromium on `path`'s origin (trusting the lab certificate when it is https)."""
     with path_target(path, server, pki) as target:
         spki = pki.spki_sha256() if target.secure else ""
-        async with BrowserSession(target, headless=spec.headless, spki=spki) as session:
+        # HTTP/3 from the first request (no wait for Caddy's Alt-Svc on a TCP response); the
+        # IP literal origin is enough, and the lab leaf is trusted over QUIC by the same spki
+        force = [target.authority] if parse_path(path)[2] else []
+        async with BrowserSession(
+            target, headless=spec.headless, spki=spki, force_quic=force
+        ) as session:
             yield session
 
 
@@ -314,7 +351,8 @@ def _transport_of(client: str) -> str:
 def facts(run: StoredRun) -> dict[str, dict[str, float]]:
     """Per transport: the share of streams that stalled at the largest n over HTTP/1.1
     (`tab_stalled`) and (`@fixed`) over HTTP/2 through a TLS front at its default stream
-    limit (the `-maxN` paths lower it on purpose and are left out)."""
+    limit (the `-maxN` paths lower it on purpose and are left out; so is caddy-h3, which
+    is HTTP/3, so the figure keeps the meaning earlier runs gave it)."""
     table = run.extra.get("connections")
     if table is None or table.empty:
         return {}
@@ -333,7 +371,7 @@ def facts(run: StoredRun) -> dict[str, dict[str, float]]:
 EXPERIMENT = Experiment(
     NAME,
     "Chromium: EventSource streams beyond 6 per origin stall over HTTP/1.1, not over HTTP/2 "
-    "(until the server's stream limit); WebSockets never",
+    "or HTTP/3 (until the server's stream limit); WebSockets and WebTransport never",
     Spec,
     quick,
     run,
@@ -346,7 +384,7 @@ EXPERIMENT = Experiment(
     },
     facts=facts,
     tables=tables,
-    # in the default suite (quick: about 30 s); without Chromium, nginx or Caddy, `run` raises
+    # in the default suite (quick: about 35 s); without Chromium, nginx or Caddy, `run` raises
     # EnvironmentUnavailable and the suite skips it with that reason
     in_suite=True,
 )

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from analysis.derived import stalled_summary
 from clients.base import Target
 from clients.browser import (
     CHROMIUM,
@@ -37,6 +38,7 @@ from clients.browser import (
     to_record,
 )
 from clients.recorder import stream_row
+from experiments import browser_connections
 from harness.children import ServerProcess
 from netem.caddy import Caddy, CaddySpec, caddy_binary
 from netem.pki import LabPKI, make_lab_pki
@@ -271,6 +273,26 @@ async def test_stream_records_over_http3_say_quic_and_version_3(
         # CDP's count: the QPACK-compressed head and the DATA frames, over the app bytes
         assert conn.bytes_down > conn.app_bytes_down > payload and conn.bytes_up > 0
         assert rec.streams_per_conn == 2  # both streams on the one HTTP/3 connection
+
+
+@pytest.mark.slow
+def test_browser_connections_caddy_h3_holds_every_eventsource_on_one_quic_connection(
+    caddy_h3: Caddy,
+) -> None:
+    """The experiment's `caddy-h3` path: its own Caddy with HTTP/3 in front of the fixture's
+    server (`caddy_h3` skips without caddy), Chromium forced onto QUIC for that origin."""
+    host, port = caddy_h3.upstream
+    spec = browser_connections.Spec(
+        ns=(6,), transports=("sse",), paths=("caddy-h3",), server=f"http://{host}:{port}"
+    )
+    tables = browser_connections.run(spec, run_id="test")
+    table = tables.extra["connections"]
+    # six EventSources as six HTTP/3 streams of the tab's one QUIC connection: none waits
+    assert (table["http_version"] == "3").all() and (table["connections_used"] == 1).all()
+    assert not table["stalled"].any() and (tables.streams["streams_per_conn"] == 6).all()
+    assert list(stalled_summary(table)[["path", "stalled"]].itertuples(index=False)) == [
+        ("caddy-h3", 0)
+    ]
 
 
 def test_cdp_ledger_keeps_webtransport_sessions_without_inventing_bytes() -> None:
