@@ -26,6 +26,20 @@ server, the `--quic-cc` of its WebTransport endpoint (from /stats); quic-go's re
 (hard-wired: `NewCubicSender(..., true /* use Reno */)`, read in quic-go's source); the
 kernel's TCP congestion control and net.core buffer sysctls on both sides of the veth.
 
+The tokens flow server -> client, so the SENDER's controller decides loss recovery, and the
+senders all run in our namespace: the server (TCP, and QUIC with `--quic-cc`) and Caddy (TCP;
+its quic-go is reno, fixed). `net.ipv4.tcp_congestion_control` is a per-namespace sysctl
+(Linux >= 4.15; a new namespace starts with the root's, BBR on this machine), so the lab can
+align TCP with QUIC without touching the machine. `Spec.cc` is a second sweep dimension, each
+setting a whole run of both parts on a fresh namespace: "kernel" leaves the namespace's TCP
+default and the server's `--quic-cc` default (reno); "reno" / "cubic" writes that controller
+into the namespace's sysctl (only if the kernel already has it: nothing is loaded) and runs
+the server and the Python clients' QUIC with it. The `path` table reads back, per setting,
+what was in force (the namespace's sysctl, the server's /stats), never what was asked for.
+The main tables hold the first setting's part (i); the other settings' arms go to
+`arm_tokens`/`arm_streams`, and every arm row carries its `cc_setting`. The client's own TCP
+(root namespace) is left alone: it sends only requests and ACKs.
+
 No netem here (this kernel has none), so no RTT: the veth's round trip is well under a
 millisecond, and each loss costs what the stack's timers and the next token make of it.
 
@@ -38,6 +52,14 @@ over ONE HTTP/3 connection, 196 ms over ONE HTTP/2 connection (every stream behi
 one byte order), 82 ms over 8 HTTP/1.1 connections; longest gap 88 / 266 / 321 ms. At 5 %
 HTTP/2 happened to stay at 3.0 ms and HTTP/3 at 6.1: one run, few losses per arm, so
 compare arms within a loss, not one loss with the next.
+
+Controllers (`pushlab run loss --set cc=kernel,reno`, once, 4.4 min, machine quiet; read back:
+namespace TCP bbr then reno, server QUIC reno both times): at 10 %, token p99 (n=80)
+kernel / reno: sse 53 / 71 ms, websocket 220 / 231, webtransport 53 / 64, datagram 1.2 /
+1.2 (3 / 14 of 80 tokens lost); through Caddy, per-stream p99 HTTP/3 5.2 / 5.6, HTTP/2
+1161 / 103, HTTP/1.1 54 / 95. QUIC's WebTransport stayed ahead of every TCP arm and HTTP/3
+ahead of both TCP ways: aligning TCP on reno flipped no TCP-vs-QUIC pair (the reading says
+so from the arms). HTTP/2's 1161 ms under BBR is one run's tail, not yet a finding.
 """
 
 from __future__ import annotations
@@ -54,6 +76,7 @@ from analysis.loss import (
     arm_summary,
     loss_facts,
     loss_reading,
+    with_setting,
 )
 from clients.base import ClientOptions, Target
 from clients.fleet import FleetSpec, run_fleet
@@ -62,7 +85,7 @@ from experiments.descriptor import Experiment
 from experiments.engine import WARMUP, Point, condition_keys, measure_records, run_sync
 from experiments.spec import RunSpec
 from harness.children import ServerProcess
-from netem.netns import LinkSpec, NetnsLink
+from netem.netns import LinkSpec, NetnsError, NetnsLink, NetnsUnavailable
 from presentation import charts_net
 from records.schema import Tables, concat
 from streams.errors import ParamError
@@ -78,9 +101,12 @@ if TYPE_CHECKING:
 NAME = "loss"
 SHARED_TRANSPORT = "sse"  # part (ii): the streams through Caddy (a WebSocket has no HTTP/2 form)
 CADDY_QUIC_CC = "reno (quic-go, fixed)"
+CC_SETTINGS = ("kernel", "reno", "cubic")  # Spec.cc: "kernel" = leave the defaults
 CADDY_RCVBUF = "quic-go asks 2 MiB"  # unless its log says it could not get it (then its words)
+_TCP_CC = "/proc/sys/net/ipv4/tcp_congestion_control"
+_TCP_CC_AVAILABLE = "/proc/sys/net/ipv4/tcp_available_congestion_control"
 _SYSCTLS = {
-    "tcp_congestion_control": "/proc/sys/net/ipv4/tcp_congestion_control",
+    "tcp_congestion_control": _TCP_CC,
     "rmem_default": "/proc/sys/net/core/rmem_default",
     "rmem_max": "/proc/sys/net/core/rmem_max",
     "wmem_default": "/proc/sys/net/core/wmem_default",
@@ -100,6 +126,9 @@ class Spec(RunSpec):
     )
     datagram: bool = True  # (i): a datagram arm for each "session" transport measured
     streams: int = 8  # (ii): N streams on one HTTP/3, one HTTP/2, or N HTTP/1.1 (0: no part ii)
+    # each a whole sweep: "kernel" (namespace TCP default, server's --quic-cc default), or
+    # "reno"/"cubic" for the namespace's TCP and the QUIC of server and clients alike
+    cc: tuple[str, ...] = ("kernel", "reno")
 
     def __post_init__(self) -> None:
         if self.streams < 0:
@@ -107,39 +136,58 @@ class Spec(RunSpec):
                              param="streams")  # fmt: skip
         if any(not 0 <= loss < 100 for loss in self.losses_pct):
             raise ParamError("losses_pct: each loss must be in [0, 100)", param="losses_pct")
+        if not self.cc or len(set(self.cc)) < len(self.cc) or set(self.cc) - set(CC_SETTINGS):
+            raise ParamError(f"cc: one or more distinct of {', '.join(CC_SETTINGS)}, got "
+                             f"{','.join(self.cc) or 'none'}", param="cc")  # fmt: skip
 
 
 def quick(spec: Spec) -> Spec:
+    """Small, and ONE controller setting (the first: "kernel" by default), so the suite
+    measures what it did before `cc` existed, in the same time."""
     return dataclasses.replace(spec, losses_pct=(0.0, 10.0), tokens=20, rate=40.0, clients=1,
-                               streams=4)  # fmt: skip
+                               streams=4, cc=spec.cc[:1])  # fmt: skip
 
 
 def _params(spec: Spec) -> GenParams:
     return GenParams(tokens=spec.tokens, rate=spec.rate, ttft_ms=spec.ttft_ms, seed=spec.seed)
 
 
-def points(spec: Spec) -> list[Point]:
-    """Part (i): every transport at every loss (the main tables)."""
+def _condition(spec: Spec, cc: str, loss: float, arm: str = "") -> str:
+    """The point's label, `loss=10% [arm]`, with ` cc=<setting>` when the run measures more
+    than one setting."""
+    tag = f" cc={cc}" if len(spec.cc) > 1 else ""
+    return f"loss={loss:g}%" + (f" {arm}" if arm else "") + tag
+
+
+def _options(spec: Spec, cc: str) -> ClientOptions:
+    """The clients' options under setting `cc`: their QUIC follows it unless "kernel"."""
+    return spec.options if cc == "kernel" else dataclasses.replace(spec.options, quic_cc=cc)
+
+
+def points(spec: Spec, cc: str = "") -> list[Point]:
+    """Part (i): every transport at every loss, under setting `cc` (default: the first)."""
+    cc = cc or spec.cc[0]
     return [
-        Point(t, _params(spec), condition=f"loss={loss:g}%", sweep=("loss_pct", loss),
-              clients=spec.clients, options=spec.options)
+        Point(t, _params(spec), condition=_condition(spec, cc, loss), sweep=("loss_pct", loss),
+              clients=spec.clients, options=_options(spec, cc))
         for loss in spec.losses_pct
         for t in spec.transports
-    ]
+    ]  # fmt: skip
 
 
-def datagram_points(spec: Spec) -> list[Point]:
+def datagram_points(spec: Spec, cc: str = "") -> list[Point]:
     """Part (i)'s added arms: one token per datagram, for each session transport measured."""
     if not spec.datagram:
         return []
+    cc = cc or spec.cc[0]
     sessions = [t for t in spec.transports if registry.get(t).connection == "session"]
-    options = dataclasses.replace(spec.options, wt_delivery="datagram")
+    options = dataclasses.replace(_options(spec, cc), wt_delivery="datagram")
     return [
-        Point(t, _params(spec), condition=f"loss={loss:g}% {t} datagram",
+        Point(t, _params(spec), condition=_condition(spec, cc, loss, f"{t} datagram"),
               sweep=("loss_pct", loss), clients=spec.clients, options=options)
         for loss in spec.losses_pct
         for t in sessions
-    ]
+    ]  # fmt: skip
 
 
 def shared_arms(n: int) -> tuple[tuple[str, str, int], ...]:
@@ -178,13 +226,35 @@ def _client_socket(records: Sequence[StreamRecord]) -> tuple[str, int]:
 
 
 def _arm_row(keys: dict[str, object], tables: Tables, records: Sequence[StreamRecord], arm: str,
-             delivery: str, http: str, dropped: dict[str, int]) -> dict[str, Any]:  # fmt: skip
+             delivery: str, http: str, dropped: dict[str, int], setting: str
+             ) -> dict[str, Any]:  # fmt: skip
     cc, rcvbuf = _client_socket(records)
     summary = arm_summary(tables.tokens, tables.streams)
     transport = records[0].transport if records else ""
-    return {**keys, "loss_pct": keys["sweep_value"], "arm": arm, "transport": transport,
-            "delivery": delivery, "http": http, **summary, "cc": cc, "rcvbuf": rcvbuf,
-            **dropped}  # fmt: skip
+    return {**keys, "cc_setting": setting, "loss_pct": keys["sweep_value"], "arm": arm,
+            "transport": transport, "delivery": delivery, "http": http, **summary, "cc": cc,
+            "rcvbuf": rcvbuf, **dropped}  # fmt: skip
+
+
+def _apply_cc(link: NetnsLink, setting: str) -> list[str]:
+    """Put setting `setting` in force in the namespace: its TCP default controller (a
+    per-namespace sysctl; "kernel" leaves it), and the server arguments that go with it. A
+    controller the kernel does not have stops the run (nothing is loaded here)."""
+    if setting == "kernel":
+        return []
+    prefix = ["ip", "netns", "exec", link.name]
+    done = subprocess.run([*prefix, "cat", _TCP_CC_AVAILABLE], capture_output=True, text=True,
+                          timeout=10)  # fmt: skip
+    available = done.stdout.split()
+    if setting not in available:
+        raise NetnsUnavailable(f"cc={setting}: not among this kernel's TCP controllers "
+                               f"({' '.join(available) or done.stderr.strip()}); nothing is "
+                               "loaded here")  # fmt: skip
+    done = subprocess.run([*prefix, "tee", _TCP_CC], input=setting, capture_output=True,
+                          text=True, timeout=10)  # fmt: skip
+    if done.returncode != 0:
+        raise NetnsError(f"setting {_TCP_CC} in {link.name}: {done.stderr.strip()}")
+    return ["--quic-cc", setting]
 
 
 def _sysctls(netns: str | None = None) -> dict[str, str]:
@@ -216,9 +286,12 @@ def _caddy_rcvbuf(log: str) -> str:
 
 
 def path_rows(link: NetnsLink, client: tuple[str, int], server: tuple[str, str],
-              caddy_log: str | None) -> list[dict[str, object]]:  # fmt: skip
-    """The `path` table: per side, congestion controllers and buffers in use."""
+              caddy_log: str | None, setting: str = "kernel"
+              ) -> list[dict[str, object]]:  # fmt: skip
+    """The `path` table: per side, congestion controllers and buffers in use under `setting`
+    (read back from the namespace and the server, not assumed)."""
     root, inside = _sysctls(), _sysctls(link.name)
+    root, inside = {"cc_setting": setting, **root}, {"cc_setting": setting, **inside}
     rows: list[dict[str, object]] = [
         {"side": "client (root namespace, aioquic)", **root, "quic_cc": client[0],
          "udp_rcvbuf": str(client[1]) if client[1] >= 0 else "n/a"},
@@ -231,17 +304,19 @@ def path_rows(link: NetnsLink, client: tuple[str, int], server: tuple[str, str],
     return rows
 
 
-def _own_arms(spec: Spec, run_id: str, link: NetnsLink, bar: Any
+def _own_arms(spec: Spec, setting: str, run_id: str, link: NetnsLink, bar: Any
               ) -> tuple[list[Tables], list[Tables], list[dict[str, Any]], Any]:  # fmt: skip
-    """Part (i): main tables, the datagram arms' tables, their arm rows, (client, server) QUIC."""
+    """Part (i) under `setting`: the per-transport tables, the datagram arms' tables, their
+    arm rows, (client, server) QUIC."""
     main: list[Tables] = []
     added: list[Tables] = []
     rows: list[dict[str, Any]] = []
     client: tuple[str, int] = ("none measured", -1)
-    server = ServerProcess(host=link.server_host, prefix=["ip", "netns", "exec", link.name])
+    server = ServerProcess(_apply_cc(link, setting), host=link.server_host,
+                           prefix=["ip", "netns", "exec", link.name])  # fmt: skip
     target: Target = server.start()
     try:
-        for point in points(spec) + datagram_points(spec):
+        for point in points(spec, setting) + datagram_points(spec, setting):
             delivery = "datagram" if point.options.wt_delivery == "datagram" and \
                 registry.get(point.transport).connection == "session" else "stream"
             records, dropped = _measure(point, target, link)
@@ -249,7 +324,7 @@ def _own_arms(spec: Spec, run_id: str, link: NetnsLink, bar: Any
             tables = to_tables(records, keys)
             (added if delivery == "datagram" else main).append(tables)
             arm = point.transport + (" datagram" if delivery == "datagram" else "")
-            rows.append(_arm_row(keys, tables, records, arm, delivery, "", dropped))
+            rows.append(_arm_row(keys, tables, records, arm, delivery, "", dropped, setting))
             if rows[-1]["cc"] != "kernel":
                 client = (str(rows[-1]["cc"]), int(rows[-1]["rcvbuf"]))
             bar.update()
@@ -259,9 +334,10 @@ def _own_arms(spec: Spec, run_id: str, link: NetnsLink, bar: Any
     return main, added, rows, (client, quic)
 
 
-def _shared_arms(spec: Spec, run_id: str, link: NetnsLink, bar: Any
+def _shared_arms(spec: Spec, setting: str, run_id: str, link: NetnsLink, bar: Any
                  ) -> tuple[list[Tables], list[dict[str, Any]], str]:  # fmt: skip
-    """Part (ii): N SSE streams through Caddy in the namespace; tables, arm rows, Caddy's log."""
+    """Part (ii): N SSE streams through Caddy in the namespace (its TCP under the namespace's
+    controller, already set by part (i)); tables, arm rows, Caddy's log."""
     from netem.caddy_netns import caddy_in_namespace
 
     added: list[Tables] = []
@@ -269,20 +345,22 @@ def _shared_arms(spec: Spec, run_id: str, link: NetnsLink, bar: Any
     with caddy_in_namespace(link, http3=True) as (path, caddy):
         for loss in spec.losses_pct:
             for arm, http, multiplex in shared_arms(spec.streams):
-                point = _shared_point(spec, path, loss, arm, http, multiplex)
+                point = _shared_point(spec, setting, path, loss, arm, http, multiplex)
                 records, dropped = _measure(point, path.target, link)
                 keys = condition_keys(run_id, NAME, point)
                 tables = to_tables(records, keys)
                 added.append(tables)
-                rows.append(_arm_row(keys, tables, records, arm, SHARED, http, dropped))
+                rows.append(_arm_row(keys, tables, records, arm, SHARED, http, dropped,
+                                     setting))  # fmt: skip
                 bar.update()
     return added, rows, caddy.log()
 
 
-def _shared_point(spec: Spec, path: ServedPath, loss: float, arm: str, http: str,
+def _shared_point(spec: Spec, setting: str, path: ServedPath, loss: float, arm: str, http: str,
                   multiplex: int) -> Point:  # fmt: skip
-    return Point(SHARED_TRANSPORT, _params(spec), condition=f"loss={loss:g}% {arm}",
-                 sweep=("loss_pct", loss), clients=spec.streams, options=spec.options,
+    return Point(SHARED_TRANSPORT, _params(spec), condition=_condition(spec, setting, loss, arm),
+                 sweep=("loss_pct", loss), clients=spec.streams,
+                 options=_options(spec, setting),
                  stack=path.stack(http=http, multiplex=multiplex))  # fmt: skip
 
 
@@ -292,17 +370,25 @@ def run(spec: Spec, run_id: str = "", progress: bool = False) -> Tables:
 
     total = len(points(spec)) + len(datagram_points(spec))
     total += len(spec.losses_pct) * len(shared_arms(spec.streams)) if spec.streams else 0
-    with (
-        NetnsLink(LinkSpec(loss_pct=0.0)) as link,
-        tqdm(total=total, desc=NAME, unit="point", disable=not progress) as bar,
-    ):
-        main, added, rows, (client, server) = _own_arms(spec, run_id, link, bar)
-        caddy_log = None
-        if spec.streams:
-            shared, shared_rows, caddy_log = _shared_arms(spec, run_id, link, bar)
-            added += shared
-            rows += shared_rows
-        path = path_rows(link, client, server, caddy_log)
+    main: list[Tables] = []
+    added: list[Tables] = []
+    rows: list[dict[str, Any]] = []
+    path: list[dict[str, object]] = []
+    with tqdm(total=total * len(spec.cc), desc=NAME, unit="point", disable=not progress) as bar:
+        for i, setting in enumerate(spec.cc):  # a fresh namespace each: nothing leaks on
+            with NetnsLink(LinkSpec(loss_pct=0.0)) as link:
+                own, dgram, own_rows, (client, server) = _own_arms(spec, setting, run_id, link,
+                                                                   bar)  # fmt: skip
+                (added if i else main).extend(own)  # main tables: the first setting's
+                added += dgram
+                rows += own_rows
+                caddy_log = None
+                if spec.streams:
+                    shared, shared_rows, caddy_log = _shared_arms(spec, setting, run_id, link,
+                                                                  bar)  # fmt: skip
+                    added += shared
+                    rows += shared_rows
+                path += path_rows(link, client, server, caddy_log, setting)
     extra = concat(added) if added else None
     tables = concat(main)
     return dataclasses.replace(tables, extra={
@@ -318,9 +404,11 @@ def facts(run: StoredRun) -> dict[str, dict[str, float]]:
 
 def tables(run: StoredRun) -> list[tuple[str, pd.DataFrame]]:
     return [
-        ("Per arm at each loss: p99 (n), longest gap, tokens lost", run.extra["arms"][ARM_COLUMNS]),
-        ("Congestion controllers and socket buffers in use", run.extra["path"][PATH_COLUMNS]),
-    ]
+        ("Per controller setting and loss, per arm: p99 (n), longest gap, tokens lost",
+         with_setting(run.extra["arms"])[ARM_COLUMNS]),
+        ("Congestion controllers and socket buffers in force, per setting (read back)",
+         with_setting(run.extra["path"])[PATH_COLUMNS]),
+    ]  # fmt: skip
 
 
 FIGURES = {  # each at the highest loss measured

@@ -17,6 +17,7 @@ from experiments import cancel, idle_timeout, loss, proxy, reconnect, rtt
 from experiments.cli import main
 from netem.nginx import directives
 from records import store
+from streams.errors import ParamError
 from tests.support import UNIT
 from transports import registry
 
@@ -180,6 +181,68 @@ def test_loss_reaches_quic_too_and_reports_every_arm() -> None:
     assert text.startswith("At 10% loss each way, token latency p99: sse ")
     assert "webtransport datagram lost " in text and "HTTP/3 x3 one connection" in text
     assert "QUIC reno" in text and "TCP " in text
+
+
+@pytest.mark.slow
+def test_loss_aligns_the_namespace_tcp_controller_with_quic() -> None:
+    """cc=reno: the namespace's TCP default is reno (read back from its sysctl, the root
+    namespace's left alone) and the server's QUIC runs reno too; every arm ran under it."""
+    root_before = Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip()
+    spec = dataclasses.replace(loss.quick(loss.Spec(cc=("reno",))), losses_pct=(10.0,),
+                               transports=("sse", "webtransport"), tokens=10, rate=100.0,
+                               streams=2)  # fmt: skip
+    assert spec.cc == ("reno",)
+    tables = loss.run(spec)
+    path = tables.extra["path"].set_index("side")
+    inside = path[~path.index.str.startswith("client")]  # the server side: server, Caddy
+    assert len(inside) == 2 and (inside["cc_setting"] == "reno").all()
+    assert (inside["tcp_congestion_control"] == "reno").all()
+    assert path.loc["server (namespace, aioquic endpoint)", "quic_cc"] == "reno"
+    assert path.loc["client (root namespace, aioquic)", "tcp_congestion_control"] == root_before
+    arms = tables.extra["arms"].set_index("arm")
+    assert (arms["cc_setting"] == "reno").all() and len(arms) == 2 + 1 + 3
+    assert (arms.loc[arms["delivery"] != "datagram", "tokens_lost"] == 0).all()
+    assert (arms["dropped_in_packets"] + arms["dropped_out_packets"]).sum() > 0
+    assert set(tables.streams["condition"]) == {"loss=10%"}  # one setting: no cc tag
+
+
+def test_loss_cc_setting_is_checked_and_quick_keeps_one() -> None:
+    assert loss.Spec().cc == ("kernel", "reno") and loss.quick(loss.Spec()).cc == ("kernel",)
+    for bad in ((), ("bbr",), ("reno", "reno")):
+        with pytest.raises(ParamError, match="cc"):
+            loss.Spec(cc=bad)
+
+
+def test_loss_reading_says_whether_aligning_flipped_tcp_against_quic() -> None:
+    """Hand-made arms: under "kernel" TCP sse beats QUIC webtransport, under "reno" it does
+    not; the shared arms keep their order. The reading names the flip, and only it."""
+    from analysis.loss import cc_ordering
+
+    def arm(setting: str, name: str, cc: str, delivery: str, p99: float) -> dict[str, object]:
+        transport = "sse" if delivery == "shared" else name.split()[0]
+        return {"cc_setting": setting, "loss_pct": 10.0, "arm": name, "transport": transport,
+                "delivery": delivery, "http": "", "streams": 1, "completed": 1,
+                "tokens_expected": 10, "tokens_received": 10, "tokens_lost": 0, "p99_ms": p99,
+                "n": 10, "stream_p99_ms_median": p99, "gap_max_ms": p99, "cc": cc}  # fmt: skip
+
+    kinds = (("sse", "kernel", "stream"), ("webtransport", "reno", "stream"),
+             ("webtransport datagram", "reno", "datagram"),
+             ("HTTP/3 x2 one connection", "reno", "shared"),
+             ("HTTP/2 x2 one connection", "kernel", "shared"),
+             ("HTTP/1.1 x2 connections", "kernel", "shared"))  # fmt: skip
+    p99s = {"kernel": (50.0, 90.0, 60.0, 5.0, 30.0, 80.0),
+            "reno": (120.0, 40.0, 50.0, 6.0, 20.0, 70.0)}  # fmt: skip
+    rows = [arm(setting, name, cc, delivery, p99) for setting, values in p99s.items()
+            for (name, cc, delivery), p99 in zip(kinds, values, strict=True)]  # fmt: skip
+    arms = pd.DataFrame(rows)
+    got = cc_ordering(arms)
+    assert got.settings == ["kernel", "reno"]
+    assert got.flipped == {"reno": [("sse", "webtransport")]}
+    assert [a for a, _, _ in got.order["kernel"]["own"]] == ["sse", "webtransport"]
+    text = loss.loss_reading(arms)
+    assert "Controller setting kernel:" in text and "Controller setting reno:" in text
+    assert "reno against kernel: changed for sse vs webtransport" in text
+    assert loss.loss_facts(arms)["sse"]["loss_p99_ms"] == 50.0  # facts: the first setting
 
 
 def test_loss_arm_summary_counts_datagram_losses() -> None:
