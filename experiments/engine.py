@@ -315,11 +315,11 @@ def run_measured(
         *(["--uvloop"] if spec.uvloop else []),
         *(["--gc", spec.server_gc] if spec.server_gc != "auto" else []),
     )
+    if spec.net:  # the fault proxy relays TCP: refused before any server starts
+        check_over_tcp(spec.transports, "the fault proxy of --net")
     parts, load = [], []
     with contextlib.ExitStack() as stack:
         direct = stack.enter_context(server_target(spec.server, server_args))
-        if spec.net:  # the fault proxy relays TCP
-            check_over_tcp(spec.transports, "the fault proxy of --net")
         target = stack.enter_context(proxied(direct, spec.net))
         many = spec.workers > 1 or cluster.default()
         pool = stack.enter_context(FleetPool(spec.workers)) if many else None

@@ -34,7 +34,7 @@ from clients.handover import Handover, run_handover
 from clients.recorder import StreamRecord, to_tables
 from experiments.descriptor import Experiment
 from experiments.engine import Point, condition_keys, run_sync
-from experiments.spec import RunSpec
+from experiments.spec import RunSpec, over_tcp
 from netem.cluster import LOGS, Cluster, ClusterSpec
 from netem.failover import (
     Kill,
@@ -62,6 +62,8 @@ MODES = ("serving", "owner")
 
 @dataclasses.dataclass(frozen=True)
 class Spec(RunSpec):
+    # nginx balances TCP; a QUIC session would go straight to one node (no UDP balancer here)
+    transports: tuple[str, ...] = dataclasses.field(default_factory=over_tcp)
     nodes: int = 2
     logs: tuple[str, ...] = LOGS
     modes: tuple[str, ...] = MODES
@@ -261,4 +263,5 @@ EXPERIMENT = Experiment(
     captions={"failover.png": "Recovery and tokens lost when a node dies"},
     tables=tables,
     reading=reading,
+    tcp_only="nginx's upstream, the load balancer in front of the nodes",
 )

@@ -146,4 +146,5 @@ EXPERIMENT = Experiment(
     captions={"hol.png": "Per-stream tails and shared holds: one HTTP/2 connection or N"},
     tables=tables,
     reading=lambda run, facts: hol_reading(run.extra["hol"]),
+    tcp_only="nginx (HTTP/2 over TCP)",
 )

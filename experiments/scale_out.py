@@ -191,4 +191,5 @@ EXPERIMENT = Experiment(
     captions={"scale_out.png": "Latency and CPU per token against streams, per server setup"},
     tables=tables,
     reading=reading,
+    tcp_only="nginx's upstream in front of the processes",
 )

@@ -230,4 +230,5 @@ EXPERIMENT = Experiment(
         ("Load around the kill (cores)", run.extra["load"]),
     ],
     reading=reading,
+    tcp_only="nginx's upstream, the load balancer in front of the nodes",
 )

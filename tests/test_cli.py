@@ -54,6 +54,10 @@ def test_list_names_every_transport_and_experiment(capsys: pytest.CaptureFixture
         (["run", "http2", "--set", "fronts=aiohttp"], "HTTP/2 comes from nginx, caddy"),
         (["run", "hol-blocking", "--set", "streams=0"], "streams must be at least 1"),
         (["run", "browser-connections", "--set", "paths=foo"], "unknown path 'foo'"),
+        # a QUIC transport on a path that carries TCP only, before anything starts
+        (["run", "reconnect", "--transport", "webtransport"], "carries TCP only"),
+        (["run", "failover", "--transport", "sse,webtransport"], "runs over QUIC (UDP)"),
+        (["bench", "--transport", "webtransport", "--net", "delay=5ms"], "carries TCP only"),
         (["frobnicate"], "invalid choice"),
         ([], "required"),
     ],
