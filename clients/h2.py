@@ -47,6 +47,7 @@ import itertools
 import time
 import zlib
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import h2.config
 import h2.connection
@@ -567,36 +568,36 @@ class StreamClock:
         raise TransportError("an HTTP/2 stream is closed through the HTTP layer", retryable=False)
 
 
-class HTTP2:
-    """HTTP/2 to one target for one client, one stream at a time, as `HTTP11`.
+class SessionLayer:
+    """The `HTTPLayer` of one client over a multiplexed session (`H2Session`, or
+    `clients/h3.py`'s `H3Session`): one stream at a time, as `HTTP11`. What differs between
+    HTTP/2 and HTTP/3 is the session; this class only needs its `target`, `connections`,
+    `open_stream(method, target, headers, body)`, `close_conn()` and `aclose()`, and of a
+    stream its `conn_index`, `response()`, `chunks()` and `cancel()`.
 
-    Over a session of its own (opened lazily; `close_conn` resets the stream and closes the
-    connection, so a client's reconnect logic works as over HTTP/1.1; `aclose` returns its
-    counts) or a shared one (`close_conn` and `aclose` reset only this layer's stream; the
-    session's owner closes the connection and gets its counts from `H2Session.aclose`).
+    Over a session of its own (`close_conn` resets the stream and closes the connection, so a
+    client's reconnect logic works as over HTTP/1.1; `aclose` returns its counts) or a shared
+    one (`close_conn` and `aclose` reset only this layer's stream; the session's owner closes
+    the connection and gets its counts from the session's `aclose`). `open_raw` (WebSocket)
+    opens a separate connection through `raw_connector`, counted here."""
 
-    `open_raw` (WebSocket) opens a separate connection through `raw_connector` (by default
-    the same connector), counted here: a WebSocket over HTTP/2 needs RFC 8441's extended
-    CONNECT, which the fronts here do not offer, so, as a browser does then, the WebSocket
-    keeps an HTTP/1.1 connection of its own."""
+    session: Any  # H2Session | H3Session: the same methods, see the docstring
 
     def __init__(
         self,
         target: Target,
-        connector: Connector = tcp_connector,
+        session: Any,
         *,
-        accept_gzip: bool = False,
-        session: H2Session | None = None,
-        raw_connector: Connector | None = None,
+        own: bool,
+        accept_gzip: bool,
+        raw_connector: Connector,
+        indices: Iterator[int],
     ) -> None:
-        self.target, self.connector, self.accept_gzip = target, connector, accept_gzip
-        self.raw_connector = raw_connector or connector
-        self._indices = itertools.count()
-        self._own = session is None
-        self.session = session or H2Session(target, connector, indices=self._indices)
+        self.target, self.accept_gzip, self.raw_connector = target, accept_gzip, raw_connector
+        self.session, self._own, self._indices = session, own, indices
         self.requests = 0  # streams sent, WebSocket upgrades included
         self.body_bytes_down = 0  # DATA payload of response bodies, before gzip decoding
-        self._stream: H2Stream | None = None
+        self._stream: Any = None  # the stream being read (H2Stream or H3Stream)
         self._gunzip: zlib._Decompress | None = None
         self._clock = StreamClock()
         self._used: set[int] = set()  # session connections this layer's streams rode
@@ -610,8 +611,8 @@ class HTTP2:
 
     @property
     def connections(self) -> int:
-        h2_conns = self.session.connections if self._own else len(self._used)
-        return h2_conns + self._raw_opened
+        session_conns: int = self.session.connections if self._own else len(self._used)
+        return session_conns + self._raw_opened
 
     async def request(
         self,
@@ -636,10 +637,11 @@ class HTTP2:
         gzipped = head.response.headers.get("content-encoding", "").lower() == "gzip"
         # wbits 16 + MAX_WBITS: a gzip wrapper (RFC 1952), decoded incrementally
         self._gunzip = zlib.decompressobj(16 + zlib.MAX_WBITS) if gzipped else None
-        return head.response
+        response: Response = head.response
+        return response
 
     async def body(self) -> AsyncIterator[bytes]:
-        """The response body as its DATA frames arrive (gzip removed); stops at its end."""
+        """The response body as its DATA arrives (gzip removed); stops at its end."""
         stream = self._stream
         if stream is None:
             raise TransportError("no response to read", retryable=False)
@@ -655,7 +657,7 @@ class HTTP2:
         return b"".join([chunk async for chunk in self.body()])
 
     async def open_raw(self) -> Connection:
-        """A connection of its own for a WebSocket (see the class docstring), counted here."""
+        """A connection of its own for a WebSocket (see the subclasses), counted here."""
         await self._close_raw()
         conn = await self.raw_connector(self.target)
         conn.index = next(self._indices)
@@ -676,7 +678,7 @@ class HTTP2:
             self._raw = None
 
     async def close_conn(self) -> None:
-        """Reset the current stream and close the raw connection, and the HTTP/2
+        """Reset the current stream and close the raw connection, and the session's
         connection when the session is this layer's own."""
         self._end_stream()
         await self._close_raw()
@@ -687,8 +689,39 @@ class HTTP2:
         """Close everything this layer owns; the counts of those connections."""
         self._end_stream()
         await self._close_raw()
-        h2_stats = await self.session.aclose() if self._own else []
-        return sorted([*h2_stats, *self.closed_stats], key=lambda s: s.index)
+        session_stats: list[ConnStats] = await self.session.aclose() if self._own else []
+        return sorted([*session_stats, *self.closed_stats], key=lambda s: s.index)
+
+
+class HTTP2(SessionLayer):
+    """HTTP/2 to one target for one client (`SessionLayer` over an `H2Session`).
+
+    `open_raw` (WebSocket) opens a separate connection through `raw_connector` (by default
+    the same connector): a WebSocket over HTTP/2 needs RFC 8441's extended CONNECT, which the
+    fronts here do not offer, so, as a browser does then, the WebSocket keeps an HTTP/1.1
+    connection of its own."""
+
+    session: H2Session
+
+    def __init__(
+        self,
+        target: Target,
+        connector: Connector = tcp_connector,
+        *,
+        accept_gzip: bool = False,
+        session: H2Session | None = None,
+        raw_connector: Connector | None = None,
+    ) -> None:
+        self.connector = connector
+        indices = itertools.count()
+        super().__init__(
+            target,
+            session or H2Session(target, connector, indices=indices),
+            own=session is None,
+            accept_gzip=accept_gzip,
+            raw_connector=raw_connector or connector,
+            indices=indices,
+        )
 
 
 def shared_factory(

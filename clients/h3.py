@@ -47,16 +47,15 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
-import zlib
 from collections.abc import AsyncIterator, Iterator
 
 from aioquic.h3.connection import ErrorCode
 from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
 from aioquic.quic.events import QuicEvent, StreamReset
 
-from clients.h2 import Chunk, StreamClock, _copy, _Headers, _response
-from clients.http import HTTPLayerFactory, Response
-from clients.net import Connection, Connector, ConnStats, Target, tcp_connector
+from clients.h2 import Chunk, SessionLayer, _copy, _Headers, _response
+from clients.http import HTTPLayerFactory
+from clients.net import Connector, ConnStats, Target, tcp_connector
 from clients.quic import QuicConn, QuicSettings
 from streams.errors import TransportError
 
@@ -306,15 +305,13 @@ class H3Session:
         return sorted([*h3_stats, *self._rejected], key=lambda s: s.index)
 
 
-class HTTP3:
-    """HTTP/3 to one target for one client, one stream at a time, as `HTTP11`.
+class HTTP3(SessionLayer):
+    """HTTP/3 to one target for one client (`SessionLayer` over an `H3Session` of its own,
+    opened lazily with `settings`, or a shared one). `connector` is the client's TCP-side
+    connector: HTTP/3 does not use it; a WebSocket's connection goes through `raw_connector`
+    (by default that connector), since Caddy 2.6 has no RFC 9220."""
 
-    Over a session of its own (opened lazily with `settings`; `close_conn` resets the
-    stream and closes the connection; `aclose` returns its counts) or a shared one
-    (`close_conn` and `aclose` reset only this layer's stream; the session's owner closes
-    the connection and gets its counts from `H3Session.aclose`). `connector` is the client's
-    TCP-side connector: HTTP/3 does not use it; a WebSocket's connection goes through
-    `raw_connector` (by default that connector)."""
+    session: H3Session
 
     def __init__(
         self,
@@ -328,109 +325,20 @@ class HTTP3:
     ) -> None:
         if session is None and settings is None:
             raise ValueError("HTTP3 needs QuicSettings (or a shared H3Session)")
-        self.target, self.accept_gzip = target, accept_gzip
-        self.raw_connector = raw_connector or connector
-        self._indices = itertools.count()
-        self._own = session is None
+        indices = itertools.count()
         if session is None:
             assert settings is not None
-            session = H3Session(target, settings, indices=self._indices)
-        self.session = session
-        self.requests = 0  # streams sent, WebSocket upgrades included
-        self.body_bytes_down = 0  # DATA payload of response bodies, before gzip decoding
-        self._stream: H3Stream | None = None
-        self._gunzip: zlib._Decompress | None = None
-        self._clock = StreamClock()
-        self._used: set[int] = set()  # session connections this layer's streams rode
-        self._raw: Connection | None = None
-        self._raw_opened = 0
-        self.closed_stats: list[ConnStats] = []  # the raw connections'
-
-    @property
-    def conn(self) -> StreamClock | None:
-        return self._clock if self._used else None
-
-    @property
-    def connections(self) -> int:
-        h3_conns = self.session.connections if self._own else len(self._used)
-        return h3_conns + self._raw_opened
-
-    async def request(
-        self,
-        method: str,
-        target: str,
-        headers: list[tuple[str, str]] | None = None,
-        body: bytes = b"",
-    ) -> Response:
-        """Open a stream with this request and read its response head."""
-        self._end_stream()
-        hdrs = [*self.target.authorization(), *(headers or [])]
-        if self.accept_gzip:
-            hdrs.append(("accept-encoding", "gzip"))
-        if body:
-            hdrs += [("content-type", "application/json"), ("content-length", str(len(body)))]
-        stream = await self.session.open_stream(method, target, hdrs, body)
-        self._stream = stream
-        self._used.add(stream.conn_index)
-        self.requests += 1
-        head = await stream.response()
-        self._clock.stamp(stream.conn_index, head.t_ns, head.t_perf_ns)
-        gzipped = head.response.headers.get("content-encoding", "").lower() == "gzip"
-        # wbits 16 + MAX_WBITS: a gzip wrapper (RFC 1952), decoded incrementally
-        self._gunzip = zlib.decompressobj(16 + zlib.MAX_WBITS) if gzipped else None
-        return head.response
-
-    async def body(self) -> AsyncIterator[bytes]:
-        """The response body as its DATA arrived (gzip removed); stops at its end."""
-        stream = self._stream
-        if stream is None:
-            raise TransportError("no response to read", retryable=False)
-        try:
-            async for chunk in stream.chunks():
-                self.body_bytes_down += len(chunk.data)
-                self._clock.stamp(stream.conn_index, chunk.t_ns, chunk.t_perf_ns)
-                yield self._gunzip.decompress(chunk.data) if self._gunzip else chunk.data
-        except zlib.error as exc:
-            raise TransportError(f"bad gzip body: {exc}", retryable=False) from exc
-
-    async def read_body(self) -> bytes:
-        return b"".join([chunk async for chunk in self.body()])
-
-    async def open_raw(self) -> Connection:
-        """A TCP connection of its own for a WebSocket (see the module docstring)."""
-        await self._close_raw()
-        conn = await self.raw_connector(self.target)
-        conn.index = next(self._indices)
-        self._raw = conn
-        self._raw_opened += 1
-        self.requests += 1  # the upgrade request
-        return conn
-
-    def _end_stream(self) -> None:
-        if self._stream is not None:
-            self._stream.cancel()
-            self._stream = None
-
-    async def _close_raw(self) -> None:
-        if self._raw is not None:
-            stats = await self._raw.aclose()  # it began with an HTTP/1.1 upgrade request
-            self.closed_stats.append(dataclasses.replace(stats, http_version="1.1"))
-            self._raw = None
-
-    async def close_conn(self) -> None:
-        """Reset the current stream and close the raw connection, and the QUIC connection
-        when the session is this layer's own."""
-        self._end_stream()
-        await self._close_raw()
-        if self._own:
-            await self.session.close_conn()
-
-    async def aclose(self) -> list[ConnStats]:
-        """Close everything this layer owns; the counts of those connections."""
-        self._end_stream()
-        await self._close_raw()
-        h3_stats = await self.session.aclose() if self._own else []
-        return sorted([*h3_stats, *self.closed_stats], key=lambda s: s.index)
+            own, session = True, H3Session(target, settings, indices=indices)
+        else:
+            own = False
+        super().__init__(
+            target,
+            session,
+            own=own,
+            accept_gzip=accept_gzip,
+            raw_connector=raw_connector or connector,
+            indices=indices,
+        )
 
 
 def shared_factory(
