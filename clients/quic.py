@@ -98,6 +98,7 @@ class _Endpoint(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:  # ICMP port unreachable, etc.
         self.conn._error = f"{exc}"
+        self.conn._unreachable(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.conn._socket_closed(exc)
@@ -164,8 +165,11 @@ class QuicConn:
             family, _, _, _, addr = infos[0]
             any_host = "0.0.0.0" if family == socket.AF_INET else "::"
             local = (self.settings.source_host or any_host, 0)
+            # connected (remote_addr): Linux reports an ICMP port unreachable only to a
+            # connected UDP socket, so a handshake to a port nobody listens on fails at once
+            # instead of after HANDSHAKE_TIMEOUT_S (a stale discovery: a restarted server)
             transport, _ = await loop.create_datagram_endpoint(
-                lambda: _Endpoint(self), local_addr=local
+                lambda: _Endpoint(self), local_addr=local, remote_addr=(str(addr[0]), int(addr[1]))
             )
         except OSError as exc:
             raise TransportError(f"cannot open UDP to {self.target.authority}: {exc}") from exc
@@ -193,6 +197,12 @@ class QuicConn:
         if self.settings.cert_sha256:
             self._check_pin()
 
+    def _unreachable(self, exc: Exception) -> None:
+        """An ICMP error before the handshake completed: nobody answers there (retryable)."""
+        if not self._handshake.done():
+            why = exc.strerror or exc if isinstance(exc, OSError) else exc
+            self._handshake.set_exception(TransportError(f"QUIC to {self.target.authority}: {why}"))
+
     def _check_pin(self) -> None:
         cert = self.quic.tls._peer_certificate
         seen = hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest() if cert else ""
@@ -211,8 +221,8 @@ class QuicConn:
         if self._transport is None or self._closed:
             return
         loop = asyncio.get_running_loop()
-        for data, addr in self.quic.datagrams_to_send(now=loop.time()):
-            self._transport.sendto(data, addr)
+        for data, _addr in self.quic.datagrams_to_send(now=loop.time()):
+            self._transport.sendto(data)  # the connected peer (aioquic's addr is it)
             self.bytes_up += len(data)
             self.datagrams_up += 1
         at = self.quic.get_timer()

@@ -289,6 +289,23 @@ async def test_a_server_that_is_not_there_is_a_bounded_retryable_failure(pki: La
     assert failure.value.retryable
 
 
+async def test_a_port_nobody_listens_on_fails_at_once_not_after_the_handshake_timeout(
+    pki: LabPKI,
+) -> None:
+    """The socket is connected, so the kernel's ICMP port unreachable reaches it: what a
+    stale discovery (a restarted server's old port) meets; then the client asks again."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as gone:
+        gone.bind(("127.0.0.1", 0))
+        port = gone.getsockname()[1]  # closed below: nobody listens there any more
+    target = Target("127.0.0.1", port, secure=True)
+    async with asyncio.timeout(2 * UNIT):  # HANDSHAKE_TIMEOUT_S is 10 s
+        with pytest.raises(TransportError, match="refused") as failure:
+            await QuicConn.open(target, QuicSettings(ca_file=str(pki.ca_cert)))
+    assert failure.value.retryable
+
+
 # -- pushlab serve --front caddy --http3 ---------------------------------------------------
 
 

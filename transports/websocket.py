@@ -62,7 +62,12 @@ ClientMessage = Start | Resume | Cancel
 
 def parse_client_message(text: str) -> ClientMessage:
     """Server side: read one client message; raises ParamError with what was wrong."""
-    obj = load_json(text, what="message")
+    return client_message(load_json(text, what="message"))
+
+
+def client_message(obj: object) -> ClientMessage:
+    """A parsed JSON value as a client message (WebTransport's control lines are the same
+    messages); raises ParamError with what was wrong."""
     if not isinstance(obj, dict):
         raise ParamError("message must be a JSON object", param=None)
     kind = obj.pop("type", None)

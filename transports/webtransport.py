@@ -39,7 +39,8 @@ from typing import Literal
 from aioquic.buffer import Buffer, BufferReadError, encode_uint_var
 
 from streams.errors import ParamError, ProtocolError
-from streams.params import GenParams, parse_params
+from streams.params import GenParams
+from transports import websocket
 from transports.jsonin import load_json
 from transports.token import TokenRecord, dumps
 from transports.websocket import (
@@ -251,32 +252,16 @@ def _delivery(obj: dict[str, object]) -> Delivery:
 
 
 def parse_client_message(line: bytes) -> ClientMessage:
-    """Server side: one control-stream line; raises ParamError with what was wrong."""
+    """Server side: one control-stream line, the WebSocket transport's messages plus
+    `delivery` on start and resume; raises ParamError with what was wrong."""
     obj = load_json(line, what="message")
-    if not isinstance(obj, dict):
-        raise ParamError("message must be a JSON object", param=None)
-    kind = obj.pop("type", None)
-    if kind == "start":
-        delivery = _delivery(obj)
-        return Start(parse_params(obj), delivery)
-    if kind == "resume":
-        delivery = _delivery(obj)
-        stream, after = obj.get("stream"), obj.get("after", 0)
-        if not isinstance(stream, str) or not stream:
-            raise ParamError("'stream' must be a stream id", param="stream")
-        if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after < 2**63:
-            raise ParamError("'after' must be a non-negative integer", param="after")
-        extra = sorted(set(obj) - {"stream", "after"})
-        if extra:
-            raise ParamError(f"unknown parameter '{extra[0][:64]}'", param=extra[0][:64])
-        return Resume(stream, after, delivery)
-    if kind == "cancel":
-        extra = sorted(obj)
-        if extra:
-            raise ParamError(f"unknown parameter '{extra[0][:64]}'", param=extra[0][:64])
-        return Cancel()
-    shown = repr(kind) if len(repr(kind)) <= 64 else repr(kind)[:60] + "..."
-    raise ParamError(f"'type' must be start, resume or cancel, got {shown}", param="type")
+    delivery = _delivery(obj) if isinstance(obj, dict) and obj.get("type") != "cancel" else None
+    message = websocket.client_message(obj)
+    if isinstance(message, websocket.Start):
+        return Start(message.params, delivery or "stream")
+    if isinstance(message, websocket.Resume):
+        return Resume(message.stream, message.after, delivery or "stream")
+    return message
 
 
 def encode_start(params: GenParams, delivery: Delivery = "stream") -> bytes:
