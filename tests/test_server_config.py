@@ -169,3 +169,21 @@ def test_log_and_worker_flags_that_cannot_work_are_one_line(
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and words in err
+
+
+def test_a_taken_webtransport_port_is_one_line_naming_it() -> None:
+    """The TCP port is free, its number's UDP port is not: the line says which and the way
+    out, rather than a bare 'Address already in use'."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        with socket.socket() as probe:  # the TCP port of that number must be free here
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                pytest.skip(f"TCP port {port} is in use by something else")
+        done = subprocess.run([sys.executable, str(SERVER_PY), "--port", str(port)],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1
+    assert f"UDP port {port}" in done.stderr and "--wt-port" in done.stderr

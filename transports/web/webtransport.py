@@ -804,9 +804,13 @@ async def _endpoint_context(app: web.Application) -> AsyncIterator[None]:
         if config.reuse_port:  # --workers: the kernel spreads flows (4-tuples) over them
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((config.host, wt_port_for(config)))
-    except OSError:
+    except OSError as exc:  # the CLI prints it in one line: say which port, and the way out
         sock.close()
-        raise
+        raise OSError(
+            exc.errno,
+            f"WebTransport's UDP port {wt_port_for(config)}: {exc.strerror or exc} "
+            "(choose another with --wt-port, or -1 for none)",
+        ) from None
     endpoint = Endpoint(
         config, app[HUB], app[COUNTERS], app[ALLOWED],
         app[AUTHORITY] if config.auth else None, sock.getsockname()[1],
